@@ -1,0 +1,31 @@
+"""focus_core: the FocusLLM engine (arXiv 2408.11745) over Hugging Face causal LMs.
+
+Long prompts are cut into chunks that are read in parallel, each with the question appended; the
+chunks' candidates are aggregated into the next token. See DESIGN.md §2 for the algorithm.
+"""
+
+from .config import FocusConfig
+from .engine import FocusEngine
+from .errors import (
+    FocusConfigError,
+    FocusError,
+    FocusInputError,
+    FocusInputTypeError,
+    MemoryBudgetError,
+    UnsupportedModelError,
+)
+from .loading import DEFAULT_MODEL_NAME, load_model
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "FocusConfig",
+    "FocusConfigError",
+    "FocusEngine",
+    "FocusError",
+    "FocusInputError",
+    "FocusInputTypeError",
+    "MemoryBudgetError",
+    "UnsupportedModelError",
+    "load_model",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,126 @@
+"""Candidate projections and RoPE re-positioning for ``kv`` aggregation (DESIGN §2 step 6).
+
+The candidate token of each chunk is processed, in every layer, with its own ``Wq', Wk', Wv', Wo'``
+while every other token uses the frozen weights. The candidate weights live outside the model, in
+:class:`CandidateProjections`, and are applied through forward hooks on the frozen projections: the
+model's modules and state dict stay exactly as loaded, and the hooks are inert unless a forward pass is
+run under :func:`candidate_positions`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedModelError
+
+PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+# Architectures whose attention is RoPE (rotate-half convention) with separate q/k/v/o projections.
+KV_MODEL_TYPES: frozenset[str] = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "olmo", "olmo2", "granite", "smollm3"}
+)
+
+_candidate_mask: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("candidate_mask", default=None)
+
+
+@contextlib.contextmanager
+def candidate_positions(mask: torch.Tensor | None) -> Iterator[None]:
+    """Within this block, positions where ``mask`` ([batch, seq], bool) is true use candidate weights.
+
+    The mask is held in a context variable, so concurrent threads and tasks never see each other's.
+    """
+    token = _candidate_mask.set(mask)
+    try:
+        yield
+    finally:
+        _candidate_mask.reset(token)
+
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """The self-attention module of every decoder layer, or a clear error if the model cannot serve ``kv``."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in KV_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"aggregation='kv' needs RoPE attention with q_proj/k_proj/v_proj/o_proj (supported model types: "
+            f"{', '.join(sorted(KV_MODEL_TYPES))}); {model_type!r} is not one of them. Use aggregation='entropy'."
+        )
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if layers is None or getattr(decoder, "rotary_emb", None) is None:
+        raise UnsupportedModelError(f"{type(model).__name__} has no decoder layers with a rotary embedding")
+    attns = [layer.self_attn for layer in layers]
+    for attn in attns:
+        missing = [p for p in PROJECTIONS if not isinstance(getattr(attn, p, None), nn.Linear)]
+        if missing:
+            raise UnsupportedModelError(f"{type(attn).__name__} lacks linear projections {missing} needed by kv")
+    return attns
+
+
+class CandidateProjections(nn.Module):
+    """Per layer, a trainable copy of the frozen q/k/v/o projections used at candidate positions."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self._attentions = attention_modules(model)
+        self.layers = nn.ModuleList(
+            nn.ModuleDict({name: _copy_linear(getattr(attn, name)) for name in PROJECTIONS})
+            for attn in self._attentions
+        )
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def attach(self) -> None:
+        """Hook the candidate weights into the frozen projections (idempotent)."""
+        if self._hooks:
+            return
+        for attn, candidates in zip(self._attentions, self.layers):
+            for name in PROJECTIONS:
+                self._hooks.append(getattr(attn, name).register_forward_hook(_candidate_hook(candidates[name])))
+
+    def detach(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+
+def _copy_linear(base: nn.Linear) -> nn.Linear:
+    copy = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                     device=base.weight.device, dtype=base.weight.dtype)
+    with torch.no_grad():
+        copy.weight.copy_(base.weight)
+        if base.bias is not None:
+            copy.bias.copy_(base.bias)
+    return copy
+
+
+def _candidate_hook(candidate: nn.Linear):
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        mask = _candidate_mask.get()
+        if mask is None:
+            return None
+        x = args[0]  # [batch, seq, in_features]
+        return output.index_put((mask,), candidate(x[mask]))
+
+    return hook
+
+
+def reposition_keys(keys: torch.Tensor, shift: torch.Tensor, rotary_emb: nn.Module) -> torch.Tensor:
+    """Move post-RoPE keys by ``shift`` positions: ``R(p + shift) k = R(shift) R(p) k``.
+
+    keys: [n, kv_heads, head_dim]; shift: [n] (integer positions, may be negative). The model's own
+    rotary module supplies cos/sin (so scaled RoPE variants are honoured); its attention scaling factor
+    (YaRN, longrope) is divided out, as the keys already carry it once.
+    """
+    probe = torch.zeros(1, dtype=torch.float32, device=keys.device)
+    cos, sin = rotary_emb(probe, shift[None, :].to(keys.device))  # [1, n, rot_dim]
+    scaling = getattr(rotary_emb, "attention_scaling", 1.0) or 1.0
+    cos, sin = (cos[0] / scaling)[:, None, :], (sin[0] / scaling)[:, None, :]  # [n, 1, rot_dim]
+    rot_dim = cos.shape[-1]
+    k = keys.float()
+    k_rot, k_pass = k[..., :rot_dim], k[..., rot_dim:]
+    half = rot_dim // 2
+    rotated_half = torch.cat([-k_rot[..., half:], k_rot[..., :half]], dim=-1)
+    return torch.cat([k_rot * cos + rotated_half * sin, k_pass], dim=-1).to(keys.dtype)

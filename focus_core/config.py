@@ -1,0 +1,112 @@
+"""FocusLLM settings, validated on construction.
+
+Notation follows DESIGN §2: a model with native window ``W``; the prompt's last ``local_window`` (Lw)
+tokens form the local context, the rest is cut into chunks of ``chunk_size`` (C) tokens, and the last
+``dynamic_prompt_len`` (P) local tokens are appended to every chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+from .errors import FocusConfigError
+
+Aggregation = Literal["auto", "kv", "entropy"]
+AGGREGATIONS: tuple[str, ...] = ("auto", "kv", "entropy")
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class FocusConfig:
+    """Everything that decides what FocusLLM computes and how much memory it may use.
+
+    Generation settings (``max_new_tokens`` … ``stop``) can be overridden per call.
+    """
+
+    chunk_size: int = 2048
+    local_window: int = 512
+    dynamic_prompt_len: int = 128
+    aggregation: Aggregation = "auto"
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 means greedy
+    top_k: int = 0  # 0 means no top-k filter
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    native_window: int | None = None  # None: the model's own max_position_embeddings
+    encode_batch_tokens: int = 16384  # tokens per micro-batch when encoding chunks
+    prefix_cache_bytes: int = 2 * GiB  # LRU budget of the content-addressed chunk-prefix cache
+    memory_budget_bytes: int | None = None  # None: 80% of the memory available on the device
+    progress: bool | None = None  # None: show bars only on a TTY
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", _normalise_stop(self.stop))
+        for name in ("chunk_size", "local_window", "dynamic_prompt_len", "max_new_tokens", "encode_batch_tokens"):
+            _require_int(name, getattr(self, name), minimum=1)
+        _require_int("top_k", self.top_k, minimum=0)
+        _require_int("prefix_cache_bytes", self.prefix_cache_bytes, minimum=0)
+        if self.native_window is not None:
+            _require_int("native_window", self.native_window, minimum=2)
+        if self.memory_budget_bytes is not None:
+            _require_int("memory_budget_bytes", self.memory_budget_bytes, minimum=1)
+        if self.seed is not None:
+            _require_int("seed", self.seed, minimum=0)
+        if self.dynamic_prompt_len > self.local_window:
+            raise FocusConfigError(
+                f"dynamic_prompt_len ({self.dynamic_prompt_len}) must not exceed local_window ({self.local_window}): "
+                "the dynamic prompt is the tail of the local context"
+            )
+        if self.aggregation not in AGGREGATIONS:
+            raise FocusConfigError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if not _is_number(self.temperature) or self.temperature < 0:
+            raise FocusConfigError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise FocusConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise FocusConfigError(f"progress must be True, False or None, got {self.progress!r}")
+
+    def replace(self, **overrides) -> FocusConfig:
+        """A copy with some fields changed (validated again); unknown names are an error."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise FocusConfigError(f"unknown FocusConfig setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **overrides)
+
+    def check_window(self, native_window: int) -> None:
+        """Each chunk pass ``[BOS] + chunk + prompt + new tokens`` must fit in the model's window."""
+        needed = 1 + self.chunk_size + self.dynamic_prompt_len + self.max_new_tokens
+        if needed > native_window:
+            raise FocusConfigError(
+                f"1 + chunk_size + dynamic_prompt_len + max_new_tokens = {needed} exceeds the native window "
+                f"{native_window}; lower chunk_size (now {self.chunk_size}) or max_new_tokens"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _normalise_stop(stop: str | Iterable[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = (stop,)
+    try:
+        items = tuple(stop)
+    except TypeError:
+        raise FocusConfigError(f"stop must be a string or a list of strings, got {type(stop).__name__}") from None
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise FocusConfigError(f"stop sequences must be non-empty strings, got {item!r}")
+    return items
+
+
+def _require_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise FocusConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,35 @@
+"""Exception types raised by focus_core.
+
+Every error a caller can provoke derives from :class:`FocusError`, and also from the built-in type a
+Python user would expect (``ValueError`` for bad values, ``TypeError`` for wrong types, ``MemoryError``
+for inputs that cannot fit), so ``except ValueError`` keeps working for code that does not know us.
+"""
+
+
+class FocusError(Exception):
+    """Base class of all focus_core errors."""
+
+
+class FocusConfigError(FocusError, ValueError):
+    """A setting is out of range or inconsistent with another setting or with the model."""
+
+
+class FocusInputError(FocusError, ValueError):
+    """The prompt is empty or otherwise unusable."""
+
+
+class FocusInputTypeError(FocusError, TypeError):
+    """The prompt is neither text nor a sequence of token ids."""
+
+
+class UnsupportedModelError(FocusError, ValueError):
+    """The model cannot serve the chosen aggregation mode."""
+
+
+class MemoryBudgetError(FocusError, MemoryError):
+    """The KV cache an input needs does not fit in the memory budget; raised before allocating."""
+
+    def __init__(self, message: str, needed_bytes: int, budget_bytes: int):
+        super().__init__(message)
+        self.needed_bytes = needed_bytes
+        self.budget_bytes = budget_bytes

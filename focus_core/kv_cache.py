@@ -1,0 +1,182 @@
+"""KV storage: a preallocated batch buffer that plugs into `transformers` models, and the
+content-addressed LRU cache of chunk prefixes (DESIGN §2 step 5).
+
+Keys are stored as the model caches them, i.e. after RoPE, in layout ``[rows, kv_heads, slots, head_dim]``.
+Rows of a batch are left-padded so that all rows grow at the same slot; ``valid`` marks real tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class KVBuffer:
+    """Keys and values of ``rows`` sequences, preallocated for ``capacity`` slots each.
+
+    ``length`` slots are in use in every row; ``valid[r, s]`` says whether slot ``s`` of row ``r`` holds a
+    real token (left padding does not). Layer tensors are allocated on first write, shaped from the
+    model's own key states, so any attention layout with a standard KV cache fits.
+    """
+
+    def __init__(self, num_layers: int, rows: int, capacity: int, device: torch.device | str, dtype: torch.dtype):
+        self.rows, self.capacity, self.device, self.dtype = rows, capacity, torch.device(device), dtype
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.valid = torch.zeros(rows, capacity, dtype=torch.bool, device=self.device)
+        self.length = 0
+
+    def layer(self, idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[idx] is None:
+            shape = (self.rows, like.shape[1], self.capacity, like.shape[3])
+            self.keys[idx] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.values[idx] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return self.keys[idx], self.values[idx]
+
+    def cache(self, rows: slice = slice(None)) -> Cache:
+        """A `transformers` Cache writing the next tokens of ``rows`` at slot ``length`` onwards."""
+        return Cache(layers=[_BufferLayer(self, i, rows) for i in range(len(self.keys))])
+
+    def attention_mask(self, rows: slice, new_tokens: int) -> torch.Tensor:
+        """2D mask ``[rows, length + new_tokens]`` over the used slots plus ``new_tokens`` real ones."""
+        past = self.valid[rows, : self.length]
+        new = torch.ones(past.shape[0], new_tokens, dtype=torch.bool, device=self.device)
+        return torch.cat([past, new], dim=1)
+
+    def skip(self, slots: int) -> None:
+        """Reserve ``slots`` slots in every row without marking them valid (they are filled by ``write_prefix``)."""
+        self.length += slots
+
+    def advance(self, new_tokens: int, valid: torch.Tensor | None = None) -> None:
+        """Declare that ``new_tokens`` tokens were written to every row; ``valid`` ([rows, new_tokens])
+        marks padding among them, all real by default."""
+        if self.length + new_tokens > self.capacity:
+            raise RuntimeError(f"KVBuffer overflow: {self.length} + {new_tokens} > {self.capacity}")
+        self.valid[:, self.length : self.length + new_tokens] = True if valid is None else valid
+        self.length += new_tokens
+
+    def write_prefix(self, row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Place a stored prefix ``[layers, kv_heads, T, head_dim]`` right-aligned at the end of used slots."""
+        start = self.length - keys.shape[2]
+        for i in range(keys.shape[0]):
+            k, v = self.layer(i, keys[i][None])
+            k[row, :, start : self.length] = keys[i]
+            v[row, :, start : self.length] = values[i]
+        self.valid[row, :start] = False
+        self.valid[row, start : self.length] = True
+
+    def read_prefix(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy of row ``row``'s real tokens as ``[layers, kv_heads, T, head_dim]`` keys and values."""
+        slots = self.valid[row, : self.length].nonzero().squeeze(1)
+        keys = torch.stack([k[row].index_select(1, slots) for k in self.keys])
+        values = torch.stack([v[row].index_select(1, slots) for v in self.values])
+        return keys, values
+
+    def last_slot(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, the keys and values ``[rows, kv_heads, head_dim]`` at the last used slot."""
+        s = self.length - 1
+        return [k[:, :, s] for k in self.keys], [v[:, :, s] for v in self.values]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
+
+
+class _BufferLayer(CacheLayerMixin):
+    """One layer's view of a :class:`KVBuffer` for one forward pass over some of its rows."""
+
+    is_sliding = False
+
+    def __init__(self, buffer: KVBuffer, layer_idx: int, rows: slice):
+        super().__init__()
+        self.buffer, self.layer_idx, self.rows, self.start = buffer, layer_idx, rows, buffer.length
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        keys, values = self.buffer.layer(self.layer_idx, key_states)
+        end = self.start + key_states.shape[-2]
+        if end > self.buffer.capacity:
+            raise RuntimeError(f"KVBuffer overflow: writing up to slot {end} of {self.buffer.capacity}")
+        keys[self.rows, :, self.start : end] = key_states
+        values[self.rows, :, self.start : end] = value_states
+        return keys[self.rows, :, :end], values[self.rows, :, :end]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.start + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.start
+
+    def get_max_length(self) -> int:
+        return self.buffer.capacity
+
+
+@dataclass(frozen=True)
+class PrefixKV:
+    """The KV cache of one ``[BOS] + chunk`` prefix: ``[layers, kv_heads, tokens, head_dim]`` each."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()
+
+
+def prefix_key(token_ids: tuple[int, ...], dtype: torch.dtype) -> str:
+    """Content address of a chunk prefix: the token ids and the cache dtype."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(str(dtype).encode())
+    h.update(torch.tensor(token_ids, dtype=torch.int64).numpy().tobytes())
+    return h.hexdigest()
+
+
+class PrefixCache:
+    """Thread-safe LRU map from chunk content to its prefix KV, bounded by a byte budget."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, PrefixKV] = OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> PrefixKV | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+
+    def put(self, key: str, entry: PrefixKV) -> None:
+        if entry.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return
+            self._entries[key] = entry
+            self.nbytes += entry.nbytes
+            while self.nbytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self.nbytes -= evicted.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
