@@ -1,7 +1,10 @@
 """The pass-key retrieval task: a random number hidden at a chosen depth in filler text.
 
-Prompts are completion style ("... The pass key is"), which small instruct models answer reliably;
+Prompts are completion style ("... The pass key is "), which small instruct models answer reliably;
 the 135M default model fails the chat-template phrasing of the same question even with full attention.
+The prompt ends with a space: SmolLM2's (and Llama's) tokenizer writes " 60494" as a lone space token
+followed by digits, so after "is " the next token is the first digit, on which the chunk holding the
+needle is confident and the others are not (after "is" every chunk hesitates between " ", " a", " the").
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 HEADER = ("There is an important piece of information hidden inside a lot of irrelevant text. "
           "Find it and memorize it. I will quiz you about it.\n\n")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-QUESTION = "\n\nWhat is the pass key? The pass key is"
+QUESTION = "\n\nWhat is the pass key? The pass key is "
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,96 @@
+"""Command line: ``focusllm ask`` answers a question over whole files; ``focusllm passkey`` runs the
+pass-key retrieval test. ``python -m focus_core`` is the same program."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .config import AGGREGATIONS, FocusConfig
+from .engine import FocusEngine
+from .errors import FocusError
+from .passkey import make_case, spread_depths
+
+ASK_TEMPLATE = "{documents}\n\nQuestion: {question}\nAnswer:"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="focusllm", description="FocusLLM: long documents for local Hugging Face models")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ask = commands.add_parser("ask", help="answer a question over whole files")
+    ask.add_argument("files", nargs="+", type=Path)
+    ask.add_argument("--question", "-q", required=True)
+    ask.add_argument("--chat", action="store_true", help="use the model's chat template instead of completion style")
+    _add_common(ask, max_new_tokens=128)
+
+    passkey = commands.add_parser("passkey", help="pass-key retrieval test")
+    passkey.add_argument("--tokens", type=int, required=True, help="prompt length in tokens")
+    passkey.add_argument("--seeds", type=int, default=5, help="number of cases (needle depths spread evenly)")
+    _add_common(passkey, max_new_tokens=8)
+    return parser
+
+
+def _add_common(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    defaults = FocusConfig()
+    p.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--gguf-file", default=None)
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bfloat16)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--chunk-size", type=int, default=defaults.chunk_size)
+    p.add_argument("--local-window", type=int, default=defaults.local_window)
+    p.add_argument("--dynamic-prompt-len", type=int, default=defaults.dynamic_prompt_len)
+    p.add_argument("--aggregation", choices=AGGREGATIONS, default=defaults.aggregation)
+    p.add_argument("--native-window", type=int, default=None, help="pretend the model's window is this short")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _engine(args: argparse.Namespace) -> FocusEngine:
+    config = FocusConfig(
+        chunk_size=args.chunk_size, local_window=args.local_window, dynamic_prompt_len=args.dynamic_prompt_len,
+        aggregation=args.aggregation, native_window=args.native_window, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, seed=args.seed, progress=False if args.quiet else None,
+    )
+    return FocusEngine.from_pretrained(args.model, config, dtype=args.dtype, device=args.device, gguf_file=args.gguf_file)
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    documents = "\n\n".join(path.read_text(encoding="utf-8") for path in args.files)
+    engine = _engine(args)
+    if args.chat:
+        prompt = engine.apply_chat_template([{"role": "user", "content": f"{documents}\n\n{args.question}"}])
+    else:
+        prompt = ASK_TEMPLATE.format(documents=documents, question=args.question)
+    for piece in engine.stream(prompt):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def run_passkey(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    correct, start = 0, time.perf_counter()
+    for seed, depth in enumerate(spread_depths(args.seeds)):
+        case = make_case(engine.tokenizer, args.tokens, depth, seed)
+        t = time.perf_counter()
+        answer = engine.generate(case.prompt)
+        ok = case.is_correct(answer)
+        correct += ok
+        print(f"seed {seed} depth {depth:.2f} tokens {engine.count_tokens(case.prompt)}: expected {case.passkey}, "
+              f"got {answer.strip()!r} ({'ok' if ok else 'wrong'}, {time.perf_counter() - t:.1f} s)", flush=True)
+    print(f"passkey@{args.tokens}: {correct}/{args.seeds} correct in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"ask": run_ask, "passkey": run_passkey}[args.command](args)
+    except (FocusError, FileNotFoundError, UnicodeDecodeError) as err:
+        print(f"focusllm: error: {err}", file=sys.stderr)
+        return 2

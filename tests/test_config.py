@@ -1,0 +1,55 @@
+import pytest
+
+from focus_core import FocusConfig, FocusConfigError
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"chunk_size": 0},
+        {"chunk_size": -5},
+        {"chunk_size": 1.5},
+        {"local_window": 0},
+        {"dynamic_prompt_len": 600, "local_window": 512},
+        {"aggregation": "mean"},
+        {"max_new_tokens": 0},
+        {"temperature": -0.1},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_k": -1},
+        {"seed": -1},
+        {"stop": [""]},
+        {"stop": [3]},
+        {"native_window": 1},
+        {"memory_budget_bytes": 0},
+        {"progress": "yes"},
+    ],
+)
+def test_invalid_settings_are_refused(kwargs):
+    with pytest.raises(FocusConfigError):
+        FocusConfig(**kwargs)
+
+
+def test_config_errors_are_value_errors():
+    with pytest.raises(ValueError, match="dynamic_prompt_len"):
+        FocusConfig(local_window=16, dynamic_prompt_len=32)
+
+
+def test_stop_is_normalised_to_a_tuple():
+    assert FocusConfig(stop="###").stop == ("###",)
+    assert FocusConfig(stop=["a", "b"]).stop == ("a", "b")
+    assert FocusConfig(stop=None).stop == ()
+
+
+def test_replace_validates_and_rejects_unknown_names():
+    cfg = FocusConfig()
+    assert cfg.replace(chunk_size=256).chunk_size == 256
+    with pytest.raises(FocusConfigError, match="unknown"):
+        cfg.replace(chunk_sz=256)
+    with pytest.raises(FocusConfigError):
+        cfg.replace(chunk_size=0)
+
+
+def test_window_check_names_the_overflow():
+    with pytest.raises(FocusConfigError, match="exceeds the native window 1024"):
+        FocusConfig(chunk_size=1000, dynamic_prompt_len=64, max_new_tokens=16).check_window(1024)

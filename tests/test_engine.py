@@ -1,0 +1,232 @@
+"""Correctness of the engine on tiny random models: every fast path against the slow obvious one."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from conftest import TINY_ARCHS, random_ids, tiny_model
+from focus_core import FocusEngine, UnsupportedModelError
+from focus_core.aggregation import EntropyAggregation, entropy
+from focus_core.candidates import reposition_keys
+from focus_core.kv_cache import PrefixCache
+
+LONG = 300  # tokens: well past the tiny engines' native window of 128
+
+
+def plain_greedy(model, ids: list[int], max_new_tokens: int) -> list[int]:
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=2)
+    new = out[0, len(ids):].tolist()
+    return new[: new.index(2)] if 2 in new else new
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_short_input_equals_transformers_greedy_generate(make_engine, arch):
+    engine = make_engine(arch, max_new_tokens=12)
+    ids = random_ids(60, seed=3)
+    assert engine.generate_ids(ids) == plain_greedy(engine.model, ids, 12)
+
+
+def test_text_prompt_equals_transformers_generate(make_engine):
+    engine = make_engine(max_new_tokens=8)
+    prompt = "The quick brown fox jumps over the lazy dog."
+    ids = engine.tokenize(prompt)
+    expected = plain_greedy(engine.model, ids, 8)
+    assert engine.generate(prompt) == engine.tokenizer.decode(expected, skip_special_tokens=True)
+
+
+def _encode(engine: FocusEngine, ids: list[int], batch_tokens: int, candidate: bool = False):
+    plan = engine._plan(ids, engine.config)
+    with torch.inference_mode():
+        return plan, *engine.encoder.encode(plan, extra_slots=4, batch_tokens=batch_tokens, candidate=candidate,
+                                            progress=False)
+
+
+def test_batched_chunk_encoding_equals_a_per_chunk_loop(make_engine):
+    ids = random_ids(LONG + 7, seed=1)  # the last chunk is shorter: exercises left padding
+    batched_engine, looped_engine = make_engine(), make_engine()
+    plan, batched, batched_logits = _encode(batched_engine, ids, batch_tokens=10_000)
+    _, looped, looped_logits = _encode(looped_engine, ids, batch_tokens=1)
+    assert len({len(c) for c in plan.chunks}) == 2
+    torch.testing.assert_close(batched_logits, looped_logits, atol=1e-4, rtol=1e-4)
+    for k_b, k_l in zip(batched.kv.keys, looped.kv.keys):
+        valid = batched.kv.valid[:, : batched.kv.length]
+        torch.testing.assert_close(k_b[:, :, : batched.kv.length].transpose(1, 2)[valid],
+                                   k_l[:, :, : looped.kv.length].transpose(1, 2)[valid], atol=1e-5, rtol=1e-4)
+
+    # ... and equals each chunk run alone, from scratch, as [BOS] + chunk + dynamic prompt.
+    model = batched_engine.model
+    for i, chunk in enumerate(plan.chunks):
+        seq = torch.tensor([[1, *chunk, *plan.dynamic_prompt]])
+        alone = model(seq).logits[0, -1].float()
+        torch.testing.assert_close(batched_logits[i], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_cached_prefixes_give_the_same_tokens_and_are_not_reencoded(make_engine):
+    cached = make_engine()
+    uncached = make_engine(prefix_cache_bytes=0)
+    ids = random_ids(LONG, seed=2)
+    first = cached.generate_ids(ids)
+    encoded = cached.stats.chunks_encoded
+    assert encoded == len(cached._plan(ids, cached.config).chunks)
+    assert cached.generate_ids(ids) == first
+    assert cached.stats.chunks_encoded == encoded  # nothing re-encoded
+    assert cached.stats.chunks_reused == encoded
+    assert uncached.generate_ids(ids) == first
+    uncached.generate_ids(ids)
+    assert uncached.stats.chunks_encoded == 2 * encoded
+
+
+def test_second_question_over_the_same_document_reencodes_only_changed_chunks(make_engine):
+    engine = make_engine()
+    doc = random_ids(LONG, seed=4)
+    engine.generate_ids(doc + random_ids(5, seed=5))
+    before = engine.stats.chunks_encoded
+    plan_a = engine._plan(doc + random_ids(5, seed=5), engine.config)
+    plan_b = engine._plan(doc + random_ids(11, seed=6), engine.config)
+    changed = len(set(plan_b.chunks) - set(plan_a.chunks))
+    engine.generate_ids(doc + random_ids(11, seed=6))
+    assert engine.stats.chunks_encoded - before == changed
+    assert changed < len(plan_b.chunks)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_kv_candidates_equal_a_plain_forward_repositioned(make_engine, arch):
+    """With candidate projections equal to the base weights, each chunk's candidate KV is the KV of the
+    last dynamic-prompt token of [BOS] + chunk + prompt, computed with positions shifted so that token
+    sits at position i (its slot in front of the local context)."""
+    engine = make_engine(arch)
+    engine._candidate_projections()
+    ids = random_ids(LONG + 5, seed=7)
+    plan, batch, _ = _encode(engine, ids, batch_tokens=10_000, candidate=True)
+    keys, values = batch.kv.last_slot()
+    shift = torch.arange(batch.rows) - (batch.next_positions - 1)
+    rotary = engine.model.get_decoder().rotary_emb
+    for i, chunk in enumerate(plan.chunks):
+        seq = [1, *chunk, *plan.dynamic_prompt]
+        positions = torch.arange(len(seq)) - (len(seq) - 1) + i
+        cache = DynamicCache(config=engine.model.config)
+        engine.model(torch.tensor([seq]), position_ids=positions[None], past_key_values=cache, use_cache=True)
+        for layer in range(len(keys)):
+            expected_k = cache.layers[layer].keys[0, :, -1]
+            expected_v = cache.layers[layer].values[0, :, -1]
+            got_k = reposition_keys(keys[layer][i : i + 1], shift[i : i + 1], rotary)[0]
+            torch.testing.assert_close(got_k, expected_k, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(values[layer][i], expected_v, atol=1e-4, rtol=1e-4)
+
+
+def test_candidate_projections_are_separate_weights_used_only_at_candidates(make_engine):
+    engine = make_engine()
+    ids = random_ids(LONG, seed=8)
+    untrained = engine.generate_ids(ids, aggregation="kv")
+    candidates = engine._candidate_projections()
+    base = engine.model.get_decoder().layers[0].self_attn.q_proj
+    assert candidates.layers[0]["q_proj"].weight.data_ptr() != base.weight.data_ptr()
+    torch.testing.assert_close(candidates.layers[0]["q_proj"].weight, base.weight)
+    with torch.no_grad():
+        for layer in candidates.layers:
+            layer["v_proj"].weight.mul_(3.0)
+    assert engine.generate_ids(ids, aggregation="kv") != untrained  # candidate weights matter in kv
+    assert engine.generate_ids(ids[:60]) == plain_greedy(engine.model, ids[:60], 6)  # and nowhere else
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("aggregation", ["entropy", "kv"])
+def test_long_input_generates_in_both_modes(make_engine, arch, aggregation):
+    engine = make_engine(arch, aggregation=aggregation)
+    ids = random_ids(LONG, seed=9)
+    out = engine.generate_ids(ids)
+    assert len(out) == engine.config.max_new_tokens
+    assert engine.generate_ids(ids) == out
+
+
+def test_entropy_mode_serves_models_without_rope(tokenizer):
+    from conftest import TINY_CONFIG
+
+    engine = FocusEngine(tiny_model("gpt2"), tokenizer, TINY_CONFIG)
+    assert len(engine.generate_ids(random_ids(LONG))) == TINY_CONFIG.max_new_tokens
+    with pytest.raises(UnsupportedModelError, match="gpt2"):
+        engine.generate_ids(random_ids(LONG), aggregation="kv")
+
+
+def test_auto_is_entropy_without_trained_candidates(make_engine):
+    engine = make_engine()
+    assert engine.aggregation_for() == "entropy"
+    ids = random_ids(LONG, seed=10)
+    assert engine.generate_ids(ids) == engine.generate_ids(ids, aggregation="entropy")
+
+
+def test_entropy_aggregation_picks_the_most_confident_distribution():
+    local = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
+    chunks = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 9.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
+    agg = EntropyAggregation(local=None, local_logits=local, chunks=object(), chunk_logits=chunks)
+    assert torch.equal(agg.next_logits(), chunks[1])
+    assert entropy(local)[0] == pytest.approx(torch.log(torch.tensor(4.0)).item())
+
+
+def test_reposition_keys_equals_rotating_at_the_target_position():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    for rope in ({"rope_type": "default", "rope_theta": 10000.0},
+                 {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64}):
+        config = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=256, rope_parameters=rope)
+        rotary = LlamaRotaryEmbedding(config)
+        raw = torch.randn(5, 2, 16)  # [n, kv_heads, head_dim]
+        src, dst = torch.tensor([40, 7, 100, 3, 64]), torch.tensor([0, 1, 2, 3, 4])
+
+        def rope_at(pos):
+            cos, sin = rotary(raw, pos[None])
+            return apply_rotary_pos_emb(raw.transpose(0, 1)[None], raw.transpose(0, 1)[None],
+                                        cos, sin)[1][0].transpose(0, 1)
+
+        moved = reposition_keys(rope_at(src), dst - src, rotary)
+        torch.testing.assert_close(moved, rope_at(dst), atol=1e-5, rtol=1e-5)
+
+
+def test_concurrent_calls_equal_sequential_calls(make_engine):
+    engine = make_engine()
+    prompts = [random_ids(LONG + 10 * i, seed=20 + i) for i in range(4)]
+    sequential = [engine.generate_ids(p) for p in prompts]
+    engine.prefix_cache.clear()
+    results: list = [None] * 4
+
+    def work(i: int) -> None:
+        results[i] = engine.generate_ids(prompts[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == sequential
+
+
+def test_concurrent_kv_calls_equal_sequential_calls(make_engine):
+    engine = make_engine(aggregation="kv")
+    prompts = [random_ids(LONG, seed=30 + i) for i in range(4)]
+    sequential = [engine.generate_ids(p) for p in prompts]
+    results: list = [None] * 4
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, engine.generate_ids(prompts[i])))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == sequential
+
+
+def test_prefix_cache_evicts_least_recently_used():
+    from focus_core.kv_cache import PrefixKV
+
+    entry = PrefixKV(torch.zeros(1, 1, 10, 4), torch.zeros(1, 1, 10, 4))  # 320 bytes
+    cache = PrefixCache(max_bytes=700)
+    cache.put("a", entry)
+    cache.put("b", entry)
+    assert cache.get("a") is entry  # a is now the most recent
+    cache.put("c", entry)
+    assert cache.get("b") is None and cache.get("a") is entry and cache.get("c") is entry
+    assert cache.nbytes == 640
