@@ -162,13 +162,21 @@ class FocusEngine:
                     f"kv aggregation puts {n} chunk entries before the local context, which overflows the native "
                     f"window {self.native_window}; raise chunk_size or lower local_window"
                 )
-        budget = cfg.memory_budget_bytes or int(0.8 * available_bytes(self.runner.device))
-        check_fits(
-            self._estimate(ids, cfg), budget, what=f"this prompt of {len(ids)} tokens",
-            hint="To fit: load the model in bfloat16, lower encode_batch_tokens or max_new_tokens, "
-                 "or raise memory_budget_bytes.",
-        )
+        cfg = self._fit_to_budget(ids, cfg)
         return cfg, ids
+
+    def _fit_to_budget(self, ids: list[int], cfg: FocusConfig) -> FocusConfig:
+        """Shrink the encoding micro-batch until the estimate fits the budget, or refuse the prompt."""
+        budget = cfg.memory_budget_bytes or int(0.8 * available_bytes(self.runner.device))
+        estimate = self._estimate(ids, cfg)
+        while estimate.total > budget and cfg.encode_batch_tokens > cfg.chunk_size:
+            cfg = cfg.replace(encode_batch_tokens=max(cfg.chunk_size, cfg.encode_batch_tokens // 2))
+            estimate = self._estimate(ids, cfg)
+        check_fits(
+            estimate, budget, what=f"this prompt of {len(ids)} tokens",
+            hint="To fit: load the model in bfloat16, lower max_new_tokens, or raise memory_budget_bytes.",
+        )
+        return cfg
 
     def _fits(self, ids: list[int], cfg: FocusConfig) -> bool:
         return len(ids) + cfg.max_new_tokens <= self.native_window

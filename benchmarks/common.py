@@ -1,0 +1,61 @@
+"""Shared helpers for the benchmarks: machine facts, the measured matmul rate, FLOP counts, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def matmul_rate(dtype: torch.dtype, tokens: int = 8192, hidden: int = 576, inner: int = 1536) -> float:
+    """Measured FLOP/s of a model-shaped matmul ([tokens, hidden] x [hidden, inner]) in ``dtype``."""
+    a, b = torch.randn(tokens, hidden, dtype=dtype), torch.randn(hidden, inner, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    reps, start = 20, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * tokens * hidden * inner * reps / (time.perf_counter() - start)
+
+
+def non_embedding_params(model) -> int:
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    skip = {embed.data_ptr()} | ({head.weight.data_ptr()} if head is not None else set())
+    return sum(p.numel() for p in model.parameters() if p.data_ptr() not in skip)
+
+
+def forward_flops(model, chunk_lengths: list[int]) -> float:
+    """FLOPs of running sequences of the given lengths: 2 x params x tokens + causal attention."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attention = sum(2 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * t * t for t in chunk_lengths)
+    return 2 * non_embedding_params(model) * sum(chunk_lengths) + attention
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **payload}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,74 @@
+"""The embedded default model (SmolLM2-135M-Instruct, bf16) for real: plain generation, long-context
+retrieval and the command line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from focus_core import FocusConfig, FocusEngine
+from focus_core.passkey import make_case
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine(embedded):
+    model, tokenizer = embedded
+    return FocusEngine(model, tokenizer, FocusConfig(max_new_tokens=8, progress=False))
+
+
+def test_embedded_model_is_the_default(engine):
+    assert engine.native_window == 8192
+    assert engine.model.dtype == torch.bfloat16
+    assert engine.model.config.model_type == "llama"
+
+
+def test_short_prompt_equals_transformers_generate(engine):
+    prompt = "The three primary colours are"
+    ids = engine.tokenize(prompt)
+    expected = engine.model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False,
+                                     pad_token_id=engine.tokenizer.eos_token_id)[0, len(ids):].tolist()
+    expected = expected[: expected.index(2)] if 2 in expected else expected
+    assert engine.generate_ids(prompt, max_new_tokens=16) == expected
+
+
+def test_passkey_beyond_the_native_window(engine):
+    case = make_case(engine.tokenizer, 10_000, depth=0.35, seed=11)
+    assert engine.count_tokens(case.prompt) > engine.native_window
+    answer = engine.generate(case.prompt)
+    assert case.is_correct(answer), (answer, case.passkey)
+    assert engine.stats.chunks_encoded >= 4
+
+
+def _cli(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "focus_core", *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_cli_passkey_prints_the_summary_line():
+    out = _cli("passkey", "--tokens", "2500", "--seeds", "2", "--native-window", "1024", "--chunk-size", "512",
+               "--local-window", "128", "--dynamic-prompt-len", "64", "--quiet")
+    assert re.fullmatch(r"passkey@2500: 2/2 correct in \d+\.\d s", out.strip().splitlines()[-1])
+
+
+def test_cli_ask_answers_from_a_file(tmp_path):
+    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 60
+    fact = "The lighthouse keeper on the island of Skellig was called Brendan Hale. "
+    doc = tmp_path / "doc.txt"
+    doc.write_text(filler + fact + filler)
+    out = _cli("ask", str(doc), "--question", "What was the name of the lighthouse keeper?", "--answer-prefix",
+               "The name of the lighthouse keeper was", "--native-window", "1024", "--chunk-size", "512", "--local-window",
+               "128", "--dynamic-prompt-len", "64", "--max-new-tokens", "6", "--quiet")
+    assert "Brendan Hale" in out
+
+
+def test_cli_reports_errors_cleanly(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "focus_core", "ask", str(tmp_path / "missing.txt"), "-q", "x"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "focusllm: error" in out.stderr

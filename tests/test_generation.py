@@ -1,0 +1,138 @@
+"""Sampling, streaming, stop strings and bad input, on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import random_ids
+from focus_core import FocusInputError, FocusInputTypeError, MemoryBudgetError
+from focus_core.config import FocusConfig
+from focus_core.sampling import Sampler, TextStream
+
+
+def test_seeded_sampling_is_reproducible_and_differs_across_seeds(make_engine):
+    engine = make_engine(max_new_tokens=10, temperature=1.5)
+    ids = random_ids(300, seed=1)
+    a = engine.generate_ids(ids, seed=1)
+    assert engine.generate_ids(ids, seed=1) == a
+    assert engine.generate_ids(ids, seed=2) != a
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(make_engine):
+    engine = make_engine(max_new_tokens=8)
+    ids = random_ids(300, seed=2)
+    greedy = engine.generate_ids(ids)
+    assert engine.generate_ids(ids, temperature=1.0, top_k=1, seed=0) == greedy
+    assert engine.generate_ids(ids, temperature=1.0, top_p=1e-6, seed=0) == greedy
+
+
+def test_top_k_sampling_stays_within_the_top_k():
+    logits = torch.tensor([5.0, 4.0, 3.0, -1.0, -2.0])
+    sampler = Sampler(FocusConfig(temperature=5.0, top_k=2, seed=0), torch.device("cpu"))
+    assert {sampler(logits) for _ in range(200)} == {0, 1}
+    sampler = Sampler(FocusConfig(temperature=5.0, top_p=0.5, seed=0), torch.device("cpu"))
+    assert {sampler(logits) for _ in range(200)} <= {0, 1}
+
+
+def test_stream_pieces_join_to_the_generated_text(make_engine):
+    engine = make_engine(max_new_tokens=10)
+    ids = random_ids(300, seed=3)
+    pieces = list(engine.stream(ids))
+    assert len(pieces) > 1
+    assert "".join(pieces) == engine.generate(ids)
+    assert "".join(pieces) == engine.tokenizer.decode(engine.generate_ids(ids), skip_special_tokens=True)
+
+
+def test_stop_strings_cut_the_text(make_engine):
+    engine = make_engine(max_new_tokens=10)
+    ids = random_ids(300, seed=3)
+    full = engine.generate(ids)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    cut = engine.generate(ids, stop=[stop])
+    assert cut == full[: full.index(stop)]
+    assert "".join(engine.stream(ids, stop=stop)) == cut
+
+
+def test_text_stream_holds_back_a_partial_stop_string(tokenizer):
+    ids = tokenizer("Hello world. END of story").input_ids
+    stream = TextStream(tokenizer, stop=("END",))
+    out = ""
+    for t in ids:
+        out += stream.push(t)
+        assert "EN" not in out.rstrip().split(" ")[-1] or stream.stopped
+    assert stream.stopped and out == "Hello world. "
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n", []])
+def test_empty_prompts_are_refused(make_engine, prompt):
+    with pytest.raises(FocusInputError):
+        make_engine().generate(prompt)
+
+
+@pytest.mark.parametrize("prompt", [None, 42, {"text": "hi"}, [1.5, 2.0], [True, 3], torch.zeros(2, 3, dtype=torch.long)])
+def test_wrong_prompt_types_are_refused(make_engine, prompt):
+    with pytest.raises(FocusInputTypeError):
+        make_engine().generate(prompt)
+
+
+def test_out_of_vocabulary_ids_are_refused(make_engine):
+    with pytest.raises(FocusInputError, match="outside the vocabulary"):
+        make_engine().generate([5, 10**6])
+
+
+def test_bad_overrides_are_refused_before_work(make_engine):
+    engine = make_engine()
+    with pytest.raises(ValueError):
+        engine.generate(random_ids(300), chunk_size=0)
+    with pytest.raises(ValueError, match="dynamic_prompt_len"):
+        engine.generate(random_ids(300), dynamic_prompt_len=100)
+    with pytest.raises(ValueError, match="native window"):
+        engine.generate(random_ids(300), chunk_size=120)
+    assert engine.stats.chunks_encoded == 0
+
+
+def test_over_budget_prompt_is_refused_before_allocation(make_engine):
+    engine = make_engine(memory_budget_bytes=600_000)
+    ids = random_ids(5000)
+    needed = engine.estimate_memory(ids, encode_batch_tokens=engine.config.chunk_size).total  # smallest batches
+    assert needed > 600_000
+    with pytest.raises(MemoryBudgetError, match=f"{needed} bytes") as err:
+        engine.stream(ids)  # refused when the call is made, not when the stream is read
+    assert err.value.needed_bytes == needed and err.value.budget_bytes == 600_000
+    assert engine.stats.chunks_encoded == 0
+    assert len(engine.generate_ids(random_ids(40))) > 0  # short prompts still fit
+
+
+def test_memory_estimate_covers_what_is_allocated(make_engine):
+    engine = make_engine()
+    ids = random_ids(3000)
+    estimate = engine.estimate_memory(ids)
+    plan = engine._plan(ids, engine.config)
+    with torch.inference_mode():
+        batch, _ = engine.encoder.encode(plan, extra_slots=engine.config.max_new_tokens,
+                                         batch_tokens=engine.config.encode_batch_tokens, candidate=False,
+                                         progress=False)
+    assert batch.kv.nbytes <= estimate.kv_bytes <= 1.1 * batch.kv.nbytes
+
+
+def test_count_tokens_and_chat_template(make_engine):
+    engine = make_engine()
+    assert engine.count_tokens("Hello world") == len(engine.tokenizer("Hello world").input_ids)
+    rendered = engine.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": "Hi?"}])
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in rendered
+    assert rendered.endswith("<|im_start|>assistant\n")
+    with pytest.raises(FocusInputTypeError):
+        engine.apply_chat_template([{"role": "user"}])
+    with pytest.raises(FocusInputTypeError):
+        engine.count_tokens(None)
+
+
+def test_encoding_micro_batches_shrink_to_fit_the_budget(make_engine):
+    ids = random_ids(3000, seed=4)
+    roomy = make_engine(encode_batch_tokens=8192)
+    small_batches = roomy.estimate_memory(ids, encode_batch_tokens=32).total
+    assert roomy.estimate_memory(ids).total > small_batches
+    tight = make_engine(encode_batch_tokens=8192, memory_budget_bytes=small_batches)
+    assert tight.generate_ids(ids) == roomy.generate_ids(ids)
