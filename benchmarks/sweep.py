@@ -15,38 +15,30 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
 from focus_core import FocusConfig, FocusEngine, load_model  # noqa: E402
 from focus_core.passkey import make_case, spread_depths  # noqa: E402
 
 from .common import RESULTS, forward_flops, matmul_rate, write_result  # noqa: E402
 
 
-def run(tokens: int, seeds: int, chunk_sizes: list[int], dtypes: list[str]) -> dict:
+def run(tokens: int, seeds: int, grid: list[tuple[str, int]]) -> dict:
     rows = []
-    for dtype in dtypes:
+    for dtype in dict.fromkeys(d for d, _ in grid):
         model, tokenizer = load_model(dtype=dtype)
         rate = matmul_rate(model.dtype)
-        for chunk_size in chunk_sizes:
+        for chunk_size in [c for d, c in grid if d == dtype]:
             engine = FocusEngine(model, tokenizer, FocusConfig(chunk_size=chunk_size, max_new_tokens=8, progress=False))
-            correct, encode_s, flops, total_s = 0, 0.0, 0.0, 0.0
+            correct, flops, total_s = 0, 0.0, 0.0
             for seed, depth in enumerate(spread_depths(seeds)):
                 engine.prefix_cache.clear()
                 case = make_case(tokenizer, tokens, depth, seed)
-                ids = engine.tokenize(case.prompt)
-                plan = engine._plan(ids, engine.config)
-                start = time.perf_counter()
-                with torch.inference_mode():
-                    engine.encoder.encode(plan, extra_slots=8, batch_tokens=engine.config.encode_batch_tokens,
-                                          candidate=False, progress=False)
-                encode_s += time.perf_counter() - start
+                plan = engine._plan(engine.tokenize(case.prompt), engine.config)
                 flops += forward_flops(model, [1 + len(c) for c in plan.chunks])
-                engine.prefix_cache.clear()
                 start = time.perf_counter()
                 answer = engine.generate(case.prompt)
                 total_s += time.perf_counter() - start
                 correct += case.is_correct(answer)
+            encode_s = engine.stats.encode_seconds
             row = {"dtype": dtype, "chunk_size": chunk_size, "accuracy": correct / seeds,
                    "encode_flops_per_s": flops / encode_s, "matmul_flops_per_s": rate,
                    "fraction_of_matmul_rate": flops / encode_s / rate, "mean_answer_s": total_s / seeds}
@@ -74,10 +66,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=16000)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
-    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    parser.add_argument("--grid", nargs="+", default=["bfloat16:512", "bfloat16:1024", "bfloat16:2048", "float32:1024"],
+                        help="dtype:chunk_size pairs")
     args = parser.parse_args()
-    result = run(args.tokens, args.seeds, args.chunk_sizes, args.dtypes)
+    grid = [(d, int(c)) for d, c in (item.split(":") for item in args.grid)]
+    result = run(args.tokens, args.seeds, grid)
     write_result("sweep", result)
     plot(result)
 

@@ -36,7 +36,7 @@ class FocusConfig:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     native_window: int | None = None  # None: the model's own max_position_embeddings
-    encode_batch_tokens: int = 16384  # tokens per micro-batch when encoding chunks
+    encode_batch_tokens: int = 4096  # tokens per micro-batch when encoding chunks
     prefix_cache_bytes: int = 2 * GiB  # LRU budget of the content-addressed chunk-prefix cache
     memory_budget_bytes: int | None = None  # None: 80% of the memory available on the device
     progress: bool | None = None  # None: show bars only on a TTY

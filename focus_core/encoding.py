@@ -8,6 +8,7 @@ budget. Then the dynamic prompt ``d`` runs against all prefixes in one batched p
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -25,13 +26,15 @@ class EncodingStats:
     chunks_encoded: int = 0
     tokens_encoded: int = 0
     chunks_reused: int = 0
+    encode_seconds: float = 0.0  # wall time spent encoding chunk prefixes
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, *, encoded: int = 0, tokens: int = 0, reused: int = 0) -> None:
+    def add(self, *, encoded: int = 0, tokens: int = 0, reused: int = 0, seconds: float = 0.0) -> None:
         with self._lock:
             self.chunks_encoded += encoded
             self.tokens_encoded += tokens
             self.chunks_reused += reused
+            self.encode_seconds += seconds
 
 
 class ChunkEncoder:
@@ -78,6 +81,7 @@ class ChunkEncoder:
         rows_per_step = max(1, batch_tokens // batch.kv.length)
         with tqdm(total=len(missing), desc="encoding chunks", unit="chunk", disable=not progress) as bar:
             for start in range(0, len(missing), rows_per_step):
+                began = time.perf_counter()
                 rows = missing[start : start + rows_per_step]
                 group = SequenceBatch(self.runner, rows=len(rows), capacity=max(len(prefixes[r]) for r in rows))
                 group.start_padded([prefixes[r] for r in rows])
@@ -85,5 +89,6 @@ class ChunkEncoder:
                     k, v = group.kv.read_prefix(i)
                     batch.kv.write_prefix(row, k, v)
                     self.prefix_cache.put(keys[row], PrefixKV(k, v))
-                self.stats.add(encoded=len(rows), tokens=sum(len(prefixes[r]) for r in rows))
+                self.stats.add(encoded=len(rows), tokens=sum(len(prefixes[r]) for r in rows),
+                               seconds=time.perf_counter() - began)
                 bar.update(len(rows))

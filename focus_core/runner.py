@@ -58,18 +58,26 @@ class ModelRunner:
         cache,
         attention_mask: torch.Tensor | None,
         candidate_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits ``[batch, vocab]`` (fp32) of the last position of every row."""
+        logits: bool = True,
+    ) -> torch.Tensor | None:
+        """Logits ``[batch, vocab]`` (fp32) of the last position of every row, or None if not wanted.
+
+        The LM head runs on the last hidden state only, as a 2-D matmul: slicing a 3-D hidden state
+        first (``logits_to_keep``) makes CPU matmul copy the head weight once per row.
+        """
         with candidate_positions(candidate_mask):
-            out = self.model(
+            hidden = self.model.base_model(
                 input_ids=input_ids,
                 position_ids=position_ids,
                 attention_mask=attention_mask,
                 past_key_values=cache,
                 use_cache=True,
-                logits_to_keep=1,
-            )
-        return out.logits[:, -1].float()
+            ).last_hidden_state
+        if not logits:
+            return None
+        out = self.model.get_output_embeddings()(hidden[:, -1].contiguous()).float()
+        softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return out if softcap is None else torch.tanh(out / softcap) * softcap
 
 
 class SequenceBatch:
@@ -87,8 +95,8 @@ class SequenceBatch:
     def rows(self) -> int:
         return self.kv.rows
 
-    def start_padded(self, sequences: Sequence[Sequence[int]], pad_token_id: int = 0) -> torch.Tensor:
-        """Run the first tokens of every row, left-padded to a common length; returns last logits."""
+    def start_padded(self, sequences: Sequence[Sequence[int]], pad_token_id: int = 0) -> None:
+        """Run the first tokens of every row, left-padded to a common length (no logits: a prefix)."""
         width = max(len(s) for s in sequences)
         pad = torch.tensor([width - len(s) for s in sequences], device=self.runner.device)
         ids = torch.tensor([[pad_token_id] * (width - len(s)) + list(s) for s in sequences], device=self.runner.device)
@@ -96,10 +104,9 @@ class SequenceBatch:
         valid = slots >= pad[:, None]  # [rows, width]
         positions = (slots - pad[:, None]).clamp(min=0)
         mask = None if bool(valid.all()) else valid
-        logits = self.runner.forward(ids, positions, self.kv.cache(), mask)
+        self.runner.forward(ids, positions, self.kv.cache(), mask, logits=False)
         self.kv.advance(width, valid)
         self.next_positions = width - pad
-        return logits
 
     def append(
         self, tokens: torch.Tensor, *, candidate_last: bool = False, max_batch_tokens: int | None = None
