@@ -25,7 +25,7 @@ class FocusConfig:
     Generation settings (``max_new_tokens`` … ``stop``) can be overridden per call.
     """
 
-    chunk_size: int = 2048
+    chunk_size: int = 1024
     local_window: int = 512
     dynamic_prompt_len: int = 128
     aggregation: Aggregation = "auto"

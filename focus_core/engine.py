@@ -67,6 +67,12 @@ class FocusEngine:
     def model_name(self) -> str:
         return str(getattr(self.model.config, "name_or_path", "") or type(self.model).__name__)
 
+    @property
+    def max_context_tokens(self) -> int:
+        """The longest prompt whose KV cache, with a prefix-cache copy of it, fits the memory budget."""
+        budget = self.config.memory_budget_bytes or int(0.8 * available_bytes(self.runner.device))
+        return max(self.native_window, budget // (2 * self.runner.kv_bytes_per_token()))
+
     def generate(self, prompt: Prompt, **overrides: Any) -> str:
         """The completion of ``prompt``; ``overrides`` replace :class:`FocusConfig` generation settings."""
         return "".join(self.stream(prompt, **overrides))

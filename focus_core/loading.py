@@ -91,6 +91,7 @@ def load_model(
         path = _embedded_checkpoint()
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **common)
+        model.config.name_or_path = DEFAULT_MODEL_NAME
     else:
         gguf = {"gguf_file": gguf_file} if gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **gguf)

@@ -1,0 +1,216 @@
+"""LangChain integration: ``FocusLLM`` (a ``BaseLLM``), ``ChatFocusLLM`` (a ``BaseChatModel``) and a
+retrieval-free question-answering chain. Field names follow ``langchain-huggingface``'s
+``HuggingFacePipeline`` / ``ChatHuggingFace`` where the meaning is the same."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Sequence
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel, BaseLLM
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation, GenerationChunk, LLMResult
+from langchain_core.runnables import Runnable, RunnableLambda
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+
+from focus_core import FocusEngine, FocusInputError, FocusInputTypeError
+
+from ._engine import FOCUS_FIELDS, GENERATION_FIELDS, generation_overrides, resolve_engine
+
+DEFAULT_QA_TEMPLATE = "{documents}\n\nQuestion: {question}\nAnswer:"
+
+
+class FocusLLM(BaseLLM):
+    """A local Hugging Face model that reads prompts far longer than its window, via FocusLLM.
+
+    ``FocusLLM()`` uses the embedded SmolLM2-135M-Instruct. ``FocusLLM(model_id=..., model_kwargs=...)``
+    loads any causal LM (``model_kwargs`` go to :func:`focus_core.load_model`: ``dtype``, ``device``,
+    ``gguf_file``, ...); ``FocusLLM(engine=engine)`` wraps an engine you already have.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    model_id: str | None = None
+    model_kwargs: dict[str, Any] | None = None
+    pipeline_kwargs: dict[str, Any] | None = None  # generation settings applied to every call
+    batch_size: int = 4  # prompts of one batch run concurrently
+    engine: FocusEngine | None = Field(default=None, exclude=True)
+    # FocusLLM settings (FocusConfig); None keeps the engine's value.
+    chunk_size: int | None = None
+    local_window: int | None = None
+    dynamic_prompt_len: int | None = None
+    aggregation: str | None = None
+    native_window: int | None = None
+    encode_batch_tokens: int | None = None
+    prefix_cache_bytes: int | None = None
+    memory_budget_bytes: int | None = None
+    progress: bool | None = None
+    # Generation settings; None keeps the engine's value.
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _load(self) -> FocusLLM:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.engine = resolve_engine(self.engine, self.model_id, self.model_kwargs,
+                                     {k: getattr(self, k) for k in FOCUS_FIELDS})
+        return self
+
+    @classmethod
+    def from_model_id(cls, model_id: str | None = None, model_kwargs: dict[str, Any] | None = None,
+                      pipeline_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> FocusLLM:
+        """Same as the constructor; mirrors ``HuggingFacePipeline.from_model_id``."""
+        return cls(model_id=model_id, model_kwargs=model_kwargs, pipeline_kwargs=pipeline_kwargs, **kwargs)
+
+    @property
+    def _llm_type(self) -> str:
+        return "focusllm"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        cfg = self.engine.config
+        return {"model": self.engine.model_name, **{k: getattr(cfg, k) for k in FOCUS_FIELDS if k != "progress"},
+                **self._settings()}
+
+    def _settings(self, **call_kwargs: Any) -> dict[str, Any]:
+        """Per-call overrides: generation fields, then pipeline_kwargs, then the call's."""
+        fields = {k: getattr(self, k) for k in GENERATION_FIELDS}
+        return generation_overrides({**fields, **(self.pipeline_kwargs or {})}, call_kwargs, None)
+
+    def get_num_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    def _generate(self, prompts: list[str], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+        settings = generation_overrides(self._settings(**kwargs), {}, stop)
+        streams = [self.engine.stream(p, **settings) for p in prompts]  # validates every prompt up front
+
+        def run(stream: Iterator[str]) -> str:
+            return "".join(stream)
+
+        with ThreadPoolExecutor(max_workers=min(self.batch_size, len(prompts))) as pool:
+            texts = list(pool.map(run, streams))
+        return LLMResult(generations=[[Generation(text=t)] for t in texts])
+
+    def _stream(self, prompt: str, stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
+        settings = generation_overrides(self._settings(**kwargs), {}, stop)
+        for piece in self.engine.stream(prompt, **settings):
+            chunk = GenerationChunk(text=piece)
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+
+
+_ROLES = {SystemMessage: "system", HumanMessage: "user", AIMessage: "assistant"}
+
+
+def messages_to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    """LangChain messages as chat-template dicts (system, user, assistant, or a ChatMessage's role)."""
+    out = []
+    for m in messages:
+        role = m.role if isinstance(m, ChatMessage) else next((r for t, r in _ROLES.items() if isinstance(m, t)), None)
+        if role is None:
+            raise FocusInputTypeError(f"ChatFocusLLM cannot render a {type(m).__name__}")
+        if not isinstance(m.content, str):
+            raise FocusInputTypeError("ChatFocusLLM takes text message content only")
+        out.append({"role": role, "content": m.content})
+    return out
+
+
+class ChatFocusLLM(BaseChatModel):
+    """Chat model over a :class:`FocusLLM`: messages are rendered with the tokenizer's chat template.
+
+    ``ChatFocusLLM()`` wraps ``FocusLLM()`` (the embedded default); ``ChatFocusLLM(llm=FocusLLM(...))``
+    mirrors ``ChatHuggingFace(llm=...)``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    llm: FocusLLM = Field(default_factory=FocusLLM)
+
+    @property
+    def _llm_type(self) -> str:
+        return "focusllm-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self.llm._identifying_params
+
+    def get_num_tokens(self, text: str) -> int:
+        return self.llm.get_num_tokens(text)
+
+    def render(self, messages: Sequence[BaseMessage]) -> str:
+        """The prompt text the model sees for ``messages``."""
+        return self.llm.engine.apply_chat_template(messages_to_dicts(messages))
+
+    def _usage(self, prompt: str, text: str) -> dict[str, int]:
+        engine = self.llm.engine
+        inputs, outputs = engine.count_tokens(prompt), len(engine.tokenizer(text, add_special_tokens=False).input_ids)
+        return {"input_tokens": inputs, "output_tokens": outputs, "total_tokens": inputs + outputs}
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        prompt = self.render(messages)
+        text = self.llm._generate([prompt], stop=stop, **kwargs).generations[0][0].text
+        message = AIMessage(content=text, usage_metadata=self._usage(prompt, text))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        prompt = self.render(messages)
+        text = ""
+        for piece in self.llm._stream(prompt, stop=stop, **kwargs):
+            text += piece.text
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece.text, chunk=chunk)
+            yield chunk
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=self._usage(prompt, text)))
+
+
+def create_focus_qa_chain(llm: FocusLLM | None = None, prompt_template: str = DEFAULT_QA_TEMPLATE) -> Runnable:
+    """A Runnable answering ``{"documents": list[Document] | str, "question": str}`` over all the text.
+
+    No retrieval: every document goes into the prompt, in order, and FocusLLM reads all of it. The
+    documents come first, so asking again about the same documents reuses their encoded chunks.
+    ``prompt_template`` takes ``{documents}`` and ``{question}``.
+    """
+    if "{documents}" not in prompt_template or "{question}" not in prompt_template:
+        raise ValueError("prompt_template must contain {documents} and {question}")
+    model = llm if llm is not None else FocusLLM()
+
+    def build_prompt(inputs: dict[str, Any]) -> str:
+        if not isinstance(inputs, dict) or "documents" not in inputs or "question" not in inputs:
+            raise FocusInputTypeError('the chain takes {"documents": ..., "question": ...}')
+        return prompt_template.format(documents=_documents_text(inputs["documents"]),
+                                      question=_question_text(inputs["question"]))
+
+    return (RunnableLambda(build_prompt) | model).with_config(run_name="FocusQAChain")
+
+
+def _documents_text(documents: Any) -> str:
+    if isinstance(documents, str):
+        texts = [documents]
+    elif isinstance(documents, (list, tuple)) and all(isinstance(d, Document) for d in documents):
+        texts = [d.page_content for d in documents]
+    else:
+        raise FocusInputTypeError("documents must be a str or a list of langchain Document objects")
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise FocusInputError("the documents are empty")
+    return "\n\n".join(texts)
+
+
+def _question_text(question: Any) -> str:
+    if not isinstance(question, str):
+        raise FocusInputTypeError(f"question must be a str, got {type(question).__name__}")
+    if not question.strip():
+        raise FocusInputError("the question is empty")
+    return question.strip()

@@ -1,0 +1,196 @@
+"""LlamaIndex integration: ``FocusLLM`` (a ``CustomLLM``) and ``FocusQueryEngine``, a query engine that
+answers over all the text of its documents with no retrieval. Field names follow
+``llama-index-llms-huggingface``'s ``HuggingFaceLLM`` where the meaning is the same."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterator, Sequence
+
+from llama_index.core.base.base_query_engine import BaseQueryEngine
+from llama_index.core.base.llms.types import ChatMessage, CompletionResponse, CompletionResponseGen, LLMMetadata
+from llama_index.core.base.response.schema import Response, StreamingResponse
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.llms import CustomLLM
+from llama_index.core.llms.callbacks import llm_completion_callback
+from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+from pydantic import Field, PrivateAttr
+
+from focus_core import FocusEngine, FocusInputError, FocusInputTypeError
+
+from ._engine import FOCUS_FIELDS, generation_overrides, resolve_engine
+
+# Completion style, which small instruct models follow; the trailing space keeps SmolLM2 from ending
+# the answer at once (it emits end-of-turn right after "Answer:" on short contexts).
+DEFAULT_QA_TEMPLATE = "{context_str}\n\nQuestion: {query_str}\nAnswer: "
+
+
+class FocusLLM(CustomLLM):
+    """A local Hugging Face model reading prompts far past its native window, via FocusLLM.
+
+    ``FocusLLM()`` uses the embedded SmolLM2-135M-Instruct; ``FocusLLM(model_name=..., model_kwargs=...)``
+    loads any causal LM (``model_kwargs`` go to :func:`focus_core.load_model`); ``FocusLLM(engine=...)``
+    wraps an existing engine. ``metadata.context_window`` is the extended window the engine can serve.
+    Chat goes through the tokenizer's chat template.
+    """
+
+    model_name: str | None = Field(default=None, description="model name or path; None: the embedded default")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="kwargs for focus_core.load_model")
+    generate_kwargs: dict[str, Any] = Field(default_factory=dict, description="generation settings for every call")
+    max_new_tokens: int = Field(default=256, gt=0, description="tokens generated per call")
+    context_window: int | None = Field(default=None, description="None: computed from the memory budget")
+    is_chat_model: bool = Field(default=False, description="whether prompts are chat-formatted by default")
+    chunk_size: int | None = None
+    local_window: int | None = None
+    dynamic_prompt_len: int | None = None
+    aggregation: str | None = None
+    native_window: int | None = None
+    encode_batch_tokens: int | None = None
+    prefix_cache_bytes: int | None = None
+    memory_budget_bytes: int | None = None
+    progress: bool | None = None
+
+    _engine: FocusEngine = PrivateAttr()
+
+    def __init__(self, engine: FocusEngine | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._engine = resolve_engine(engine, self.model_name, self.model_kwargs,
+                                      {k: getattr(self, k) for k in FOCUS_FIELDS})
+        if self.messages_to_prompt is None or getattr(self.messages_to_prompt, "__name__", "") == "messages_to_prompt":
+            self.messages_to_prompt = self._chat_prompt
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "FocusLLM"
+
+    @property
+    def engine(self) -> FocusEngine:
+        return self._engine
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(
+            context_window=self.context_window or self._engine.max_context_tokens,
+            num_output=self.max_new_tokens,
+            model_name=self._engine.model_name,
+            is_chat_model=self.is_chat_model,
+        )
+
+    def _chat_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        turns = [{"role": m.role.value, "content": m.content or ""} for m in messages]
+        if self.system_prompt and not any(t["role"] == "system" for t in turns):
+            turns.insert(0, {"role": "system", "content": self.system_prompt})
+        return self._engine.apply_chat_template(turns)
+
+    def _overrides(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return generation_overrides({**self.generate_kwargs, "max_new_tokens": self.max_new_tokens}, kwargs, None)
+
+    def _format(self, prompt: str, formatted: bool) -> str:
+        if not isinstance(prompt, str):
+            raise FocusInputTypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if formatted:
+            return prompt
+        if self.is_chat_model:
+            return self._chat_prompt([ChatMessage(role="user", content=prompt)])
+        return self.completion_to_prompt(prompt) if self.completion_to_prompt else prompt
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text=self._engine.generate(self._format(prompt, formatted), **self._overrides(kwargs)))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        pieces = self._engine.stream(self._format(prompt, formatted), **self._overrides(kwargs))
+
+        def gen() -> CompletionResponseGen:
+            text = ""
+            for piece in pieces:
+                text += piece
+                yield CompletionResponse(text=text, delta=piece)
+
+        return gen()
+
+
+class FocusQueryEngine(BaseQueryEngine):
+    """Answers over **all** the text of its documents or nodes: no retriever, no top-k.
+
+    The documents are laid out first in every prompt, so FocusLLM encodes their chunks once and later
+    queries reuse them (only the chunk holding the end of the documents and the question is new).
+    """
+
+    def __init__(self, nodes: Sequence[BaseNode], llm: FocusLLM | None = None,
+                 prompt_template: BasePromptTemplate | str | None = None, streaming: bool = False,
+                 callback_manager: CallbackManager | None = None):
+        nodes = list(nodes)
+        if not nodes or not all(isinstance(n, BaseNode) for n in nodes):
+            raise FocusInputTypeError("FocusQueryEngine needs a non-empty list of LlamaIndex documents or nodes")
+        self._nodes = nodes
+        self._context = "\n\n".join(t for t in (n.get_content(metadata_mode=MetadataMode.LLM) for n in nodes)
+                                    if t.strip())
+        if not self._context:
+            raise FocusInputError("the documents are empty")
+        self._llm = llm if llm is not None else FocusLLM()
+        self._prompt = _as_prompt(prompt_template or DEFAULT_QA_TEMPLATE)
+        self._streaming = streaming
+        super().__init__(callback_manager=callback_manager or CallbackManager([]))
+
+    @classmethod
+    def from_documents(cls, documents: Sequence[BaseNode], llm: FocusLLM | None = None,
+                       prompt_template: BasePromptTemplate | str | None = None, **kwargs: Any) -> FocusQueryEngine:
+        """A query engine over whole ``documents`` (``Document`` or any node), in the given order."""
+        return cls(documents, llm=llm, prompt_template=prompt_template, **kwargs)
+
+    @property
+    def llm(self) -> FocusLLM:
+        return self._llm
+
+    def query(self, str_or_query_bundle: str | QueryBundle) -> Response | StreamingResponse:
+        return super().query(_checked_query(str_or_query_bundle))
+
+    async def aquery(self, str_or_query_bundle: str | QueryBundle) -> Response | StreamingResponse:
+        return await super().aquery(_checked_query(str_or_query_bundle))
+
+    def _get_prompt_modules(self) -> dict[str, Any]:
+        return {}
+
+    def _get_prompts(self) -> dict[str, Any]:
+        return {"text_qa_template": self._prompt}
+
+    def _update_prompts(self, prompts: dict[str, Any]) -> None:
+        if "text_qa_template" in prompts:
+            self._prompt = _as_prompt(prompts["text_qa_template"])
+
+    def _source_nodes(self) -> list[NodeWithScore]:
+        return [NodeWithScore(node=n, score=None) for n in self._nodes]
+
+    def _query(self, query_bundle: QueryBundle) -> Response | StreamingResponse:
+        question = _checked_query(query_bundle).query_str.strip()
+        prompt = self._prompt.format(context_str=self._context, query_str=question)
+        if self._streaming:
+            stream: Iterator[str] = self._llm.engine.stream(prompt, **self._llm._overrides({}))
+            return StreamingResponse(response_gen=stream, source_nodes=self._source_nodes())
+        return Response(response=self._llm.engine.generate(prompt, **self._llm._overrides({})),
+                        source_nodes=self._source_nodes())
+
+    async def _aquery(self, query_bundle: QueryBundle) -> Response | StreamingResponse:
+        return await asyncio.to_thread(self._query, query_bundle)
+
+
+def _checked_query(query: Any) -> QueryBundle:
+    bundle = QueryBundle(query_str=query) if isinstance(query, str) else query
+    if not isinstance(bundle, QueryBundle) or not isinstance(bundle.query_str, str):
+        raise FocusInputTypeError(f"the query must be a str or a QueryBundle, got {type(query).__name__}")
+    if not bundle.query_str.strip():
+        raise FocusInputError("the query is empty")
+    return bundle
+
+
+def _as_prompt(template: BasePromptTemplate | str) -> BasePromptTemplate:
+    prompt = PromptTemplate(template) if isinstance(template, str) else template
+    if not isinstance(prompt, BasePromptTemplate):
+        raise FocusInputTypeError("prompt_template must be a str or a LlamaIndex prompt template")
+    missing = {"context_str", "query_str"} - set(prompt.template_vars)
+    if missing:
+        raise ValueError(f"prompt_template lacks {sorted(missing)}")
+    return prompt

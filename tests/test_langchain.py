@@ -1,0 +1,137 @@
+"""LangChain wrappers with real langchain-core objects, on a tiny random model (fast)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import PromptTemplate
+
+from conftest import random_ids
+from focus_core import FocusInputError, FocusInputTypeError
+from focusllm_integrations import FocusLLM as TopLevelFocusLLM
+from focusllm_integrations.langchain import ChatFocusLLM, FocusLLM, create_focus_qa_chain
+
+
+@pytest.fixture
+def llm(make_engine):
+    return FocusLLM(engine=make_engine(max_new_tokens=8))
+
+
+def long_text(llm: FocusLLM, n: int = 300, seed: int = 0) -> str:
+    return llm.engine.tokenizer.decode(random_ids(n, seed=seed))
+
+
+class TokenRecorder(BaseCallbackHandler):
+    def __init__(self):
+        self.tokens: list[str] = []
+
+    def on_llm_new_token(self, token: str, **kwargs) -> None:
+        self.tokens.append(token)
+
+
+def test_top_level_import_is_the_langchain_llm():
+    assert TopLevelFocusLLM is FocusLLM
+
+
+def test_invoke_batch_stream_astream_agree(llm):
+    prompts = [long_text(llm, 300 + 20 * i, seed=i) for i in range(4)]
+    expected = [llm.engine.generate(p) for p in prompts]
+    assert llm.invoke(prompts[0]) == expected[0]
+    assert llm.batch(prompts) == expected  # runs concurrently (batch_size=4)
+    assert "".join(llm.stream(prompts[1])) == expected[1]
+
+    async def collect() -> str:
+        return "".join([piece async for piece in llm.astream(prompts[2])])
+
+    assert asyncio.run(collect()) == expected[2]
+    assert asyncio.run(llm.ainvoke(prompts[3])) == expected[3]
+
+
+def test_callbacks_receive_every_streamed_token(llm):
+    recorder = TokenRecorder()
+    pieces = list(llm.stream(long_text(llm), config={"callbacks": [recorder]}))
+    assert recorder.tokens == pieces and len(pieces) > 1
+
+
+def test_stop_sequences_cut_the_text(llm):
+    prompt = long_text(llm)
+    full = llm.invoke(prompt)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    assert llm.invoke(prompt, stop=[stop]) == full[: full.index(stop)]
+
+
+def test_generation_settings_follow_huggingface_pipeline_names(make_engine):
+    engine = make_engine(max_new_tokens=8)
+    short = FocusLLM(engine=engine, pipeline_kwargs={"max_new_tokens": 3})
+    prompt = "Once upon a time"
+    assert short.invoke(prompt) == engine.generate(prompt, max_new_tokens=3)
+    assert short.invoke(prompt, max_new_tokens=5) == engine.generate(prompt, max_new_tokens=5)
+    assert FocusLLM(engine=engine, max_new_tokens=2).invoke(prompt) == engine.generate(prompt, max_new_tokens=2)
+    assert short._llm_type == "focusllm" and short._identifying_params["chunk_size"] == 32
+    assert short.get_num_tokens("Hello world") == engine.count_tokens("Hello world")
+
+
+def test_lcel_composition(llm):
+    chain = PromptTemplate.from_template("{document}\n\nSummary:") | llm | StrOutputParser()
+    document = long_text(llm)
+    assert chain.invoke({"document": document}) == llm.engine.generate(f"{document}\n\nSummary:")
+
+
+def test_chat_model_applies_the_chat_template(llm):
+    chat = ChatFocusLLM(llm=llm)
+    messages = [SystemMessage("You answer briefly."), HumanMessage("Name a colour."),
+                AIMessage("Blue."), HumanMessage("Another one?")]
+    rendered = chat.render(messages)
+    assert rendered == ("<|im_start|>system\nYou answer briefly.<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n"
+                        "<|im_start|>assistant\nBlue.<|im_end|>\n<|im_start|>user\nAnother one?<|im_end|>\n"
+                        "<|im_start|>assistant\n")
+    reply = chat.invoke(messages)
+    assert isinstance(reply, AIMessage) and reply.content == llm.engine.generate(rendered)
+    assert reply.usage_metadata["input_tokens"] == llm.engine.count_tokens(rendered)
+    assert reply.usage_metadata["output_tokens"] > 0
+    chunks = list(chat.stream(messages))
+    assert all(isinstance(c, AIMessageChunk) for c in chunks)
+    assert "".join(c.content for c in chunks) == reply.content
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged = merged + chunk
+    assert merged.usage_metadata == reply.usage_metadata
+
+
+def test_qa_chain_reads_all_documents_and_reuses_their_chunks(llm):
+    chain = create_focus_qa_chain(llm)
+    documents = [Document(page_content=long_text(llm, 200, seed=s)) for s in (1, 2)]
+    text = "\n\n".join(d.page_content for d in documents)
+    answer = chain.invoke({"documents": documents, "question": "What happened?"})
+    assert answer == llm.engine.generate(f"{text}\n\nQuestion: What happened?\nAnswer:")
+    encoded = llm.engine.stats.chunks_encoded
+    chain.invoke({"documents": documents, "question": "What happened?"})
+    assert llm.engine.stats.chunks_encoded == encoded  # same documents and question: nothing re-encoded
+    assert chain.invoke({"documents": text, "question": "What happened?"}) == answer
+
+
+@pytest.mark.parametrize("inputs, error", [
+    ({"documents": [], "question": "Why?"}, FocusInputError),
+    ({"documents": "  ", "question": "Why?"}, FocusInputError),
+    ({"documents": "Some text.", "question": 42}, FocusInputTypeError),
+    ({"documents": "Some text.", "question": " "}, FocusInputError),
+    ({"documents": [1, 2], "question": "Why?"}, FocusInputTypeError),
+    ({"question": "Why?"}, FocusInputTypeError),
+])
+def test_qa_chain_rejects_bad_input(llm, inputs, error):
+    with pytest.raises(error):
+        create_focus_qa_chain(llm).invoke(inputs)
+
+
+def test_bad_construction_is_refused(make_engine):
+    with pytest.raises(ValueError):
+        FocusLLM(engine=make_engine(), chunk_size=64)
+    with pytest.raises(ValueError):
+        FocusLLM(engine=make_engine(), batch_size=0)
+    with pytest.raises(FocusInputError):
+        FocusLLM(engine=make_engine()).invoke("")

@@ -1,0 +1,106 @@
+"""LlamaIndex wrappers with real llama-index-core objects: tiny random model for the plumbing, the
+embedded model for a retrieval-free query engine over documents longer than its window."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from llama_index.core import Document, Settings
+from llama_index.core.base.response.schema import StreamingResponse
+from llama_index.core.llms import ChatMessage
+from llama_index.core.schema import TextNode
+
+from conftest import random_ids
+from focus_core import FocusConfig, FocusEngine, FocusInputError, FocusInputTypeError
+from focus_core.passkey import FILLER
+from focusllm_integrations.llamaindex import FocusLLM, FocusQueryEngine
+
+
+@pytest.fixture
+def llm(make_engine):
+    return FocusLLM(engine=make_engine(max_new_tokens=8), max_new_tokens=8)
+
+
+def test_complete_and_stream_complete(llm):
+    prompt = llm.engine.tokenizer.decode(random_ids(300))
+    expected = llm.engine.generate(prompt)
+    assert llm.complete(prompt).text == expected
+    responses = list(llm.stream_complete(prompt))
+    assert "".join(r.delta for r in responses) == expected == responses[-1].text
+    assert asyncio.run(llm.acomplete(prompt)).text == expected
+
+
+def test_metadata_reports_the_extended_window(llm):
+    meta = llm.metadata
+    assert meta.context_window == llm.engine.max_context_tokens > llm.engine.native_window
+    assert meta.num_output == 8 and meta.is_chat_model is False
+    assert FocusLLM(engine=llm.engine, context_window=50_000).metadata.context_window == 50_000
+
+
+def test_chat_goes_through_the_chat_template(llm):
+    messages = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi there")]
+    rendered = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    assert llm.messages_to_prompt(messages) == rendered
+    reply = llm.chat(messages)
+    assert reply.message.content == llm.engine.generate(rendered)
+    assert "".join(r.delta for r in llm.stream_chat(messages)) == reply.message.content
+
+
+def test_works_as_settings_llm(llm):
+    previous = Settings._llm
+    try:
+        Settings.llm = llm
+        assert Settings.llm is llm
+        assert Settings.llm.complete("Once upon a time").text == llm.engine.generate("Once upon a time")
+    finally:
+        Settings._llm = previous
+
+
+def test_query_engine_answers_from_all_nodes(llm):
+    nodes = [TextNode(text=llm.engine.tokenizer.decode(random_ids(150, seed=s))) for s in range(3)]
+    engine = FocusQueryEngine(nodes, llm=llm, prompt_template="{context_str}\nQ: {query_str}\nA:")
+    response = engine.query("What is it?")
+    context = "\n\n".join(n.get_content() for n in nodes)
+    assert response.response == llm.engine.generate(f"{context}\nQ: What is it?\nA:")
+    assert [s.node for s in response.source_nodes] == nodes
+    assert asyncio.run(engine.aquery("What is it?")).response == response.response
+    streaming = FocusQueryEngine(nodes, llm=llm, prompt_template="{context_str}\nQ: {query_str}\nA:", streaming=True)
+    streamed = streaming.query("What is it?")
+    assert isinstance(streamed, StreamingResponse) and "".join(streamed.response_gen) == response.response
+
+
+def test_query_engine_rejects_bad_input(llm):
+    with pytest.raises(FocusInputTypeError):
+        FocusQueryEngine.from_documents([], llm=llm)
+    with pytest.raises(FocusInputError):
+        FocusQueryEngine.from_documents([Document(text="  ")], llm=llm)
+    with pytest.raises(FocusInputTypeError):
+        FocusQueryEngine.from_documents(["plain strings are not documents"], llm=llm)
+    with pytest.raises(ValueError, match="query_str"):
+        FocusQueryEngine.from_documents([Document(text="x")], llm=llm, prompt_template="{context_str} only")
+    engine = FocusQueryEngine.from_documents([Document(text="Some text.")], llm=llm)
+    with pytest.raises(FocusInputError):
+        engine.query("   ")
+    with pytest.raises(FocusInputTypeError):
+        engine.query(42)
+
+
+@pytest.mark.slow
+def test_query_engine_finds_a_pass_key_past_the_native_window(embedded):
+    model, tokenizer = embedded
+    llm = FocusLLM(engine=FocusEngine(model, tokenizer, FocusConfig(progress=False)), max_new_tokens=8)
+    documents = [Document(text=FILLER * 120), Document(text=FILLER * 60 + "The pass key is 73519. Remember it. "
+                                                       "73519 is the pass key. " + FILLER * 60),
+                 Document(text=FILLER * 120)]
+    engine = FocusQueryEngine.from_documents(
+        documents, llm=llm, prompt_template="{context_str}\n\n{query_str} The pass key is ")
+    total = sum(llm.engine.count_tokens(d.text) for d in documents)
+    assert total > llm.engine.native_window
+    response = engine.query("What is the pass key?")
+    assert response.response.strip().startswith("73519"), response.response
+    assert len(response.source_nodes) == 3
+    encoded = llm.engine.stats.chunks_encoded
+    again = engine.query("Tell me the pass key.")
+    assert again.response.strip().startswith("73519"), again.response
+    assert llm.engine.stats.chunks_encoded - encoded <= 2 < encoded  # only the tail chunk(s) are new
