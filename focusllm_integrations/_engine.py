@@ -5,13 +5,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from focus_core import FocusConfig, FocusEngine
 
-# FocusConfig fields a wrapper exposes as its own fields (names match FocusConfig).
-FOCUS_FIELDS: tuple[str, ...] = (
-    "chunk_size", "local_window", "dynamic_prompt_len", "aggregation", "native_window",
-    "encode_batch_tokens", "prefix_cache_bytes", "memory_budget_bytes", "progress",
-)
+
+class FocusFields(BaseModel):
+    """FocusConfig settings both wrappers expose as their own fields; None keeps FocusConfig's default."""
+
+    chunk_size: int | None = None
+    local_window: int | None = None
+    dynamic_prompt_len: int | None = None
+    aggregation: str | None = None
+    native_window: int | None = None
+    encode_batch_tokens: int | None = None
+    prefix_cache_bytes: int | None = None
+    memory_budget_bytes: int | None = None
+    progress: bool | None = None
+
+    def focus_settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FocusFields.model_fields}
+
+
 GENERATION_FIELDS: tuple[str, ...] = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
 
 

@@ -17,12 +17,12 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from focus_core import FocusEngine, FocusInputError, FocusInputTypeError
 
-from ._engine import FOCUS_FIELDS, GENERATION_FIELDS, generation_overrides, resolve_engine
+from ._engine import GENERATION_FIELDS, FocusFields, generation_overrides, resolve_engine
 
 DEFAULT_QA_TEMPLATE = "{documents}\n\nQuestion: {question}\nAnswer:"
 
 
-class FocusLLM(BaseLLM):
+class FocusLLM(BaseLLM, FocusFields):
     """A local Hugging Face model that reads prompts far longer than its window, via FocusLLM.
 
     ``FocusLLM()`` uses the embedded SmolLM2-135M-Instruct. ``FocusLLM(model_id=..., model_kwargs=...)``
@@ -37,16 +37,6 @@ class FocusLLM(BaseLLM):
     pipeline_kwargs: dict[str, Any] | None = None  # generation settings applied to every call
     batch_size: int = 4  # prompts of one batch run concurrently
     engine: FocusEngine | None = Field(default=None, exclude=True)
-    # FocusLLM settings (FocusConfig); None keeps the engine's value.
-    chunk_size: int | None = None
-    local_window: int | None = None
-    dynamic_prompt_len: int | None = None
-    aggregation: str | None = None
-    native_window: int | None = None
-    encode_batch_tokens: int | None = None
-    prefix_cache_bytes: int | None = None
-    memory_budget_bytes: int | None = None
-    progress: bool | None = None
     # Generation settings; None keeps the engine's value.
     max_new_tokens: int | None = None
     temperature: float | None = None
@@ -58,8 +48,7 @@ class FocusLLM(BaseLLM):
     def _load(self) -> FocusLLM:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        self.engine = resolve_engine(self.engine, self.model_id, self.model_kwargs,
-                                     {k: getattr(self, k) for k in FOCUS_FIELDS})
+        self.engine = resolve_engine(self.engine, self.model_id, self.model_kwargs, self.focus_settings())
         return self
 
     @classmethod
@@ -75,7 +64,8 @@ class FocusLLM(BaseLLM):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         cfg = self.engine.config
-        return {"model": self.engine.model_name, **{k: getattr(cfg, k) for k in FOCUS_FIELDS if k != "progress"},
+        return {"model": self.engine.model_name,
+                **{k: getattr(cfg, k) for k in FocusFields.model_fields if k != "progress"},
                 **self._settings()}
 
     def _settings(self, **call_kwargs: Any) -> dict[str, Any]:

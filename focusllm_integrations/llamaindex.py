@@ -19,14 +19,14 @@ from pydantic import Field, PrivateAttr
 
 from focus_core import FocusEngine, FocusInputError, FocusInputTypeError
 
-from ._engine import FOCUS_FIELDS, generation_overrides, resolve_engine
+from ._engine import FocusFields, generation_overrides, resolve_engine
 
 # Completion style, which small instruct models follow; the trailing space keeps SmolLM2 from ending
 # the answer at once (it emits end-of-turn right after "Answer:" on short contexts).
 DEFAULT_QA_TEMPLATE = "{context_str}\n\nQuestion: {query_str}\nAnswer: "
 
 
-class FocusLLM(CustomLLM):
+class FocusLLM(CustomLLM, FocusFields):
     """A local Hugging Face model reading prompts far past its native window, via FocusLLM.
 
     ``FocusLLM()`` uses the embedded SmolLM2-135M-Instruct; ``FocusLLM(model_name=..., model_kwargs=...)``
@@ -41,22 +41,12 @@ class FocusLLM(CustomLLM):
     max_new_tokens: int = Field(default=256, gt=0, description="tokens generated per call")
     context_window: int | None = Field(default=None, description="None: computed from the memory budget")
     is_chat_model: bool = Field(default=False, description="whether prompts are chat-formatted by default")
-    chunk_size: int | None = None
-    local_window: int | None = None
-    dynamic_prompt_len: int | None = None
-    aggregation: str | None = None
-    native_window: int | None = None
-    encode_batch_tokens: int | None = None
-    prefix_cache_bytes: int | None = None
-    memory_budget_bytes: int | None = None
-    progress: bool | None = None
 
     _engine: FocusEngine = PrivateAttr()
 
     def __init__(self, engine: FocusEngine | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        self._engine = resolve_engine(engine, self.model_name, self.model_kwargs,
-                                      {k: getattr(self, k) for k in FOCUS_FIELDS})
+        self._engine = resolve_engine(engine, self.model_name, self.model_kwargs, self.focus_settings())
         if self.messages_to_prompt is None or getattr(self.messages_to_prompt, "__name__", "") == "messages_to_prompt":
             self.messages_to_prompt = self._chat_prompt
 

@@ -135,3 +135,12 @@ def test_bad_construction_is_refused(make_engine):
         FocusLLM(engine=make_engine(), batch_size=0)
     with pytest.raises(FocusInputError):
         FocusLLM(engine=make_engine()).invoke("")
+
+
+@pytest.mark.slow
+def test_focusllm_settings_reach_the_engine_it_builds():
+    llm = FocusLLM.from_model_id(model_kwargs={"dtype": "float32"}, chunk_size=512, native_window=2048,
+                                 pipeline_kwargs={"max_new_tokens": 4})
+    assert llm.engine.config.chunk_size == 512 and llm.engine.native_window == 2048
+    assert llm.engine.model.dtype.is_floating_point and str(llm.engine.model.dtype) == "torch.float32"
+    assert llm.engine.model_name == "SmolLM2-135M-Instruct"

@@ -104,3 +104,10 @@ def test_query_engine_finds_a_pass_key_past_the_native_window(embedded):
     again = engine.query("Tell me the pass key.")
     assert again.response.strip().startswith("73519"), again.response
     assert llm.engine.stats.chunks_encoded - encoded <= 2 < encoded  # only the tail chunk(s) are new
+
+
+@pytest.mark.slow
+def test_focusllm_settings_reach_the_engine_it_builds():
+    llm = FocusLLM(chunk_size=512, local_window=256, max_new_tokens=4)
+    assert llm.engine.config.chunk_size == 512 and llm.engine.config.local_window == 256
+    assert llm.metadata.model_name == "SmolLM2-135M-Instruct"
