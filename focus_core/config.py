@@ -27,7 +27,7 @@ class FocusConfig:
 
     chunk_size: int = 1024
     local_window: int = 512
-    dynamic_prompt_len: int = 128
+    dynamic_prompt_len: int = 64
     aggregation: Aggregation = "auto"
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 means greedy

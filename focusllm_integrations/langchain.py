@@ -165,8 +165,11 @@ class ChatFocusLLM(BaseChatModel):
         yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=self._usage(prompt, text)))
 
 
-def create_focus_qa_chain(llm: FocusLLM | None = None, prompt_template: str = DEFAULT_QA_TEMPLATE) -> Runnable:
+def create_focus_qa_chain(llm: FocusLLM | Runnable | None = None, prompt_template: str = DEFAULT_QA_TEMPLATE) -> Runnable:
     """A Runnable answering ``{"documents": list[Document] | str, "question": str}`` over all the text.
+
+    ``llm`` is a :class:`FocusLLM` (default: ``FocusLLM()``) or one with bound settings
+    (``llm.bind(stop=["\\n"])``).
 
     No retrieval: every document goes into the prompt, in order, and FocusLLM reads all of it. The
     documents come first, so asking again about the same documents reuses their encoded chunks.

@@ -24,7 +24,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block, expected", zip(BLOCKS, EXPECTED, strict=True),
+@pytest.mark.parametrize("block, expected", list(zip(BLOCKS, EXPECTED, strict=True)),
                          ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_python_block_runs(block, expected):
     out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=900, cwd=ROOT)
