@@ -21,7 +21,8 @@ QUESTIONS = ["Question: Who was the editor of the first printed volume?\nAnswer:
 
 
 def main() -> None:
-    documents = SimpleDirectoryReader(str(FOLDER)).load_data()
+    # Only the file name as metadata: results must not depend on where the repository is checked out.
+    documents = SimpleDirectoryReader(str(FOLDER), file_metadata=lambda path: {"file_name": Path(path).name}).load_data()
     llm = FocusLLM(max_new_tokens=12, generate_kwargs={"stop": ["\n"]})
     engine = FocusQueryEngine.from_documents(documents, llm=llm, prompt_template=TEMPLATE)
     for question in QUESTIONS:
