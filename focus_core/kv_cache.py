@@ -147,17 +147,12 @@ class PrefixCache:
         self._entries: OrderedDict[str, PrefixKV] = OrderedDict()
         self._lock = threading.Lock()
         self.nbytes = 0
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> PrefixKV | None:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
+            if entry is not None:
+                self._entries.move_to_end(key)
             return entry
 
     def put(self, key: str, entry: PrefixKV) -> None:

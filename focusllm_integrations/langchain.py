@@ -80,12 +80,8 @@ class FocusLLM(BaseLLM, FocusFields):
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
         settings = generation_overrides(self._settings(**kwargs), {}, stop)
         streams = [self.engine.stream(p, **settings) for p in prompts]  # validates every prompt up front
-
-        def run(stream: Iterator[str]) -> str:
-            return "".join(stream)
-
         with ThreadPoolExecutor(max_workers=min(self.batch_size, len(prompts))) as pool:
-            texts = list(pool.map(run, streams))
+            texts = list(pool.map("".join, streams))
         return LLMResult(generations=[[Generation(text=t)] for t in texts])
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
