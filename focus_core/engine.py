@@ -87,8 +87,34 @@ class FocusEngine:
 
     def generate_ids(self, prompt: Prompt, **overrides: Any) -> list[int]:
         """The generated token ids (EOS excluded, stop strings not applied)."""
+        return list(self.stream_ids(prompt, **overrides))
+
+    def stream_ids(self, prompt: Prompt, **overrides: Any) -> Iterator[int]:
+        """Like :meth:`generate_ids`, yielding each token id as soon as it is decoded."""
         cfg, ids = self._prepare(prompt, overrides)
-        return list(self._decode(ids, cfg))
+        return self._decode(ids, cfg)
+
+    @torch.inference_mode()
+    def score(self, prompt: Prompt, continuation: Prompt, **overrides: Any) -> torch.Tensor:
+        """Log-probabilities ``[len(continuation)]`` (fp32) of each continuation token given the prompt and
+        the continuation before it, under the same chunking and aggregation as generation (teacher forcing).
+
+        A ``str`` continuation is tokenised without special tokens. Its length takes the place of
+        ``max_new_tokens`` in the window and memory checks.
+        """
+        if isinstance(continuation, str):
+            if not continuation:
+                raise FocusInputError("the continuation is empty")
+            continuation = self.tokenizer(continuation, add_special_tokens=False).input_ids
+        targets = self.tokenize(continuation)
+        cfg, ids = self._prepare(prompt, {**overrides, "max_new_tokens": len(targets)})
+        state = self._start(ids, cfg)
+        logprobs = []
+        for step, token in enumerate(targets):
+            logprobs.append(torch.log_softmax(state.next_logits().float(), dim=-1)[token])
+            if step + 1 < len(targets):
+                state.append(token)
+        return torch.stack(logprobs)
 
     def tokenize(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt given as text, a list of ids or a 1-D tensor, validated."""

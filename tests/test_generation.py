@@ -136,3 +136,31 @@ def test_encoding_micro_batches_shrink_to_fit_the_budget(make_engine):
     assert roomy.estimate_memory(ids).total > small_batches
     tight = make_engine(encode_batch_tokens=8192, memory_budget_bytes=small_batches)
     assert tight.generate_ids(ids) == roomy.generate_ids(ids)
+
+
+def test_score_of_a_short_input_is_the_plain_forward_log_softmax(make_engine):
+    engine = make_engine(max_new_tokens=6)
+    prompt, continuation = random_ids(40, seed=4), random_ids(10, seed=5)
+    logits = engine.model(torch.tensor([prompt + continuation])).logits[0].float()  # [50, vocab]
+    expected = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)[torch.arange(10), continuation]
+    torch.testing.assert_close(engine.score(prompt, continuation), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("aggregation", ["entropy", "kv"])
+def test_score_of_a_long_input_follows_the_aggregated_decoding(make_engine, aggregation):
+    """Teacher-forcing the greedy output: every target is the step's argmax, so its log-prob is the max."""
+    engine = make_engine(max_new_tokens=6, aggregation=aggregation)
+    prompt = random_ids(300, seed=6)
+    greedy = engine.generate_ids(prompt)
+    state = engine._start(prompt, engine.config)
+    best = []
+    for token in greedy:
+        best.append(torch.log_softmax(state.next_logits().float(), dim=-1).max())
+        state.append(token)
+    torch.testing.assert_close(engine.score(prompt, greedy), torch.stack(best))
+    assert engine.score(prompt, greedy[:3]).tolist() == engine.score(prompt, greedy)[:3].tolist()
+
+
+def test_score_refuses_an_empty_continuation(make_engine):
+    with pytest.raises(FocusInputError):
+        make_engine().score(random_ids(40), "")
