@@ -1,120 +1,109 @@
-"""Speed of FocusLLM on the embedded model, each figure measured in the same run:
+"""Speed against context length, cold (empty prefix cache), on real prose continued by the model:
 
-1. time to answer a 7.5K-token pass-key prompt: FocusLLM (path forced with a 4K native window) vs plain
-   full-attention `transformers.generate`, as a ratio;
-2. chunk-encoding throughput at 32K tokens as a fraction of this machine's measured matmul rate
-   (FLOPs = 2 x non-embedding params x tokens + causal attention);
-3. a second, different question over the same 32K-token document: time second / first.
-
-    python -m benchmarks.speed [--repeats 3]
-
-Writes results/speed.json and results/speed.png.
+- FocusLLM (told the native window is 2K, so that it chunks at every length): chunk-encoding tokens/s, time to first token, decode tokens/s; the FLOP rate of encoding
+  as a fraction of this machine's measured matmul rate (FLOPs = 2 x non-embedding params x tokens +
+  causal attention);
+- full attention (``transformers.generate``, greedy) at the lengths where it is run: prefill tokens/s,
+  time to first token, decode tokens/s;
+- reuse: a second, different question over the same document, time second / first.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import time
 
-import matplotlib
+import torch
+from transformers.generation.streamers import BaseStreamer
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from focus_core import FocusEngine
+from focus_core.passkey import make_case
 
-from focus_core import FocusConfig, FocusEngine, load_model  # noqa: E402
-from focus_core.passkey import make_case  # noqa: E402
+from .common import forward_flops, matmul_rate
+from .haystack import haystack
 
-from .common import RESULTS, forward_flops, matmul_rate, write_result  # noqa: E402
-
-NEW_TOKENS = 8
+CHUNKED_WINDOW = 2048  # FocusLLM is timed with this native window, so that it chunks at every length
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+def prose(tokenizer, n_tokens: int) -> str:
+    return "\n\n".join(haystack(tokenizer, n_tokens))
+
+
+def focus_point(engine: FocusEngine, n_tokens: int, new_tokens: int) -> dict:
+    prompt = prose(engine.tokenizer, n_tokens)
+    engine.prefix_cache.clear()
+    before_s, before_tokens = engine.stats.encode_seconds, engine.stats.tokens_encoded
+    start, first, count = time.perf_counter(), None, 0
+    for _ in engine.stream_ids(prompt, max_new_tokens=new_tokens):
+        first = first or time.perf_counter() - start
+        count += 1
+    total = time.perf_counter() - start
+    encode_s = engine.stats.encode_seconds - before_s
+    tokens = engine.stats.tokens_encoded - before_tokens
+    plan = engine._plan(engine.tokenize(prompt), engine.config)
+    flops = forward_flops(engine.model, [len(engine.encoder.bos) + len(c) for c in plan.chunks])
+    return {"tokens": engine.count_tokens(prompt), "encode_tokens_per_s": tokens / encode_s,
+            "encode_flops_per_s": flops / encode_s, "ttft_s": first, "new_tokens": count,
+            "decode_tokens_per_s": (count - 1) / (total - first) if count > 1 else None, "total_s": total}
+
+
+class _Clock(BaseStreamer):
+    """Records when ``generate`` emits: first the prompt, then each new token."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
 
 
 @torch.inference_mode()
-def answer_time(model, tokenizer, config: FocusConfig, repeats: int) -> dict:
-    case = make_case(tokenizer, 7500, depth=0.5, seed=0)
-    ids = tokenizer(case.prompt, return_tensors="pt").input_ids
-    engine = FocusEngine(model, tokenizer, config.replace(native_window=4096))
-    focus, full = [], []
-    for _ in range(repeats):
-        engine.prefix_cache.clear()
-        seconds, answer = timed(lambda: engine.generate(case.prompt))
-        focus.append({"seconds": seconds, "answer": answer, "correct": case.is_correct(answer)})
-        seconds, out = timed(lambda: model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False,
-                                                    pad_token_id=tokenizer.eos_token_id))
-        answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        full.append({"seconds": seconds, "answer": answer, "correct": case.is_correct(answer)})
-        print("7.5K", focus[-1], full[-1], flush=True)
-    f, p = statistics.median(r["seconds"] for r in focus), statistics.median(r["seconds"] for r in full)
-    return {"tokens": ids.shape[1], "focusllm_native_window": 4096, "focusllm_s": f, "full_attention_s": p,
-            "speedup": p / f, "focusllm_runs": focus, "full_attention_runs": full}
+def full_attention_point(engine: FocusEngine, n_tokens: int, new_tokens: int) -> dict:
+    ids = engine.tokenizer(prose(engine.tokenizer, n_tokens), return_tensors="pt").input_ids.to(engine.runner.device)
+    clock, start = _Clock(), time.perf_counter()
+    engine.model.generate(ids, max_new_tokens=new_tokens, do_sample=False, streamer=clock,
+                          pad_token_id=engine.tokenizer.eos_token_id)
+    total = time.perf_counter() - start
+    first, count = clock.times[1] - start, len(clock.times) - 1
+    return {"tokens": ids.shape[1], "encode_tokens_per_s": ids.shape[1] / first, "ttft_s": first,
+            "new_tokens": count, "decode_tokens_per_s": (count - 1) / (total - first) if count > 1 else None,
+            "total_s": total}
 
 
-@torch.inference_mode()
-def encode_throughput(model, tokenizer, config: FocusConfig) -> dict:
-    engine = FocusEngine(model, tokenizer, config)
-    case = make_case(tokenizer, 32000, depth=0.5, seed=1)
-    plan = engine._plan(engine.tokenize(case.prompt), engine.config)
-    seconds, _ = timed(lambda: engine.encoder.encode(plan, extra_slots=NEW_TOKENS, candidate=False, progress=False,
-                                                     batch_tokens=config.encode_batch_tokens))
-    lengths = [1 + len(c) for c in plan.chunks]
-    flops = forward_flops(model, lengths)
-    rate = matmul_rate(model.dtype)
-    return {"tokens": sum(lengths), "chunks": len(lengths), "seconds": seconds, "tokens_per_s": sum(lengths) / seconds,
-            "flops": flops, "achieved_flops_per_s": flops / seconds, "matmul_flops_per_s": rate,
-            "fraction_of_matmul_rate": flops / seconds / rate}
-
-
-def second_question(model, tokenizer, config: FocusConfig) -> dict:
-    engine = FocusEngine(model, tokenizer, config)
-    case = make_case(tokenizer, 32000, depth=0.3, seed=2)
+def second_question(engine: FocusEngine, n_tokens: int) -> dict:
+    case = make_case(engine.tokenizer, n_tokens, depth=0.3, seed=2)
     document = case.prompt[: case.prompt.rindex("\n\nWhat is the pass key?")]
     first_prompt = document + "\n\nWhat is the pass key? The pass key is "
     second_prompt = document + "\n\nWhich number were you asked to remember? The number to remember is "
-    first_s, first = timed(lambda: engine.generate(first_prompt))
+    engine.prefix_cache.clear()
     encoded = engine.stats.chunks_encoded
-    second_s, second = timed(lambda: engine.generate(second_prompt))
+    start = time.perf_counter()
+    first = engine.generate(first_prompt)
+    first_s, mid = time.perf_counter() - start, engine.stats.chunks_encoded
+    second = engine.generate(second_prompt)
+    second_s = time.perf_counter() - start - first_s
     return {"tokens": engine.count_tokens(first_prompt), "first_s": first_s, "second_s": second_s,
             "ratio": second_s / first_s, "first_answer": first, "second_answer": second, "passkey": case.passkey,
-            "chunks_encoded_first": encoded, "chunks_encoded_second": engine.stats.chunks_encoded - encoded}
+            "chunks_encoded_first": mid - encoded, "chunks_encoded_second": engine.stats.chunks_encoded - mid}
 
 
-def plot(result: dict) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
-    a = result["answer_at_7_5k"]
-    axes[0].bar(["FocusLLM", "full attention"], [a["focusllm_s"], a["full_attention_s"]], color=["C0", "C1"])
-    axes[0].set(ylabel="seconds", title=f"answer at {a['tokens']} tokens ({a['speedup']:.2f}x)")
-    e = result["encode_32k"]
-    axes[1].bar(["matmul peak", "chunk encoding"], [e["matmul_flops_per_s"] / 1e9, e["achieved_flops_per_s"] / 1e9],
-                color=["grey", "C0"])
-    axes[1].set(ylabel="GFLOP/s", title=f"encoding at 32K: {100 * e['fraction_of_matmul_rate']:.0f}% of matmul")
-    s = result["second_question_32k"]
-    axes[2].bar(["first question", "second question"], [s["first_s"], s["second_s"]], color=["C1", "C0"])
-    axes[2].set(ylabel="seconds", title=f"same 32K document: ratio {s['ratio']:.2f}")
-    fig.tight_layout()
-    fig.savefig(RESULTS / "speed.png", dpi=120)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    model, tokenizer = load_model()
-    config = FocusConfig(max_new_tokens=NEW_TOKENS, progress=False)
-    result = {"model_dtype": str(model.dtype), "config": {k: v for k, v in vars(config).items()},
-              "answer_at_7_5k": answer_time(model, tokenizer, config, args.repeats),
-              "encode_32k": encode_throughput(model, tokenizer, config),
-              "second_question_32k": second_question(model, tokenizer, config)}
-    write_result("speed", result)
-    plot(result)
-
-
-if __name__ == "__main__":
-    main()
+def run_speed(engine: FocusEngine, focus_lengths: list[int], full_lengths: list[int], reuse_tokens: int,
+              new_tokens: int) -> dict:
+    chunked = FocusEngine(engine.model, engine.tokenizer, engine.config.replace(native_window=CHUNKED_WINDOW))
+    focus = []
+    for n in focus_lengths:
+        focus.append(focus_point(chunked, n, new_tokens))
+        print("speed FocusLLM", focus[-1], flush=True)
+    full = []
+    for n in full_lengths:
+        full.append(full_attention_point(engine, n, new_tokens))
+        print("speed full attention", full[-1], flush=True)
+    rate = matmul_rate(engine.runner.dtype)
+    for point in focus:
+        point["fraction_of_matmul_rate"] = point["encode_flops_per_s"] / rate
+    reuse = second_question(engine, reuse_tokens)
+    print("speed reuse", reuse, flush=True)
+    return {"new_tokens": new_tokens, "focusllm_native_window": CHUNKED_WINDOW, "matmul_flops_per_s": rate, "focusllm": focus, "full_attention": full,
+            "second_question": reuse}

@@ -7,6 +7,7 @@ chunks' candidates are aggregated into the next token. See DESIGN.md §2 for the
 from .config import FocusConfig
 from .engine import FocusEngine
 from .errors import (
+    AdapterError,
     FocusConfigError,
     FocusError,
     FocusInputError,
@@ -17,6 +18,7 @@ from .errors import (
 from .loading import DEFAULT_MODEL_NAME, load_model
 
 __all__ = [
+    "AdapterError",
     "DEFAULT_MODEL_NAME",
     "FocusConfig",
     "FocusConfigError",

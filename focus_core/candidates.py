@@ -1,7 +1,7 @@
 """Candidate projections and RoPE re-positioning for ``kv`` aggregation (DESIGN §2 step 6).
 
 The candidate token of each chunk is processed, in every layer, with its own ``Wq', Wk', Wv', Wo'``
-while every other token uses the frozen weights. The candidate weights live outside the model, in
+(full copies, or the frozen weights plus a low-rank delta) while every other token uses the frozen ones. The candidate weights live outside the model, in
 :class:`CandidateProjections`, and are applied through forward hooks on the frozen projections: the
 model's modules and state dict stay exactly as loaded, and the hooks are inert unless a forward pass is
 run under :func:`candidate_positions`.
@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .errors import UnsupportedModelError
+from .errors import FocusConfigError, UnsupportedModelError
 
 PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 # Architectures whose attention is RoPE (rotate-half convention) with separate q/k/v/o projections.
@@ -60,15 +60,58 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     return attns
 
 
-class CandidateProjections(nn.Module):
-    """Per layer, a trainable copy of the frozen q/k/v/o projections used at candidate positions."""
+class FullCandidate(nn.Module):
+    """A trainable copy of a frozen projection, used in its place at candidate positions."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, base: nn.Linear, dtype: torch.dtype):
+        super().__init__()
+        self.linear = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                                device=base.weight.device, dtype=dtype)
+        with torch.no_grad():
+            self.linear.weight.copy_(base.weight)
+            if base.bias is not None:
+                self.linear.bias.copy_(base.bias)
+
+    def forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.to(self.linear.weight.dtype)).to(base_out.dtype)
+
+
+class LowRankCandidate(nn.Module):
+    """The frozen projection plus a trainable rank-``r`` delta ``B A`` (``B`` starts at zero)."""
+
+    def __init__(self, base: nn.Linear, rank: int, dtype: torch.dtype):
+        super().__init__()
+        device = base.weight.device
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=device, dtype=dtype))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=device, dtype=dtype))
+        nn.init.kaiming_uniform_(self.lora_a, a=5**0.5)
+
+    def forward(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        delta = (x.to(self.lora_a.dtype) @ self.lora_a.T) @ self.lora_b.T
+        return base_out + delta.to(base_out.dtype)
+
+
+class CandidateProjections(nn.Module):
+    """Per layer, the candidate versions of the frozen q/k/v/o projections.
+
+    ``rank=None`` keeps full copies (in ``dtype``, default the model's); ``rank=r`` keeps only low-rank
+    deltas (default fp32). Both start out equal to the frozen weights.
+    """
+
+    def __init__(self, model: nn.Module, rank: int | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         self._attentions = attention_modules(model)
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise FocusConfigError(f"candidate rank must be a positive int or None, got {rank!r}")
+        self.rank = rank
+        if dtype is None:
+            dtype = torch.float32 if rank else next(model.parameters()).dtype
+
+        def make(base: nn.Linear) -> nn.Module:
+            return LowRankCandidate(base, rank, dtype) if rank else FullCandidate(base, dtype)
+
         self.layers = nn.ModuleList(
-            nn.ModuleDict({name: _copy_linear(getattr(attn, name)) for name in PROJECTIONS})
-            for attn in self._attentions
+            nn.ModuleDict({name: make(getattr(attn, name)) for name in PROJECTIONS}) for attn in self._attentions
         )
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -86,23 +129,13 @@ class CandidateProjections(nn.Module):
         self._hooks.clear()
 
 
-def _copy_linear(base: nn.Linear) -> nn.Linear:
-    copy = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                     device=base.weight.device, dtype=base.weight.dtype)
-    with torch.no_grad():
-        copy.weight.copy_(base.weight)
-        if base.bias is not None:
-            copy.bias.copy_(base.bias)
-    return copy
-
-
-def _candidate_hook(candidate: nn.Linear):
+def _candidate_hook(candidate: nn.Module):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         mask = _candidate_mask.get()
         if mask is None:
             return None
         x = args[0]  # [batch, seq, in_features]
-        return output.index_put((mask,), candidate(x[mask]))
+        return output.index_put((mask,), candidate(x[mask], output[mask]))
 
     return hook
 

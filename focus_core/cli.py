@@ -1,5 +1,6 @@
 """Command line: ``focusllm ask`` answers a question over whole files; ``focusllm passkey`` runs the
-pass-key retrieval test. ``python -m focus_core`` is the same program."""
+pass-key retrieval test; ``focusllm train`` trains candidate projections into an adapter.
+``python -m focus_core`` is the same program."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 from .config import AGGREGATIONS, FocusConfig
 from .engine import FocusEngine
 from .errors import FocusError
+from .loading import load_model
 from .passkey import make_case, spread_depths
+from .training import LOSSES, TokenStream, TrainingConfig, read_documents, train
 
 ASK_TEMPLATE = "{documents}\n\nQuestion: {question}\nAnswer:{answer_prefix}"
 
@@ -35,15 +38,46 @@ def build_parser() -> argparse.ArgumentParser:
     passkey.add_argument("--tokens", type=int, required=True, help="prompt length in tokens")
     passkey.add_argument("--seeds", type=int, default=5, help="number of cases (needle depths spread evenly)")
     _add_common(passkey, max_new_tokens=8)
+
+    train = commands.add_parser("train", help="train candidate projections (an adapter for kv aggregation)")
+    t = TrainingConfig()
+    train.add_argument("--data", nargs="+", required=True, type=Path,
+                       help="text files, folders (read recursively) or JSONL files with a 'text' field")
+    train.add_argument("--output", required=True, type=Path, help="adapter directory (checkpoints go inside)")
+    train.add_argument("--steps", type=int, default=t.steps)
+    train.add_argument("--chunk-sizes", type=int, nargs="+", default=list(t.chunk_sizes))
+    train.add_argument("--rank", type=int, default=t.rank, help="low-rank deltas of this rank; 0 = full copies")
+    train.add_argument("--memory-tokens", type=int, default=t.memory_tokens)
+    train.add_argument("--local-tokens", type=int, default=t.local_tokens)
+    train.add_argument("--dynamic-prompt-len", type=int, default=t.dynamic_prompt_len)
+    train.add_argument("--target-tokens", type=int, default=t.target_tokens)
+    train.add_argument("--losses", nargs="+", choices=LOSSES, default=list(t.losses))
+    train.add_argument("--lr", type=float, default=t.learning_rate)
+    train.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
+    train.add_argument("--grad-accum", type=int, default=t.grad_accum)
+    train.add_argument("--eval-every", type=int, default=t.eval_every)
+    train.add_argument("--eval-examples", type=int, default=t.eval_examples)
+    train.add_argument("--save-every", type=int, default=t.save_every)
+    train.add_argument("--seed", type=int, default=t.seed)
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
+    _add_model(train)
     return parser
 
 
-def _add_common(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    defaults = FocusConfig()
+def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--gguf-file", default=None)
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bfloat16)")
     p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_common(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    defaults = FocusConfig()
+    _add_model(p)
+    p.add_argument("--adapter", default=None, type=Path,
+                   help="trained candidate projections (from `focusllm train`); makes auto aggregation kv")
+    p.add_argument("--no-adapter", action="store_true", help="do not load the adapter shipped for the default model")
     p.add_argument("--chunk-size", type=int, default=defaults.chunk_size)
     p.add_argument("--local-window", type=int, default=defaults.local_window)
     p.add_argument("--dynamic-prompt-len", type=int, default=defaults.dynamic_prompt_len)
@@ -52,7 +86,6 @@ def _add_common(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _engine(args: argparse.Namespace) -> FocusEngine:
@@ -63,7 +96,9 @@ def _engine(args: argparse.Namespace) -> FocusEngine:
         aggregation=args.aggregation, native_window=args.native_window, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, seed=args.seed, progress=False if args.quiet else None,
     )
-    return FocusEngine.from_pretrained(args.model, config, dtype=args.dtype, device=args.device, gguf_file=args.gguf_file)
+    adapter = False if args.no_adapter else args.adapter
+    return FocusEngine.from_pretrained(args.model, config, adapter=adapter, dtype=args.dtype, device=args.device,
+                                       gguf_file=args.gguf_file)
 
 
 def run_ask(args: argparse.Namespace) -> int:
@@ -96,10 +131,29 @@ def run_passkey(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    config = TrainingConfig(
+        steps=args.steps, chunk_sizes=tuple(args.chunk_sizes), memory_tokens=args.memory_tokens,
+        local_tokens=args.local_tokens, dynamic_prompt_len=args.dynamic_prompt_len, target_tokens=args.target_tokens,
+        losses=tuple(args.losses), rank=args.rank or None, learning_rate=args.lr, warmup_steps=args.warmup_steps,
+        grad_accum=args.grad_accum, eval_every=args.eval_every, eval_examples=args.eval_examples,
+        save_every=args.save_every, seed=args.seed,
+    )
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, gguf_file=args.gguf_file)
+    stream = TokenStream(tokenizer, read_documents(args.data))
+    print(f"training text: {len(stream.train)} tokens, held out: {len(stream.eval)}", flush=True)
+    state = train(model, tokenizer, stream, args.output, config, resume=args.resume,
+                  progress=False if args.quiet else None)
+    evals = state["evaluations"]
+    print(f"adapter written to {args.output}: {state['step']} steps, {state['tokens']} tokens, "
+          f"{state['seconds']:.0f} s; held-out loss {evals[0]['loss']:.4f} -> {evals[-1]['loss']:.4f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"ask": run_ask, "passkey": run_passkey}[args.command](args)
+        return {"ask": run_ask, "passkey": run_passkey, "train": run_train}[args.command](args)
     except (FocusError, FileNotFoundError, UnicodeDecodeError) as err:
         print(f"focusllm: error: {err}", file=sys.stderr)
         return 2

@@ -8,13 +8,16 @@ share (the prefix cache, counters, candidate projections) is locked.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import adapters
 from .aggregation import EntropyAggregation, KVAggregation
 from .candidates import CandidateProjections
 from .chunking import ChunkPlan, plan_chunks
@@ -51,11 +54,21 @@ class FocusEngine:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | None = None, config: FocusConfig | None = None, **load_kwargs: Any
+        cls, name_or_path: str | None = None, config: FocusConfig | None = None, *,
+        adapter: str | os.PathLike | bool | None = None, **load_kwargs: Any,
     ) -> FocusEngine:
-        """Load a model (``None``: the embedded default) with :func:`load_model` and wrap it."""
+        """Load a model (``None``: the embedded default) with :func:`load_model` and wrap it.
+
+        ``adapter``: a directory written by :meth:`save_adapter` to load trained candidate projections
+        from; ``None`` loads the adapter shipped for the embedded default model (if any); ``False`` none.
+        """
         model, tokenizer = load_model(name_or_path, **load_kwargs)
-        return cls(model, tokenizer, config)
+        engine = cls(model, tokenizer, config)
+        if adapter is None and name_or_path is None:
+            adapter = adapters.shipped_adapter()
+        if adapter:
+            engine.load_adapter(adapter)
+        return engine
 
     # ----------------------------------------------------------------- public API
 
@@ -153,6 +166,28 @@ class FocusEngine:
         if not getattr(self.tokenizer, "chat_template", None):
             raise FocusConfigError(f"the tokenizer of {self.model_name} has no chat template")
         return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def load_adapter(self, path: str | os.PathLike) -> None:
+        """Use the trained candidate projections saved at ``path``; ``auto`` aggregation becomes ``kv``.
+
+        The adapter is checked against the model first; if it does not fit, nothing changes.
+        """
+        projections = adapters.load_adapter(self.model, path)
+        self.set_candidates(projections, trained=True)
+
+    def set_candidates(self, projections: CandidateProjections, trained: bool) -> None:
+        """Replace the candidate projections (e.g. with ones being trained)."""
+        with self._lock:
+            if self._candidates is not None:
+                self._candidates.detach()
+            projections.attach()
+            self._candidates, self._candidates_trained = projections, trained
+
+    def save_adapter(self, path: str | os.PathLike, training: dict[str, Any] | None = None) -> Path:
+        """Save the trained candidate projections as an adapter directory (safetensors + JSON)."""
+        if self._candidates is None or not self._candidates_trained:
+            raise FocusConfigError("this engine has no trained candidate projections to save")
+        return adapters.save_adapter(self._candidates, self.model, path, training)
 
     def aggregation_for(self, config: FocusConfig | None = None) -> str:
         """The aggregation actually used: ``auto`` is ``kv`` with trained candidate weights, else ``entropy``."""

@@ -33,3 +33,7 @@ class MemoryBudgetError(FocusError, MemoryError):
         super().__init__(message)
         self.needed_bytes = needed_bytes
         self.budget_bytes = budget_bytes
+
+
+class AdapterError(FocusError, ValueError):
+    """A candidate-projection adapter is missing, corrupt, or made for another model."""

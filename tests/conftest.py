@@ -13,7 +13,7 @@ TINY_ARCHS = ("llama", "mistral", "qwen2")
 VOCAB = 49152  # the embedded tokenizer's vocabulary, shared by the tiny models
 
 
-def tiny_model(model_type: str, *, seed: int = 0, window: int = 512) -> torch.nn.Module:
+def tiny_model(model_type: str, *, seed: int = 0, window: int = 512, init_std: float = 0.3) -> torch.nn.Module:
     """A 2-layer random model of ``model_type`` with grouped-query attention, fp32, SDPA.
 
     Weights are drawn wider than usual (std 0.3) so that the next token depends on the context.
@@ -25,7 +25,7 @@ def tiny_model(model_type: str, *, seed: int = 0, window: int = 512) -> torch.nn
         config = AutoConfig.for_model(
             model_type, vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=window,
-            bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True, initializer_range=0.3,
+            bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True, initializer_range=init_std,
         )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)

@@ -72,3 +72,18 @@ def test_cli_reports_errors_cleanly(tmp_path):
     out = subprocess.run([sys.executable, "-m", "focus_core", "ask", str(tmp_path / "missing.txt"), "-q", "x"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 2 and "focusllm: error" in out.stderr
+
+
+def test_cli_train_writes_an_adapter_that_passkey_and_ask_load(tmp_path):
+    (tmp_path / "text.txt").write_text(" ".join(f"Item {i} is stored on shelf {i % 17}." for i in range(600)))
+    out = _cli("train", "--data", str(tmp_path / "text.txt"), "--output", str(tmp_path / "adapter"), "--steps", "2",
+               "--chunk-sizes", "64", "--memory-tokens", "128", "--local-tokens", "32", "--dynamic-prompt-len", "8",
+               "--target-tokens", "2", "--rank", "2", "--grad-accum", "1", "--eval-examples", "2", "--quiet")
+    assert re.search(r"adapter written to .*: 2 steps, \d+ tokens", out)
+    assert (tmp_path / "adapter" / "candidates.safetensors").stat().st_size < 2_000_000  # rank-2 deltas only
+    out = _cli("passkey", "--tokens", "1500", "--seeds", "1", "--native-window", "1024", "--chunk-size", "512",
+               "--local-window", "128", "--dynamic-prompt-len", "64", "--adapter", str(tmp_path / "adapter"), "--quiet")
+    assert out.strip().splitlines()[-1].startswith("passkey@1500: ")
+    bad = subprocess.run([sys.executable, "-m", "focus_core", "passkey", "--tokens", "1500", "--adapter",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "not a FocusLLM adapter" in bad.stderr

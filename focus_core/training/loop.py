@@ -1,0 +1,167 @@
+"""The training loop: accelerate-driven (CPU here; one or many GPUs elsewhere, bf16 there), gradient
+accumulation, periodic held-out evaluation, resumable checkpoints, and the adapter at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..adapters import save_adapter
+from ..candidates import CandidateProjections
+from ..errors import FocusConfigError
+from .data import TokenStream
+from .objective import LOSSES, CandidateObjective, Example, example_length, make_example
+
+CHECKPOINT = "checkpoint"
+STATE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    steps: int = 500  # optimizer updates
+    chunk_sizes: tuple[int, ...] = (64, 128, 256, 512)  # one drawn per step
+    memory_tokens: int = 2048
+    local_tokens: int = 128
+    dynamic_prompt_len: int = 64
+    target_tokens: int = 8
+    losses: tuple[str, ...] = LOSSES  # one drawn per step
+    rank: int | None = 16  # None: full copies of q/k/v/o
+    learning_rate: float = 1e-3
+    warmup_steps: int = 20
+    grad_accum: int = 4
+    max_grad_norm: float = 1.0
+    eval_every: int = 50
+    eval_examples: int = 16
+    save_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.grad_accum < 1 or self.target_tokens < 1 or self.eval_examples < 1:
+            raise FocusConfigError("steps, grad_accum, target_tokens and eval_examples must be positive")
+        if not self.chunk_sizes or min(self.chunk_sizes) < 1 or max(self.chunk_sizes) > self.memory_tokens:
+            raise FocusConfigError(f"chunk sizes must lie in [1, memory_tokens={self.memory_tokens}]")
+        if not 1 <= self.dynamic_prompt_len <= self.local_tokens:
+            raise FocusConfigError("dynamic_prompt_len must lie in [1, local_tokens]")
+        if self.local_tokens + self.target_tokens > self.memory_tokens:
+            raise FocusConfigError("local_tokens + target_tokens must not exceed memory_tokens (repetition loss)")
+        if not self.losses or set(self.losses) - set(LOSSES):
+            raise FocusConfigError(f"losses must be drawn from {LOSSES}, got {self.losses}")
+
+    def replace(self, **changes) -> TrainingConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def draw_example(stream: TokenStream, cfg: TrainingConfig, rng: random.Random, held_out: bool = False) -> Example:
+    kind, chunk_size = rng.choice(cfg.losses), rng.choice(cfg.chunk_sizes)
+    window = stream.window(example_length(kind, cfg.memory_tokens, cfg.local_tokens, cfg.target_tokens), rng, held_out)
+    return make_example(window, kind, chunk_size, cfg.local_tokens, cfg.target_tokens, rng)
+
+
+def train(model, tokenizer, stream: TokenStream, output_dir: str | Path, cfg: TrainingConfig = TrainingConfig(),
+          resume: bool = False, progress: bool | None = None) -> dict:
+    """Train candidate projections for the frozen ``model``; write the adapter to ``output_dir``.
+
+    Returns the history (loss per step, held-out loss per evaluation, tokens, seconds).
+    """
+    output_dir = Path(output_dir)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no",
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    model.requires_grad_(False).eval().to(accelerator.device)
+    projections = CandidateProjections(model, rank=cfg.rank, dtype=torch.float32)
+    projections.attach()
+    objective = CandidateObjective(model, projections, tokenizer.bos_token_id, cfg.dynamic_prompt_len)
+    optimizer = torch.optim.AdamW([p for p in projections.parameters()], lr=cfg.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, cfg))
+    objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+
+    state = {"step": 0, "history": [], "evaluations": [], "tokens": 0, "seconds": 0.0}
+    if resume and (output_dir / CHECKPOINT / STATE).is_file():
+        state = _restore(output_dir / CHECKPOINT, projections, optimizer, scheduler)
+    eval_set = [draw_example(stream, cfg, random.Random(f"eval-{cfg.seed}-{i}"), held_out=True)
+                for i in range(cfg.eval_examples)]
+    if not state["evaluations"]:
+        state["evaluations"].append({"step": 0, "loss": evaluate(objective, eval_set, accelerator)})
+
+    show = accelerator.is_main_process and (progress if progress is not None else sys.stderr.isatty())
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc="training candidates", unit="step", disable=not show)
+    while state["step"] < cfg.steps:
+        began, step = time.perf_counter(), state["step"]
+        rng = random.Random(f"{cfg.seed}-{accelerator.process_index}-{step}")  # resumes draw the same data
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            example = draw_example(stream, cfg, rng)
+            sync = accelerator.no_sync(objective) if micro + 1 < cfg.grad_accum else contextlib.nullcontext()
+            with sync:
+                loss = objective(example) / cfg.grad_accum
+                accelerator.backward(loss)
+            loss_sum += float(loss.detach())
+            state["tokens"] += example.chunks.numel() + example.local.numel() + example.targets.numel()
+        accelerator.clip_grad_norm_(projections.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] = step + 1
+        state["seconds"] += time.perf_counter() - began
+        state["history"].append({"step": step + 1, "loss": loss_sum})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum:.3f}")
+        if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
+            state["evaluations"].append({"step": state["step"], "loss": evaluate(objective, eval_set, accelerator)})
+            bar.write(f"step {state['step']}: held-out loss {state['evaluations'][-1]['loss']:.4f}")
+        if state["step"] % cfg.save_every == 0:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _checkpoint(output_dir / CHECKPOINT, projections, optimizer, scheduler, state)
+    bar.close()
+    if accelerator.is_main_process:
+        training = {"config": dataclasses.asdict(cfg), "steps": state["step"], "tokens": state["tokens"],
+                    "seconds": state["seconds"], "evaluations": state["evaluations"],
+                    "processes": accelerator.num_processes}
+        save_adapter(projections, model, output_dir, training)
+        (output_dir / "history.json").write_text(json.dumps(state, indent=1) + "\n")
+    projections.detach()
+    accelerator.wait_for_everyone()
+    return state
+
+
+@torch.no_grad()
+def evaluate(objective, examples: list[Example], accelerator: Accelerator) -> float:
+    """Mean target cross-entropy over the fixed held-out examples."""
+    losses = torch.stack([objective(e).detach() for e in examples]).mean()
+    return float(accelerator.reduce(losses, reduction="mean"))
+
+
+def _lr_factor(step: int, cfg: TrainingConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _checkpoint(folder: Path, projections: CandidateProjections, optimizer, scheduler, state: dict) -> None:
+    """Candidate weights, optimizer and schedule, and the step: all a resumed run needs (not the base)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()},
+              str(folder / "candidates.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, folder / "optimizer.pt")
+    (folder / STATE).write_text(json.dumps(state) + "\n")
+
+
+def _restore(folder: Path, projections: CandidateProjections, optimizer, scheduler) -> dict:
+    projections.load_state_dict(load_file(str(folder / "candidates.safetensors")))
+    saved = torch.load(folder / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return json.loads((folder / STATE).read_text())
