@@ -24,20 +24,22 @@ KV_MODEL_TYPES: frozenset[str] = frozenset(
     {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "olmo", "olmo2", "granite", "smollm3"}
 )
 
-_candidate_mask: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("candidate_mask", default=None)
+_active: contextvars.ContextVar[tuple[torch.Tensor, CandidateProjections] | None] = contextvars.ContextVar(
+    "candidate_positions", default=None)
 
 
 @contextlib.contextmanager
-def candidate_positions(mask: torch.Tensor | None) -> Iterator[None]:
-    """Within this block, positions where ``mask`` ([batch, seq], bool) is true use candidate weights.
+def candidate_positions(mask: torch.Tensor | None, projections: CandidateProjections | None) -> Iterator[None]:
+    """Within this block, positions where ``mask`` ([batch, seq], bool) is true use the candidate weights
+    of ``projections`` (other projections hooked into the same model stay inert).
 
     The mask is held in a context variable, so concurrent threads and tasks never see each other's.
     """
-    token = _candidate_mask.set(mask)
+    token = _active.set(None if mask is None or projections is None else (mask, projections))
     try:
         yield
     finally:
-        _candidate_mask.reset(token)
+        _active.reset(token)
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -121,7 +123,8 @@ class CandidateProjections(nn.Module):
             return
         for attn, candidates in zip(self._attentions, self.layers):
             for name in PROJECTIONS:
-                self._hooks.append(getattr(attn, name).register_forward_hook(_candidate_hook(candidates[name])))
+                hook = _candidate_hook(self, candidates[name])
+                self._hooks.append(getattr(attn, name).register_forward_hook(hook))
 
     def detach(self) -> None:
         for hook in self._hooks:
@@ -129,11 +132,12 @@ class CandidateProjections(nn.Module):
         self._hooks.clear()
 
 
-def _candidate_hook(candidate: nn.Module):
+def _candidate_hook(owner: CandidateProjections, candidate: nn.Module):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        mask = _candidate_mask.get()
-        if mask is None:
+        active = _active.get()
+        if active is None or active[1] is not owner:
             return None
+        mask = active[0]
         x = args[0]  # [batch, seq, in_features]
         return output.index_put((mask,), candidate(x[mask], output[mask]))
 

@@ -182,6 +182,7 @@ class FocusEngine:
                 self._candidates.detach()
             projections.attach()
             self._candidates, self._candidates_trained = projections, trained
+            self.runner.candidates = projections
 
     def save_adapter(self, path: str | os.PathLike, training: dict[str, Any] | None = None) -> Path:
         """Save the trained candidate projections as an adapter directory (safetensors + JSON)."""
@@ -274,6 +275,7 @@ class FocusEngine:
             if self._candidates is None:
                 self._candidates = CandidateProjections(self.model)
                 self._candidates.attach()
+                self.runner.candidates = self._candidates
             return self._candidates
 
     def _progress(self, cfg: FocusConfig) -> bool:

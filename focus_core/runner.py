@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .candidates import candidate_positions
+from .candidates import CandidateProjections, candidate_positions
 from .kv_cache import KVBuffer
 
 
@@ -30,6 +30,7 @@ class ModelRunner:
         self.hidden_size: int = config.hidden_size
         self.intermediate_size: int = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
         self.vocab_size: int = config.vocab_size
+        self.candidates: CandidateProjections | None = None  # applied where a forward's candidate mask is set
 
     @property
     def device(self) -> torch.device:
@@ -65,7 +66,7 @@ class ModelRunner:
         The LM head runs on the last hidden state only, as a 2-D matmul: slicing a 3-D hidden state
         first (``logits_to_keep``) makes CPU matmul copy the head weight once per row.
         """
-        with candidate_positions(candidate_mask):
+        with candidate_positions(candidate_mask, self.candidates):
             hidden = self.model.base_model(
                 input_ids=input_ids,
                 position_ids=position_ids,

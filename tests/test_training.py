@@ -99,6 +99,15 @@ def test_adapter_save_load_gives_identical_outputs_and_auto_uses_kv(tokenizer, t
     untrained = FocusEngine(learnable_model(), tokenizer, TINY_CONFIG)
     assert not torch.allclose(untrained.score(ids, continuation, aggregation="kv"), a.score(ids, continuation))
 
+    # two engines over one model: each uses its own candidate weights, whatever the other has hooked in
+    shared = learnable_model()
+    plain = FocusEngine(shared, tokenizer, TINY_CONFIG.replace(aggregation="kv"))
+    before = plain.score(ids, continuation)
+    adapted = FocusEngine(shared, tokenizer, TINY_CONFIG)
+    adapted.load_adapter(tmp_path / "adapter")
+    assert torch.equal(adapted.score(ids, continuation), a.score(ids, continuation))
+    assert torch.equal(plain.score(ids, continuation), before)
+
 
 def test_mismatched_or_corrupt_adapters_are_refused_and_change_nothing(tokenizer, tmp_path):
     train(tiny_model("llama"), tokenizer, _Stream(), tmp_path / "adapter", TINY_TRAINING.replace(steps=2),

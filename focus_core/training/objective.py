@@ -93,7 +93,7 @@ class CandidateObjective(nn.Module):
         first = prefix.shape[1]  # the position of d[-1]
         steps = torch.cat([d[-1:], targets[:-1]]).expand(n, -1)  # [n, k]
         positions = torch.arange(first, first + k, device=device).expand(n, -1)
-        with candidate_positions(torch.ones(n, k, dtype=torch.bool, device=device)):
+        with candidate_positions(torch.ones(n, k, dtype=torch.bool, device=device), self.projections):
             base(input_ids=steps, position_ids=positions, past_key_values=cache, use_cache=True)
         # 3. one local pass per step, behind that step's n candidate entries
         rotary = self.model.get_decoder().rotary_emb
