@@ -52,6 +52,10 @@ class Method:
 @dataclass
 class FocusMethod(Method):
     aggregation: str = "entropy"
+    engine: FocusEngine | None = None  # its own engine (e.g. other candidate weights); default: the grid's
+
+    def answer(self, engine: FocusEngine, case: Case) -> dict | None:
+        return super().answer(self.engine or engine, case)
 
     def overrides(self) -> dict:
         return {"aggregation": self.aggregation}

@@ -8,6 +8,7 @@ share (the prefix cache, counters, candidate projections) is locked.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -22,6 +23,7 @@ from .aggregation import EntropyAggregation, KVAggregation
 from .candidates import CandidateProjections
 from .chunking import ChunkPlan, plan_chunks
 from .config import FocusConfig
+from .distributed import ChunkGroup
 from .encoding import ChunkEncoder, EncodingStats
 from .errors import FocusConfigError, FocusInputError, FocusInputTypeError
 from .kv_cache import PrefixCache
@@ -36,7 +38,9 @@ Prompt = str | Sequence[int] | torch.Tensor
 class FocusEngine:
     """FocusLLM over a frozen Hugging Face causal LM."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: FocusConfig | None = None):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: FocusConfig | None = None,
+                 prefix_cache: PrefixCache | None = None):
+        """``prefix_cache``: share another engine's cache of encoded chunks (same model and dtype only)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config if config is not None else FocusConfig()
@@ -45,12 +49,13 @@ class FocusEngine:
         self.native_window: int = self.config.native_window or _model_window(model)
         self._check_window(self.config)
         self.runner = ModelRunner(model)
-        self.prefix_cache = PrefixCache(self.config.prefix_cache_bytes)
+        self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache(self.config.prefix_cache_bytes)
         self.encoder = ChunkEncoder(self.runner, self.prefix_cache, tokenizer.bos_token_id)
         self.eos_token_ids = _eos_ids(model, tokenizer)
         self._candidates: CandidateProjections | None = None
         self._candidates_trained = False
         self._lock = threading.Lock()
+        self.group = ChunkGroup.detect()  # chunk-parallel across processes when run in a process group
 
     @classmethod
     def from_pretrained(
@@ -287,18 +292,27 @@ class FocusEngine:
             local = SequenceBatch(self.runner, rows=1, capacity=len(ids) + cfg.max_new_tokens)
             return EntropyAggregation(local, local.append(torch.tensor(ids, device=device)))
         plan = self._plan(ids, cfg)
+        total, mine = len(plan.chunks), self._my_chunks(plan)
         kv = self.aggregation_for(cfg) == "kv"
-        chunks, chunk_logits = self.encoder.encode(
-            plan, extra_slots=cfg.max_new_tokens, batch_tokens=cfg.encode_batch_tokens, candidate=kv,
-            progress=self._progress(cfg),
-        )
+        chunks = chunk_logits = None
+        if mine.chunks:
+            chunks, chunk_logits = self.encoder.encode(
+                mine, extra_slots=cfg.max_new_tokens, batch_tokens=cfg.encode_batch_tokens, candidate=kv,
+                progress=self._progress(cfg),
+            )
         if kv:
             rotary = self.model.get_decoder().rotary_emb
-            return KVAggregation(self.runner, rotary, chunks, list(plan.local))
+            return KVAggregation(self.runner, rotary, chunks, list(plan.local), self.group, total)
         local_ids = list(self.encoder.bos + plan.local)
         local = SequenceBatch(self.runner, rows=1, capacity=len(local_ids) + cfg.max_new_tokens)
         local_logits = local.append(torch.tensor(local_ids, device=device))
-        return EntropyAggregation(local, local_logits, chunks, chunk_logits)
+        return EntropyAggregation(local, local_logits, chunks, chunk_logits, self.group, total)
+
+    def _my_chunks(self, plan: ChunkPlan) -> ChunkPlan:
+        """The chunks this process holds: all of them, or its share when running in a process group."""
+        if self.group is None:
+            return plan
+        return dataclasses.replace(plan, chunks=plan.chunks[self.group.share(len(plan.chunks))])
 
     @torch.inference_mode()
     def _decode(self, ids: list[int], cfg: FocusConfig) -> Iterator[int]:
@@ -306,6 +320,8 @@ class FocusEngine:
         sampler = Sampler(cfg, self.runner.device)
         for step in range(cfg.max_new_tokens):
             token = sampler(state.next_logits())
+            if self.group is not None:
+                token = self.group.broadcast_token(token)  # every process continues with rank 0's choice
             if token in self.eos_token_ids:
                 return
             yield token

@@ -1,0 +1,89 @@
+"""Chunk-parallel FocusLLM across processes (DESIGN §5), over ``torch.distributed``.
+
+Every process runs the same call on the same prompt; each holds a contiguous share of the chunks (and
+their KV caches) and encodes and decodes only those. Per decoding step the aggregation gathers what it
+needs from the others (chunk entropies and the winning distribution, or the candidates' key/value
+entries), every process then holds the same next-token logits, and the token sampled on rank 0 is
+broadcast so that all stay in lockstep. Launch with ``torchrun`` / ``accelerate launch``: gloo on CPU,
+NCCL on GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+class ChunkGroup:
+    """The processes sharing one prompt's chunks, and the few collectives the engine needs."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        # NCCL moves CUDA tensors only; gloo moves CPU tensors
+        self.device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" \
+            else torch.device("cpu")
+
+    @classmethod
+    def detect(cls) -> ChunkGroup | None:
+        """The default process group when there is one with more than one process, else ``None``."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return cls()
+        return None
+
+    def sizes(self, n: int) -> list[int]:
+        """How many of ``n`` chunks each rank holds (contiguous blocks, the first ranks one more)."""
+        return [n // self.world + (r < n % self.world) for r in range(self.world)]
+
+    def share(self, n: int) -> slice:
+        """This rank's chunks among ``n``."""
+        sizes = self.sizes(n)
+        start = sum(sizes[: self.rank])
+        return slice(start, start + sizes[self.rank])
+
+    def gather_rows(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """Every rank's ``rows`` (its share of ``n``, along dim 0) concatenated in rank order, on all ranks."""
+        sizes = self.sizes(n)
+        wire = torch.float32 if rows.dtype in (torch.bfloat16, torch.float16) else rows.dtype  # exact round trip
+        padded = rows.new_zeros((max(sizes), *rows.shape[1:]), dtype=wire, device=self.device)
+        padded[: rows.shape[0]] = rows.to(self.device, wire)
+        gathered = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(gathered, padded, group=self.group)
+        return torch.cat([g[:s] for g, s in zip(gathered, sizes)]).to(rows.device, rows.dtype)
+
+    def broadcast_row(self, rows: torch.Tensor | None, index: int, n: int, like: torch.Tensor) -> torch.Tensor:
+        """Row ``index`` (global) of the chunk rows, sent by the rank that holds it. ``like``: shape/dtype."""
+        sizes = self.sizes(n)
+        owner = next(r for r in range(self.world) if index < sum(sizes[: r + 1]))
+        buffer = torch.empty_like(like, device=self.device)
+        if self.rank == owner:
+            buffer.copy_(rows[index - sum(sizes[:owner])])
+        dist.broadcast(buffer, src=dist.get_global_rank(self.group, owner) if self.group else owner, group=self.group)
+        return buffer.to(like.device)
+
+    def broadcast_token(self, token: int) -> int:
+        """Rank 0's token, on every rank."""
+        t = torch.tensor([token], dtype=torch.long, device=self.device)
+        dist.broadcast(t, src=dist.get_global_rank(self.group, 0) if self.group else 0, group=self.group)
+        return int(t)
+
+
+def init_from_environment() -> bool:
+    """Join the process group a launcher (``torchrun``, ``accelerate launch``) described in the environment.
+
+    Returns whether this is a multi-process run. NCCL when CUDA is available, gloo otherwise.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -1,0 +1,71 @@
+"""Chunk-parallel decoding across processes (torch.distributed, gloo on this CPU) equals one process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from transformers import AutoTokenizer
+
+from conftest import TINY_CONFIG, random_ids, tiny_model
+from focus_core import FocusEngine
+from focus_core.distributed import ChunkGroup
+from focus_core.loading import _embedded_checkpoint
+
+# (prompt tokens, settings): 9 chunks (uneven shares), 2 chunks (a process with none when 3 run),
+# seeded sampling (the token sampled on rank 0 is the one every process continues with)
+RUNS = [(300, {}), (130, {"chunk_size": 96}), (300, {"temperature": 1.5, "seed": 3})]
+
+
+def _generate_all(engine: FocusEngine) -> list[list[int]]:
+    out = []
+    for aggregation in ("entropy", "kv"):
+        for n, settings in RUNS:
+            out.append(engine.generate_ids(random_ids(n, seed=n), aggregation=aggregation, **settings))
+    return out
+
+
+def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(_embedded_checkpoint())
+        engine = FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG)
+        assert engine.group is not None and engine.group.world == world
+        tokens = _generate_all(engine)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, tokens)
+        if rank == 0:
+            with open(out_file, "w") as f:
+                json.dump({"tokens": tokens, "all_ranks_agree": all(g == tokens for g in gathered),
+                           "chunks_encoded": engine.stats.chunks_encoded}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_multi_process_tokens_equal_single_process_tokens(tokenizer, tmp_path, world):
+    engine = FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG)
+    single = _generate_all(engine)
+    out = tmp_path / "out.json"
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(out)), nprocs=world, join=True)
+    result = json.loads(out.read_text())
+    assert result["all_ranks_agree"]
+    assert result["tokens"] == single
+    assert all(len(t) == TINY_CONFIG.max_new_tokens for t in single)
+    assert result["chunks_encoded"] <= -(-engine.stats.chunks_encoded // world)  # rank 0 encoded only its share
+
+
+def test_chunk_shares_are_contiguous_and_cover_every_chunk():
+    group = ChunkGroup.__new__(ChunkGroup)
+    for world in (1, 2, 3, 5):
+        group.world = world
+        for n in (0, 1, 2, 7, 10):
+            shares = []
+            for rank in range(world):
+                group.rank = rank
+                shares.extend(range(n)[group.share(n)])
+            assert shares == list(range(n)) and max(group.sizes(n)) - min(group.sizes(n)) <= 1
