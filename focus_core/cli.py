@@ -9,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 from .config import AGGREGATIONS, FocusConfig
+from .distributed import init_from_environment, is_main_process
 from .engine import FocusEngine
 from .errors import FocusError
 from .loading import load_model
@@ -94,10 +98,13 @@ def _engine(args: argparse.Namespace) -> FocusEngine:
         stop=("\n\n",) if stop is None and args.command == "ask" else stop,
         chunk_size=args.chunk_size, local_window=args.local_window, dynamic_prompt_len=args.dynamic_prompt_len,
         aggregation=args.aggregation, native_window=args.native_window, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, seed=args.seed, progress=False if args.quiet else None,
+        temperature=args.temperature, seed=args.seed, progress=False if args.quiet or not is_main_process() else None,
     )
+    device = args.device
+    if device is None and dist.is_initialized() and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.current_device()}"
     adapter = False if args.no_adapter else args.adapter
-    return FocusEngine.from_pretrained(args.model, config, adapter=adapter, dtype=args.dtype, device=args.device,
+    return FocusEngine.from_pretrained(args.model, config, adapter=adapter, dtype=args.dtype, device=device,
                                        gguf_file=args.gguf_file)
 
 
@@ -110,9 +117,11 @@ def run_ask(args: argparse.Namespace) -> int:
     else:
         prefix = f" {args.answer_prefix.strip()}" if args.answer_prefix.strip() else ""
         prompt = ASK_TEMPLATE.format(documents=documents, question=args.question, answer_prefix=prefix)
+    main = is_main_process()
     for piece in engine.stream(prompt):
-        print(piece, end="", flush=True)
-    print()
+        if main:
+            print(piece, end="", flush=True)
+    _say("")
     return 0
 
 
@@ -125,10 +134,18 @@ def run_passkey(args: argparse.Namespace) -> int:
         answer = engine.generate(case.prompt)
         ok = case.is_correct(answer)
         correct += ok
-        print(f"seed {seed} depth {depth:.2f} tokens {engine.count_tokens(case.prompt)}: expected {case.passkey}, "
-              f"got {answer.strip()!r} ({'ok' if ok else 'wrong'}, {time.perf_counter() - t:.1f} s)", flush=True)
-    print(f"passkey@{args.tokens}: {correct}/{args.seeds} correct in {time.perf_counter() - start:.1f} s")
+        _say(f"seed {seed} depth {depth:.2f} tokens {engine.count_tokens(case.prompt)}: expected {case.passkey}, "
+             f"got {answer.strip()!r} ({'ok' if ok else 'wrong'}, {time.perf_counter() - t:.1f} s)")
+    processes = engine.group.world if engine.group else 1
+    _say(f"{time.perf_counter() - start:.1f} s on {processes} process{'es' if processes > 1 else ''}")
+    _say(f"passkey@{args.tokens}: {correct}/{args.seeds} correct")
     return 0
+
+
+def _say(line: str) -> None:
+    """Print on the main process only (every process of a torchrun job runs the same loop)."""
+    if is_main_process():
+        print(line, flush=True)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -153,6 +170,8 @@ def run_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "train":  # training joins its process group through accelerate
+            init_from_environment()
         return {"ask": run_ask, "passkey": run_passkey, "train": run_train}[args.command](args)
     except (FocusError, FileNotFoundError, UnicodeDecodeError) as err:
         print(f"focusllm: error: {err}", file=sys.stderr)

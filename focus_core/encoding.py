@@ -2,7 +2,7 @@
 
 The prefixes ``[BOS] + m_i`` do not depend on the question, so their KV is looked up in the
 content-addressed :class:`PrefixCache` first; only the missing ones are run, micro-batched to a token
-budget. Then the dynamic prompt ``d`` runs against all prefixes in one batched pass.
+budget. Cached prefixes live in host memory, so on a GPU they do not take device memory. Then the dynamic prompt ``d`` runs against all prefixes in one batched pass.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class ChunkEncoder:
         self.prefix_cache = prefix_cache
         self.bos = () if bos_token_id is None else (bos_token_id,)
         self.stats = EncodingStats()
+        # on an accelerator, cached prefixes wait in host memory (offloaded) and are copied back when reused
+        self.store_device = torch.device("cpu")
 
     def prefix_slots(self, plan: ChunkPlan) -> int:
         return len(self.bos) + max(len(c) for c in plan.chunks)
@@ -88,7 +90,7 @@ class ChunkEncoder:
                 for i, row in enumerate(rows):
                     k, v = group.kv.read_prefix(i)
                     batch.kv.write_prefix(row, k, v)
-                    self.prefix_cache.put(keys[row], PrefixKV(k, v))
+                    self.prefix_cache.put(keys[row], PrefixKV(k.to(self.store_device), v.to(self.store_device)))
                 self.stats.add(encoded=len(rows), tokens=sum(len(prefixes[r]) for r in rows),
                                seconds=time.perf_counter() - began)
                 bar.update(len(rows))

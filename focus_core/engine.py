@@ -28,7 +28,7 @@ from .encoding import ChunkEncoder, EncodingStats
 from .errors import FocusConfigError, FocusInputError, FocusInputTypeError
 from .kv_cache import PrefixCache
 from .loading import load_model
-from .memory import MemoryEstimate, available_bytes, check_fits
+from .memory import MemoryEstimate, available_bytes, check_fits, format_bytes
 from .runner import ModelRunner, SequenceBatch
 from .sampling import Sampler, TextStream
 
@@ -245,11 +245,28 @@ class FocusEngine:
         while estimate.total > budget and cfg.encode_batch_tokens > cfg.chunk_size:
             cfg = cfg.replace(encode_batch_tokens=max(cfg.chunk_size, cfg.encode_batch_tokens // 2))
             estimate = self._estimate(ids, cfg)
-        check_fits(
-            estimate, budget, what=f"this prompt of {len(ids)} tokens",
-            hint="To fit: load the model in bfloat16, lower max_new_tokens, or raise memory_budget_bytes.",
-        )
+        if estimate.total > budget:
+            check_fits(estimate, budget, what=f"this prompt of {len(ids)} tokens", hint=self._fit_hint(ids, cfg, budget))
         return cfg
+
+    def _fit_hint(self, ids: list[int], cfg: FocusConfig, budget: int) -> str:
+        """Settings that would make an over-budget prompt fit, each with what it would need."""
+        options = []
+        if cfg.prefix_cache_bytes > 0:
+            need = self._estimate(ids, cfg.replace(prefix_cache_bytes=0)).total
+            options.append(f"prefix_cache_bytes=0 ({format_bytes(need)})")
+        low, high = 0, len(ids)  # the longest prefix of this prompt that fits: low fits, high does not
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if self._estimate(ids[:mid], cfg).total <= budget else (low, mid)
+        if low:
+            options.append(f"a prompt of at most ~{low} tokens")
+        if self.runner.dtype.itemsize > 2:
+            options.append("loading the model in bfloat16 (half the KV bytes)")
+        world = self.group.world if self.group else 1
+        options.append(f"more processes (torchrun --nproc_per_node {2 * world}: each holds its share of the chunks)")
+        options.append("a larger memory_budget_bytes if the machine has the memory")
+        return "Would fit: " + "; or ".join(options) + "."
 
     def _fits(self, ids: list[int], cfg: FocusConfig) -> bool:
         return len(ids) + cfg.max_new_tokens <= self.native_window
@@ -265,14 +282,16 @@ class FocusEngine:
             return MemoryEstimate(per_token * (n + cfg.max_new_tokens), self.runner.activation_bytes(1, n, n), 0)
         plan = self._plan(ids, cfg)
         width = self.encoder.prefix_slots(plan)
-        rows = len(plan.chunks)
+        rows = max(1, len(self._my_chunks(plan).chunks))
         decode_slots = len(plan.dynamic_prompt) + cfg.max_new_tokens
         kv = per_token * (rows * (width + decode_slots) + 1 + cfg.local_window + cfg.max_new_tokens + rows)
         group = min(rows, max(1, cfg.encode_batch_tokens // width))
         encode = 2 * per_token * group * width + self.runner.activation_bytes(group, width, width)
         prompt_rows = min(rows, max(1, cfg.encode_batch_tokens // len(plan.dynamic_prompt)))
         prompt_pass = self.runner.activation_bytes(prompt_rows, len(plan.dynamic_prompt), width + decode_slots)
-        new_prefixes = min(per_token * rows * width, cfg.prefix_cache_bytes)
+        # prefixes are cached in host memory: they count against the budget only when that is host memory too
+        host = self.runner.device.type == "cpu"
+        new_prefixes = min(per_token * rows * width, cfg.prefix_cache_bytes) if host else 0
         return MemoryEstimate(kv, max(encode, prompt_pass), new_prefixes)
 
     def _candidate_projections(self) -> CandidateProjections:

@@ -44,13 +44,14 @@ def available_bytes(device: torch.device) -> int:
 def check_fits(estimate: MemoryEstimate, budget: int, *, what: str, hint: str) -> None:
     if estimate.total > budget:
         raise MemoryBudgetError(
-            f"{what} needs about {_fmt(estimate.total)} ({estimate.total} bytes: KV cache {_fmt(estimate.kv_bytes)}, "
-            f"transient {_fmt(estimate.transient_bytes)}, prefix cache {_fmt(estimate.prefix_cache_bytes)}) but the "
-            f"memory budget is {_fmt(budget)} ({budget} bytes). {hint}",
+            f"{what} needs about {format_bytes(estimate.total)} ({estimate.total} bytes: KV cache "
+            f"{format_bytes(estimate.kv_bytes)}, transient {format_bytes(estimate.transient_bytes)}, prefix cache "
+            f"{format_bytes(estimate.prefix_cache_bytes)}) but the memory budget is {format_bytes(budget)} "
+            f"({budget} bytes). {hint}",
             needed_bytes=estimate.total,
             budget_bytes=budget,
         )
 
 
-def _fmt(n: int) -> str:
+def format_bytes(n: int) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:.1f} MiB"

@@ -104,16 +104,40 @@ def test_over_budget_prompt_is_refused_before_allocation(make_engine):
     assert len(engine.generate_ids(random_ids(40))) > 0  # short prompts still fit
 
 
-def test_memory_estimate_covers_what_is_allocated(make_engine):
-    engine = make_engine()
+@pytest.mark.parametrize("aggregation", ["entropy", "kv"])
+def test_memory_estimate_matches_the_allocated_caches_within_10_percent(make_engine, aggregation):
+    engine = make_engine(aggregation=aggregation)
     ids = random_ids(3000)
     estimate = engine.estimate_memory(ids)
-    plan = engine._plan(ids, engine.config)
     with torch.inference_mode():
-        batch, _ = engine.encoder.encode(plan, extra_slots=engine.config.max_new_tokens,
-                                         batch_tokens=engine.config.encode_batch_tokens, candidate=False,
-                                         progress=False)
-    assert batch.kv.nbytes <= estimate.kv_bytes <= 1.1 * batch.kv.nbytes
+        state = engine._start(ids, engine.config)
+        state.next_logits()
+    local = state.local.kv.nbytes if aggregation == "entropy" else 0
+    kv = state.chunks.kv.nbytes + local
+    assert kv <= estimate.kv_bytes <= 1.1 * kv
+    assert engine.prefix_cache.nbytes <= estimate.prefix_cache_bytes <= 1.1 * engine.prefix_cache.nbytes
+
+
+def test_over_budget_refusal_names_settings_that_would_fit(make_engine):
+    engine = make_engine(memory_budget_bytes=600_000)
+    with pytest.raises(MemoryBudgetError) as err:
+        engine.generate_ids(random_ids(5000))
+    message = str(err.value)
+    assert "prefix_cache_bytes=0" in message and "torchrun --nproc_per_node 2" in message
+    fits = int(message.split("a prompt of at most ~")[1].split()[0])
+    assert 0 < fits < 5000
+    assert len(engine.generate_ids(random_ids(fits * 9 // 10))) > 0  # the suggested length does fit
+
+
+def test_prefix_cache_eviction_keeps_answers_correct(make_engine):
+    ids = [random_ids(300, seed=s) for s in range(3)]
+    expected = [make_engine(prefix_cache_bytes=0).generate_ids(x) for x in ids]
+    engine = make_engine()
+    chunk_bytes = engine.runner.kv_bytes_per_token() * (1 + engine.config.chunk_size)
+    engine = make_engine(prefix_cache_bytes=3 * chunk_bytes)  # room for 3 of the ~9 chunks of each prompt
+    for _ in range(2):
+        assert [engine.generate_ids(x) for x in ids] == expected
+        assert engine.prefix_cache.nbytes <= 3 * chunk_bytes and len(engine.prefix_cache) == 3
 
 
 def test_count_tokens_and_chat_template(make_engine):
