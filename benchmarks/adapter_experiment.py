@@ -30,6 +30,7 @@ from focus_core.training import TokenStream, TrainingConfig, read_documents, tra
 
 from .accuracy import run_grid  # noqa: E402
 from .common import machine  # noqa: E402
+from .plots import save_figure  # noqa: E402
 from .methods import FocusMethod  # noqa: E402
 from .perplexity import sample_ids  # noqa: E402
 
@@ -90,9 +91,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xticks([i + 0.17 for i in range(len(names))], [n.replace("FocusLLM ", "") for n in names], fontsize=8)
         ax.set(ylabel="accuracy (%)", title=kind, ylim=(0, 105))
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -27,9 +27,7 @@ def grid_heatmaps(grid: dict, title: str, path: Path) -> None:
         ax.set_xlabel("tokens", fontsize=8)
     axes[0][0].set_ylabel("needle depth")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def peer_bars(grids: list[dict], path: Path) -> None:
@@ -45,9 +43,7 @@ def peer_bars(grids: list[dict], path: Path) -> None:
         ax.set_xticks(range(len(grids)), [g["kind"] for g in grids])
         ax.set_ylabel(label)
     acc_ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def speed_curves(speed: dict, path: Path) -> None:
@@ -66,9 +62,7 @@ def speed_curves(speed: dict, path: Path) -> None:
     fig.suptitle(f"second question over the same {_k(reuse['tokens'])} document: {reuse['ratio']:.2f}x the "
                  f"first's time; encoding at {100 * max(p['fraction_of_matmul_rate'] for p in speed['focusllm']):.0f}%"
                  f" of the matmul rate", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def perplexity_lines(ppl: dict, path: Path) -> None:
@@ -79,6 +73,10 @@ def perplexity_lines(ppl: dict, path: Path) -> None:
     ax.set(xlabel="context (K tokens)", ylabel="perplexity of the continuation",
            title=f"held-out prose, {ppl['continuation_tokens']} continuation tokens")
     ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

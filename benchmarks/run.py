@@ -59,7 +59,7 @@ SUITES = {
                   reuse_tokens=32768, perplexity_lengths=[16384, 32768], perplexity_samples=2,
                   continuation_tokens=128),
     "quick": Suite("quick", passkey_lengths=[4096, 16384], needle_lengths=[4096, 16384], depths=[0.0, 0.5, 1.0],
-                   needle_depths=[0.0, 0.5, 1.0],
+                   needle_depths=[0.5],
                    speed_lengths=[4096, 16384], full_attention_speed_lengths=[4096], reuse_tokens=16384,
                    perplexity_lengths=[16384], perplexity_samples=1, continuation_tokens=64),
 }
