@@ -36,7 +36,7 @@ from .perplexity import sample_ids  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING = TrainingConfig(steps=120, chunk_sizes=(128, 256, 512), memory_tokens=1024, local_tokens=128,
-                          dynamic_prompt_len=64, target_tokens=4, rank=32, learning_rate=2e-3, warmup_steps=10,
+                          dynamic_prompt_len=64, target_tokens=8, rank=32, learning_rate=2e-3, warmup_steps=10,
                           grad_accum=2, eval_every=20, eval_examples=8, save_every=20)
 
 

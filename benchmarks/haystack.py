@@ -104,8 +104,12 @@ def haystack(tokenizer, n_tokens: int, offset: int = 0) -> list[str]:
 
 
 def needle_case(tokenizer, n_tokens: int, depth: float, seed: int) -> Case:
-    """The needle of ``seed`` placed between paragraphs at ``depth`` of the prose haystack of ``n_tokens``."""
-    needle = NEEDLES[seed % len(NEEDLES)]
+    """A needle placed between paragraphs at ``depth`` of the prose haystack of ``n_tokens``.
+
+    Which needle turns with both ``seed`` and the length, so that in a grid (seed = depth index) no depth
+    is tied to one needle's difficulty.
+    """
+    needle = NEEDLES[(seed + n_tokens.bit_length()) % len(NEEDLES)]
     query = f"\n\nQuestion: {needle.question}\nAnswer: {needle.answer_prefix}"
     fixed = len(tokenizer(needle.sentence + query).input_ids)
     offset = random.Random(n_tokens).randrange(len(prose_paragraphs()))  # one haystack per length

@@ -87,9 +87,12 @@ def run_suite(suite: Suite, engine: FocusEngine, results: Path, docs: Path, part
         out["perplexity"] = run_perplexity(engine, suite.perplexity_lengths, suite.perplexity_samples,
                                            suite.continuation_tokens, aggregations)
         plots.perplexity_lines(out["perplexity"], docs / "perplexity.png")
-    if "passkey" in out or "needle" in out:
-        plots.peer_bars([out[k] for k in ("passkey", "needle") if k in out], docs / "peers.png")
-    settings = {"suite": dataclasses.asdict(suite), "model": engine.model_name, "dtype": str(engine.runner.dtype),
+    if "passkey" in out or "needle" in out:  # a grid not run this time comes from its earlier results
+        grids = [out[k] if k in out else json.loads((results / f"{k}.json").read_text())
+                 for k in ("passkey", "needle") if k in out or (results / f"{k}.json").is_file()]
+        plots.peer_bars(grids, docs / "peers.png")
+    settings = {"suite": dataclasses.asdict(suite), "engine_config": dataclasses.asdict(engine.config),
+                "model": engine.model_name, "dtype": str(engine.runner.dtype),
                 "native_window": engine.native_window, "machine": machine()}
     for part, payload in out.items():
         payload = {"benchmark": part, "date": time.strftime("%Y-%m-%d %H:%M:%S"), **settings, **payload}

@@ -12,14 +12,17 @@ from focus_core import FocusConfig, FocusEngine
 
 
 def test_needle_cases_hide_the_fact_at_the_depth_with_a_differently_worded_question(tokenizer):
-    for seed, needle in enumerate(NEEDLES):
+    for seed in range(len(NEEDLES)):
         case = needle_case(tokenizer, 3000, 0.5, seed)
+        needle = next(n for n in NEEDLES if n.sentence == case.needle)
         assert case.context.count(needle.sentence) == 1
         at = case.context.index(needle.sentence) / len(case.context)
         assert 0.35 < at < 0.65
         assert abs(len(tokenizer(case.prompt).input_ids) - 3000) < 200
         assert needle.question not in case.context and case.is_correct(f" {needle.answers[0]}.")
         assert not case.is_correct(" the committee.")
+    assert len({needle_case(tokenizer, 3000, 0.5, s).needle for s in range(len(NEEDLES))}) == len(NEEDLES)
+    assert needle_case(tokenizer, 3000, 0.5, 0).needle != needle_case(tokenizer, 6000, 0.5, 0).needle
 
 
 @pytest.mark.slow
