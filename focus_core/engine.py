@@ -183,11 +183,15 @@ class FocusEngine:
     def set_candidates(self, projections: CandidateProjections, trained: bool) -> None:
         """Replace the candidate projections (e.g. with ones being trained)."""
         with self._lock:
-            if self._candidates is not None:
-                self._candidates.detach()
-            projections.attach()
-            self._candidates, self._candidates_trained = projections, trained
-            self.runner.candidates = projections
+            self._install_candidates(projections, trained)
+
+    def _install_candidates(self, projections: CandidateProjections, trained: bool) -> None:
+        """Hook ``projections`` in place of the current ones (caller holds the lock)."""
+        if self._candidates is not None:
+            self._candidates.detach()
+        projections.attach()
+        self._candidates, self._candidates_trained = projections, trained
+        self.runner.candidates = projections
 
     def save_adapter(self, path: str | os.PathLike, training: dict[str, Any] | None = None) -> Path:
         """Save the trained candidate projections as an adapter directory (safetensors + JSON)."""
@@ -297,9 +301,7 @@ class FocusEngine:
     def _candidate_projections(self) -> CandidateProjections:
         with self._lock:
             if self._candidates is None:
-                self._candidates = CandidateProjections(self.model)
-                self._candidates.attach()
-                self.runner.candidates = self._candidates
+                self._install_candidates(CandidateProjections(self.model), trained=False)
             return self._candidates
 
     def _progress(self, cfg: FocusConfig) -> bool:
