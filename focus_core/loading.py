@@ -243,12 +243,14 @@ def _load_named(name: str, gguf_file: str | None, trust_remote_code: bool, commo
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **gguf, **extra)
         return tokenizer, AutoModelForCausalLM.from_pretrained(name, **gguf, **common, **extra)
 
+    if local.is_file() and local.suffix == ".gguf" and not gguf_file:  # a GGUF file named directly
+        name, local, gguf_file = str(local.parent), local.parent, local.name
+        gguf = {"gguf_file": gguf_file}
     if local.exists() or _looks_like_path(name):
         if not local.exists():
             raise ModelLoadError(f"model path {name} does not exist")
         if local.is_file():
-            raise ModelLoadError(f"model path {name} is a file: pass its folder as the model and the file "
-                                 f"name as gguf_file (--gguf-file {local.name})")
+            raise ModelLoadError(f"model path {name} is a file, not a model folder or a .gguf file")
         if gguf_file and not (local / gguf_file).is_file():
             raise ModelLoadError(f"GGUF file {local / gguf_file} does not exist")
         if not gguf_file and not (local / "config.json").is_file():
