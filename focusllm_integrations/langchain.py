@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.documents import Document
-from langchain_core.language_models import BaseChatModel, BaseLLM
+from langchain_core.language_models import BaseChatModel, BaseLLM, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation, GenerationChunk, LLMResult
 from langchain_core.runnables import Runnable, RunnableLambda
@@ -73,8 +73,16 @@ class FocusLLM(BaseLLM, FocusFields):
         fields = {k: getattr(self, k) for k in GENERATION_FIELDS}
         return generation_overrides({**fields, **(self.pipeline_kwargs or {})}, call_kwargs, None)
 
+    @property
+    def model_name(self) -> str:
+        """The loaded model's name or path (``SmolLM2-135M-Instruct`` for the embedded default)."""
+        return self.engine.model_name
+
     def get_num_tokens(self, text: str) -> int:
         return self.engine.count_tokens(text)
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        return _ls_params(self, "llm", self._settings(**_standard_names(kwargs)), stop, kwargs)
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
@@ -82,7 +90,7 @@ class FocusLLM(BaseLLM, FocusFields):
         streams = [self.engine.stream(p, **settings) for p in prompts]  # validates every prompt up front
         with ThreadPoolExecutor(max_workers=min(self.batch_size, len(prompts))) as pool:
             texts = list(pool.map("".join, streams))
-        return LLMResult(generations=[[Generation(text=t)] for t in texts])
+        return LLMResult(generations=[[Generation(text=t)] for t in texts], llm_output={"model_name": self.model_name})
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
@@ -114,20 +122,40 @@ class ChatFocusLLM(BaseChatModel):
     """Chat model over a :class:`FocusLLM`: messages are rendered with the tokenizer's chat template.
 
     ``ChatFocusLLM()`` wraps ``FocusLLM()`` (the embedded default); ``ChatFocusLLM(llm=FocusLLM(...))``
-    mirrors ``ChatHuggingFace(llm=...)``.
+    mirrors ``ChatHuggingFace(llm=...)``. LangChain's standard chat-model parameters ``temperature``,
+    ``max_tokens`` and ``stop`` override the wrapped LLM's settings (``timeout`` and ``max_retries`` mean
+    nothing for a local model and are ignored). Text in, text out: no tool calling, structured output
+    or images.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
 
     llm: FocusLLM = Field(default_factory=FocusLLM)
+    temperature: float | None = None
+    max_tokens: int | None = None  # new tokens per reply (the LLM's max_new_tokens)
+    stop: list[str] | None = None
+    streaming: bool = False  # invoke() streams internally (callbacks get every token)
 
     @property
     def _llm_type(self) -> str:
         return "focusllm-chat"
 
     @property
+    def model_name(self) -> str:
+        return self.llm.model_name
+
+    @property
     def _identifying_params(self) -> dict[str, Any]:
         return self.llm._identifying_params
+
+    def _call_settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """This model's standard parameters, then the call's (``max_tokens`` is ``max_new_tokens``)."""
+        own = {"temperature": self.temperature, "max_new_tokens": self.max_tokens}
+        return {**{k: v for k, v in own.items() if v is not None}, **_standard_names(kwargs)}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        return _ls_params(self.llm, "chat", self.llm._settings(**self._call_settings(kwargs)),
+                          stop if stop is not None else self.stop, kwargs)
 
     def get_num_tokens(self, text: str) -> int:
         return self.llm.get_num_tokens(text)
@@ -144,21 +172,50 @@ class ChatFocusLLM(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         prompt = self.render(messages)
-        text = self.llm._generate([prompt], stop=stop, **kwargs).generations[0][0].text
-        message = AIMessage(content=text, usage_metadata=self._usage(prompt, text))
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        stop = stop if stop is not None else self.stop
+        text = self.llm._generate([prompt], stop=stop, **self._call_settings(kwargs)).generations[0][0].text
+        message = AIMessage(content=text, usage_metadata=self._usage(prompt, text),
+                            response_metadata={"model_name": self.model_name})
+        return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"model_name": self.model_name})
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         prompt = self.render(messages)
+        stop = stop if stop is not None else self.stop
         text = ""
-        for piece in self.llm._stream(prompt, stop=stop, **kwargs):
+        for piece in self.llm._stream(prompt, stop=stop, **self._call_settings(kwargs)):
             text += piece.text
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
             if run_manager is not None:
                 run_manager.on_llm_new_token(piece.text, chunk=chunk)
             yield chunk
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=self._usage(prompt, text)))
+        # the last chunk carries what belongs to the whole reply: token usage and the model's name
+        yield ChatGenerationChunk(message=AIMessageChunk(
+            content="", usage_metadata=self._usage(prompt, text), response_metadata={"model_name": self.model_name},
+            chunk_position="last"))
+
+
+def _standard_names(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Call settings with LangChain's standard ``max_tokens`` spelled as the engine's ``max_new_tokens``."""
+    out = dict(kwargs)
+    if "max_tokens" in out:
+        out["max_new_tokens"] = out.pop("max_tokens")
+    return out
+
+
+def _ls_params(llm: FocusLLM, model_type: str, settings: dict[str, Any], stop: list[str] | None,
+               kwargs: dict[str, Any]) -> LangSmithParams:
+    """LangSmith's standard tracing parameters: provider, model (a call's ``model=`` wins), settings."""
+    config = llm.engine.config
+    model = kwargs.get("model")
+    params = LangSmithParams(
+        ls_provider="focusllm", ls_model_name=model if isinstance(model, str) and model else llm.model_name,
+        ls_model_type=model_type, ls_temperature=float(settings.get("temperature", config.temperature)),
+        ls_max_tokens=int(settings.get("max_new_tokens", config.max_new_tokens)),
+    )
+    if stop:
+        params["ls_stop"] = list(stop)
+    return params
 
 
 def create_focus_qa_chain(llm: FocusLLM | Runnable | None = None, prompt_template: str = DEFAULT_QA_TEMPLATE) -> Runnable:
