@@ -10,7 +10,10 @@ from typing import Any, Iterator, Sequence
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.llms.types import ChatMessage, CompletionResponse, CompletionResponseGen, LLMMetadata
 from llama_index.core.base.response.schema import Response, StreamingResponse
-from llama_index.core.callbacks import CallbackManager
+from llama_index.core import Settings
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.synthesis import SynthesizeEndEvent, SynthesizeStartEvent
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
@@ -20,6 +23,8 @@ from pydantic import Field, PrivateAttr
 from focus_core import FocusEngine, FocusInputError, FocusInputTypeError
 
 from ._engine import FocusFields, generation_overrides, resolve_engine
+
+dispatcher = get_dispatcher(__name__)
 
 # Completion style, which small instruct models follow; the trailing space keeps SmolLM2 from ending
 # the answer at once (it emits end-of-turn right after "Answer:" on short contexts).
@@ -107,6 +112,9 @@ class FocusQueryEngine(BaseQueryEngine):
 
     The documents are laid out first in every prompt, so FocusLLM encodes their chunks once and later
     queries reuse them (only the chunk holding the end of the documents and the question is new).
+    ``llm=None`` takes ``Settings.llm`` (a FocusLLM; see :meth:`from_documents`). Callback events
+    (QUERY, SYNTHESIZE, and the LLM's own LLM event) go to ``callback_manager``, by default
+    ``Settings.callback_manager``, which the LLM then shares, as in LlamaIndex's query engines.
     """
 
     def __init__(self, nodes: Sequence[BaseNode], llm: FocusLLM | None = None,
@@ -120,15 +128,24 @@ class FocusQueryEngine(BaseQueryEngine):
                                     if t.strip())
         if not self._context:
             raise FocusInputError("the documents are empty")
-        self._llm = llm if llm is not None else FocusLLM()
+        self._llm = llm if llm is not None else _settings_llm()
+        if not isinstance(self._llm, FocusLLM):
+            raise FocusInputTypeError(f"FocusQueryEngine needs a focusllm_integrations.llamaindex.FocusLLM, got "
+                                      f"{type(self._llm).__name__}")
         self._prompt = _as_prompt(prompt_template or DEFAULT_QA_TEMPLATE)
         self._streaming = streaming
-        super().__init__(callback_manager=callback_manager or CallbackManager([]))
+        # As LlamaIndex's own query engines do: Settings' callback manager by default, shared with the LLM.
+        callback_manager = callback_manager or Settings.callback_manager
+        self._llm.callback_manager = callback_manager
+        super().__init__(callback_manager=callback_manager)
 
     @classmethod
     def from_documents(cls, documents: Sequence[BaseNode], llm: FocusLLM | None = None,
                        prompt_template: BasePromptTemplate | str | None = None, **kwargs: Any) -> FocusQueryEngine:
-        """A query engine over whole ``documents`` (``Document`` or any node), in the given order."""
+        """A query engine over whole ``documents`` (``Document`` or any node), in the given order.
+
+        ``llm``: the :class:`FocusLLM` to answer with; ``None`` takes ``Settings.llm`` when that is a
+        FocusLLM, the embedded default model when Settings has no LLM, and refuses any other LLM."""
         return cls(documents, llm=llm, prompt_template=prompt_template, **kwargs)
 
     @property
@@ -155,16 +172,44 @@ class FocusQueryEngine(BaseQueryEngine):
         return [NodeWithScore(node=n, score=None) for n in self._nodes]
 
     def _query(self, query_bundle: QueryBundle) -> Response | StreamingResponse:
+        """One LLM call over all the text, inside QUERY and SYNTHESIZE events as LlamaIndex's
+        ``RetrieverQueryEngine`` and response synthesizers fire them (the LLM fires its own LLM event)."""
         question = _checked_query(query_bundle).query_str.strip()
         prompt = self._prompt.format(context_str=self._context, query_str=question)
-        if self._streaming:
-            stream: Iterator[str] = self._llm.engine.stream(prompt, **self._llm._overrides({}))
-            return StreamingResponse(response_gen=stream, source_nodes=self._source_nodes())
-        return Response(response=self._llm.engine.generate(prompt, **self._llm._overrides({})),
-                        source_nodes=self._source_nodes())
+        with self.callback_manager.event(CBEventType.QUERY, payload={EventPayload.QUERY_STR: question}) as query_event:
+            dispatcher.event(SynthesizeStartEvent(query=query_bundle))
+            with self.callback_manager.event(CBEventType.SYNTHESIZE,
+                                             payload={EventPayload.QUERY_STR: question}) as synthesize_event:
+                if self._streaming:
+                    pieces = self._llm.stream_complete(prompt, formatted=True)  # the LLM event ends with the stream
+                    stream: Iterator[str] = (r.delta or "" for r in pieces)
+                    response: Response | StreamingResponse = StreamingResponse(
+                        response_gen=stream, source_nodes=self._source_nodes())
+                else:
+                    response = Response(response=self._llm.complete(prompt, formatted=True).text,
+                                        source_nodes=self._source_nodes())
+                synthesize_event.on_end(payload={EventPayload.RESPONSE: response})
+            dispatcher.event(SynthesizeEndEvent(query=query_bundle, response=response))
+            query_event.on_end(payload={EventPayload.RESPONSE: response})
+        return response
 
     async def _aquery(self, query_bundle: QueryBundle) -> Response | StreamingResponse:
         return await asyncio.to_thread(self._query, query_bundle)
+
+
+def _settings_llm() -> FocusLLM:
+    """``Settings.llm`` when it is a FocusLLM; a new default FocusLLM when Settings has none. Any other LLM
+    there is refused (FocusQueryEngine cannot read whole documents with it, and silently loading a
+    second model would ignore the user's settings)."""
+    current = getattr(Settings, "_llm", None)  # the public property would build LlamaIndex's default LLM
+    if current is None:
+        return FocusLLM()
+    if not isinstance(current, FocusLLM):
+        raise FocusInputTypeError(
+            f"Settings.llm is a {type(current).__name__}, not a focusllm_integrations.llamaindex.FocusLLM: "
+            "FocusQueryEngine reads whole documents with FocusLLM only; pass llm=FocusLLM(...) or set "
+            "Settings.llm = FocusLLM(...)")
+    return current
 
 
 def _checked_query(query: Any) -> QueryBundle:

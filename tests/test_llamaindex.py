@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 from llama_index.core import Document, Settings
+from llama_index.core.callbacks import EventPayload
 from llama_index.core.base.response.schema import StreamingResponse
 from llama_index.core.llms import ChatMessage
 from llama_index.core.schema import TextNode
@@ -84,6 +85,60 @@ def test_query_engine_rejects_bad_input(llm):
         engine.query("   ")
     with pytest.raises(FocusInputTypeError):
         engine.query(42)
+
+
+@pytest.fixture
+def clean_settings():
+    """Settings.llm and Settings.callback_manager as they were, after the test."""
+    saved = Settings._llm, Settings._callback_manager
+    Settings._llm = Settings._callback_manager = None
+    yield Settings
+    Settings._llm, Settings._callback_manager = saved
+
+
+def test_from_documents_uses_settings_llm(llm, clean_settings):
+    clean_settings.llm = llm
+    engine = FocusQueryEngine.from_documents([Document(text="Some text.")], prompt_template="{context_str} {query_str}")
+    assert engine.llm is llm
+    assert engine.query("Why?").response == llm.engine.generate("Some text. Why?")
+
+
+def test_from_documents_refuses_another_settings_llm(llm, clean_settings):
+    from llama_index.core.llms import MockLLM
+
+    clean_settings.llm = MockLLM()
+    with pytest.raises(FocusInputTypeError, match="Settings.llm is a MockLLM, not a .*FocusLLM.*pass llm=FocusLLM"):
+        FocusQueryEngine.from_documents([Document(text="Some text.")])
+    assert FocusQueryEngine.from_documents([Document(text="Some text.")], llm=llm).llm is llm  # an explicit llm wins
+    with pytest.raises(FocusInputTypeError, match="needs a focusllm_integrations.llamaindex.FocusLLM, got MockLLM"):
+        FocusQueryEngine.from_documents([Document(text="Some text.")], llm=MockLLM())
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("where", ["settings", "argument"])
+def test_query_engine_fires_query_synthesize_and_llm_events(llm, clean_settings, streaming, where):
+    """The events LlamaIndex's RetrieverQueryEngine fires (less retrieval, chunking and templating, which
+    do not happen here), in the same nesting, with the LLM's prompt and completion."""
+    from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+
+    handler = LlamaDebugHandler(print_trace_on_end=False)
+    manager = CallbackManager([handler])
+    if where == "settings":
+        clean_settings.callback_manager = manager
+    engine = FocusQueryEngine.from_documents([Document(text="Some text.")], llm=llm, streaming=streaming,
+                                             prompt_template="{context_str} {query_str}",
+                                             callback_manager=manager if where == "argument" else None)
+    response = engine.query("Why?")
+    text = "".join(response.response_gen) if streaming else response.response
+    assert text == llm.engine.generate("Some text. Why?")
+    kinds = [e.event_type for e in handler.get_events()]
+    assert kinds[:3] == [CBEventType.QUERY, CBEventType.SYNTHESIZE, CBEventType.LLM], kinds  # started in this order
+    assert sorted(kinds, key=str) == sorted([CBEventType.QUERY, CBEventType.SYNTHESIZE, CBEventType.LLM] * 2, key=str)
+    (start, end), = handler.get_llm_inputs_outputs()
+    assert start.payload[EventPayload.PROMPT] == "Some text. Why?"
+    assert end.payload[EventPayload.COMPLETION].text == text
+    query_end = [e for e in handler.get_event_pairs(CBEventType.QUERY)][0][1]
+    assert query_end.payload[EventPayload.RESPONSE] is response
 
 
 @pytest.mark.slow
