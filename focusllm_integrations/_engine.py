@@ -33,7 +33,8 @@ GENERATION_FIELDS: tuple[str, ...] = ("max_new_tokens", "temperature", "top_k", 
 def resolve_engine(engine: FocusEngine | None, model_id: str | None, model_kwargs: dict[str, Any] | None,
                    settings: dict[str, Any]) -> FocusEngine:
     """The given engine, or one loading ``model_id`` (None: the embedded default) with ``model_kwargs``
-    for :func:`focus_core.load_model` and the non-None FocusConfig ``settings``."""
+    for :func:`focus_core.load_model` and the non-None FocusConfig ``settings`` (``progress`` also decides
+    whether loading shows transformers' bars: None = only on a terminal)."""
     chosen = {k: v for k, v in settings.items() if v is not None}
     if engine is not None:
         if model_id is not None or model_kwargs or chosen:
@@ -41,7 +42,9 @@ def resolve_engine(engine: FocusEngine | None, model_id: str | None, model_kwarg
         if not isinstance(engine, FocusEngine):
             raise TypeError(f"engine must be a focus_core.FocusEngine, got {type(engine).__name__}")
         return engine
-    return FocusEngine.from_pretrained(model_id, FocusConfig(**chosen), **(model_kwargs or {}))
+    load_kwargs = dict(model_kwargs or {})
+    load_kwargs.setdefault("progress", settings.get("progress"))  # loading bars follow the progress setting
+    return FocusEngine.from_pretrained(model_id, FocusConfig(**chosen), **load_kwargs)
 
 
 def generation_overrides(defaults: dict[str, Any], call_kwargs: dict[str, Any], stop: list[str] | None) -> dict[str, Any]:
