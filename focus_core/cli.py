@@ -471,6 +471,11 @@ def run_cache(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        # transformers' advice to library users (e.g. on GGUF dtypes) is noise on a command line
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
     try:
         if args.command in ("ask", "passkey"):  # training joins its process group through accelerate
             init_from_environment()
