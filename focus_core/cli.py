@@ -470,12 +470,12 @@ def run_cache(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not getattr(args, "verbose", False):
-        # transformers' advice to library users (e.g. on GGUF dtypes) is noise on a command line
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
+    args = build_parser().parse_args(argv)
+    verbosity = hf_logging.get_verbosity()
+    if not getattr(args, "verbose", False):
+        hf_logging.set_verbosity_error()  # transformers' advice to library users (e.g. GGUF dtypes) is noise here
     try:
         if args.command in ("ask", "passkey"):  # training joins its process group through accelerate
             init_from_environment()
@@ -486,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("focusllm: interrupted", file=sys.stderr, flush=True)
         return 130
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _one_line(err: BaseException) -> str:
