@@ -463,7 +463,7 @@ def run_cache(args: argparse.Namespace) -> int:
         print(f"  {e.path.name}  {format_bytes(e.size)}{what}")
     if entries:
         print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {format_bytes(total)}; "
-              "`focusllm cache --clear` deletes them (the next load dequantizes again, ~20 s)")
+              "`focusllm cache --clear` empties the cache (the next load dequantizes again, ~20 s)")
     else:
         print("empty (the first load of the default model fills it, ~20 s)")
     return 0
