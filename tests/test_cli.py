@@ -343,7 +343,7 @@ def test_cache_command_shows_and_clears(tmp_path, monkeypatch, capsys):
         f"cache of dequantized weights: {tmp_path} (set FOCUSLLM_CACHE to move it)",
         f"  {old.name}  1.0 MiB",
         f"  {current.name}  3.0 MiB  (the installed default model)",
-        "2 entries, 4.0 MiB; `focusllm cache --clear` deletes them (the next load dequantizes again, ~20 s)"]
+        "2 entries, 4.0 MiB; `focusllm cache --clear` empties the cache (the next load dequantizes again, ~20 s)"]
     code, out, _ = run_main(capsys, "cache", "--clear")
     assert code == 0 and out.strip() == f"cleared {tmp_path}: 2 entries, 4.0 MiB freed"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-ours", "notes.txt"]
