@@ -147,7 +147,8 @@ def _candidate_hook(owner: CandidateProjections, candidate: nn.Module):
 def reposition_keys(keys: torch.Tensor, shift: torch.Tensor, rotary_emb: nn.Module) -> torch.Tensor:
     """Move post-RoPE keys by ``shift`` positions: ``R(p + shift) k = R(shift) R(p) k``.
 
-    keys: [n, kv_heads, head_dim]; shift: [n] (integer positions, may be negative). The model's own
+    keys: [n, kv_heads, head_dim] with shift [n], or keys of any shape ``[..., head_dim]`` with one
+    shift [1] (integer positions, may be negative). The model's own
     rotary module supplies cos/sin (so scaled RoPE variants are honoured); its attention scaling factor
     (YaRN, longrope) is divided out, as the keys already carry it once.
     """

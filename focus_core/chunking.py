@@ -16,6 +16,7 @@ class ChunkPlan:
     chunks: tuple[tuple[int, ...], ...]
     local: tuple[int, ...]
     dynamic_prompt: tuple[int, ...]
+    memory_start: int = 0  # index of the first chunk's first token in the prompt (1 after a dropped BOS)
 
     @property
     def memory_tokens(self) -> int:
@@ -33,7 +34,7 @@ def plan_chunks(
     """
     local = tuple(ids[-local_window:])
     memory = ids[: max(len(ids) - local_window, 0)]
-    if memory and bos_token_id is not None and memory[0] == bos_token_id:
-        memory = memory[1:]
+    start = int(bool(memory) and bos_token_id is not None and memory[0] == bos_token_id)
+    memory = memory[start:]
     chunks = tuple(tuple(memory[i : i + chunk_size]) for i in range(0, len(memory), chunk_size))
-    return ChunkPlan(chunks=chunks, local=local, dynamic_prompt=local[-dynamic_prompt_len:])
+    return ChunkPlan(chunks=chunks, local=local, dynamic_prompt=local[-dynamic_prompt_len:], memory_start=start)

@@ -13,8 +13,10 @@ from typing import Iterable, Literal
 
 from .errors import FocusConfigError
 
-Aggregation = Literal["auto", "kv", "entropy"]
-AGGREGATIONS: tuple[str, ...] = ("auto", "kv", "entropy")
+Aggregation = Literal["auto", "focus", "entropy", "kv"]
+AGGREGATIONS: tuple[str, ...] = ("auto", "focus", "entropy", "kv")
+FocusKV = Literal["reuse", "reencode"]
+FOCUS_KV: tuple[str, ...] = ("reuse", "reencode")
 GiB = 2**30
 
 
@@ -29,6 +31,8 @@ class FocusConfig:
     local_window: int = 512
     dynamic_prompt_len: int = 64
     aggregation: Aggregation = "auto"
+    top_chunks: int | None = None  # chunks decoding reads, most relevant first; None: a native window's worth
+    focus_kv: FocusKV = "reuse"  # focus: reuse the chunks' cached KV (re-positioned) or re-encode them together
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 means greedy
     top_k: int = 0  # 0 means no top-k filter
@@ -47,6 +51,8 @@ class FocusConfig:
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("top_k", self.top_k, minimum=0)
         _require_int("prefix_cache_bytes", self.prefix_cache_bytes, minimum=0)
+        if self.top_chunks is not None:
+            _require_int("top_chunks", self.top_chunks, minimum=1)
         if self.native_window is not None:
             _require_int("native_window", self.native_window, minimum=2)
         if self.memory_budget_bytes is not None:
@@ -60,6 +66,8 @@ class FocusConfig:
             )
         if self.aggregation not in AGGREGATIONS:
             raise FocusConfigError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.focus_kv not in FOCUS_KV:
+            raise FocusConfigError(f"focus_kv must be one of {FOCUS_KV}, got {self.focus_kv!r}")
         if not _is_number(self.temperature) or self.temperature < 0:
             raise FocusConfigError(f"temperature must be a number >= 0, got {self.temperature!r}")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
@@ -75,13 +83,25 @@ class FocusConfig:
         return dataclasses.replace(self, **overrides)
 
     def check_window(self, native_window: int) -> None:
-        """Each chunk pass ``[BOS] + chunk + prompt + new tokens`` must fit in the model's window."""
-        needed = 1 + self.chunk_size + self.dynamic_prompt_len + self.max_new_tokens
+        """``[BOS] + chunk + local context + new tokens`` must fit in the model's window: every chunk pass
+        (``[BOS] + chunk + dynamic prompt + new tokens``) and the focus sequence with one chunk."""
+        needed = 1 + self.chunk_size + self.local_window + self.max_new_tokens
         if needed > native_window:
             raise FocusConfigError(
-                f"1 + chunk_size + dynamic_prompt_len + max_new_tokens = {needed} exceeds the native window "
-                f"{native_window}; lower chunk_size (now {self.chunk_size}) or max_new_tokens"
+                f"1 + chunk_size + local_window + max_new_tokens = {needed} exceeds the native window "
+                f"{native_window}; lower chunk_size (now {self.chunk_size}), local_window or max_new_tokens"
             )
+
+    def chunks_read(self, native_window: int, mode: str) -> int:
+        """How many chunks decoding reads in aggregation ``mode``: ``top_chunks``, by default as many
+        as fit the window beside the local context and the answer. In ``focus`` their tokens share the
+        window, in ``kv`` their candidate entries do, so there it is also the most allowed."""
+        room = native_window - 1 - self.local_window - self.max_new_tokens
+        fit = room // self.chunk_size
+        if self.top_chunks is None:
+            return fit
+        limit = {"focus": fit, "kv": room}.get(mode, self.top_chunks)
+        return min(self.top_chunks, limit)
 
     @property
     def greedy(self) -> bool:

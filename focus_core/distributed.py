@@ -1,10 +1,9 @@
 """Chunk-parallel FocusLLM across processes (DESIGN §5), over ``torch.distributed``.
 
 Every process runs the same call on the same prompt; each holds a contiguous share of the chunks (and
-their KV caches) and encodes and decodes only those. Per decoding step the aggregation gathers what it
-needs from the others (chunk entropies and the winning distribution, or the candidates' key/value
-entries), every process then holds the same next-token logits, and the token sampled on rank 0 is
-broadcast so that all stay in lockstep. Launch with ``torchrun`` / ``accelerate launch``: gloo on CPU,
+their prefix caches) and encodes and scores only those. The relevance scores are gathered, the chosen
+chunks' prefix KV is sent by the processes holding them, and every process then decodes the same small
+state; the token sampled on rank 0 is broadcast so that all stay in lockstep. Launch with ``torchrun`` / ``accelerate launch``: gloo on CPU,
 NCCL on GPU.
 """
 
@@ -14,6 +13,8 @@ import os
 
 import torch
 import torch.distributed as dist
+
+from .kv_cache import PrefixKV
 
 
 class ChunkGroup:
@@ -54,15 +55,19 @@ class ChunkGroup:
         dist.all_gather(gathered, padded, group=self.group)
         return torch.cat([g[:s] for g, s in zip(gathered, sizes)]).to(rows.device, rows.dtype)
 
-    def broadcast_row(self, rows: torch.Tensor | None, index: int, n: int, like: torch.Tensor) -> torch.Tensor:
-        """Row ``index`` (global) of the chunk rows, sent by the rank that holds it. ``like``: shape/dtype."""
-        sizes = self.sizes(n)
-        owner = next(r for r in range(self.world) if index < sum(sizes[: r + 1]))
-        buffer = torch.empty_like(like, device=self.device)
-        if self.rank == owner:
-            buffer.copy_(rows[index - sum(sizes[:owner])])
-        dist.broadcast(buffer, src=dist.get_global_rank(self.group, owner) if self.group else owner, group=self.group)
-        return buffer.to(like.device)
+    def broadcast_prefix(self, prefix: PrefixKV | None, owner: int, shape: tuple[int, ...],
+                         dtype: torch.dtype) -> PrefixKV:
+        """A chunk's prefix KV (``shape`` each), sent by the rank ``owner`` that holds it, on every rank
+        (in host memory, where prefixes are kept)."""
+        parts = []
+        for name in ("keys", "values"):
+            wire = torch.empty(shape, dtype=torch.float32, device=self.device)  # exact round trip; gloo has no bf16
+            if self.rank == owner:
+                wire.copy_(getattr(prefix, name))
+            dist.broadcast(wire, src=dist.get_global_rank(self.group, owner) if self.group else owner,
+                           group=self.group)
+            parts.append(wire.to("cpu", dtype))
+        return PrefixKV(*parts)
 
     def broadcast_token(self, token: int) -> int:
         """Rank 0's token, on every rank."""

@@ -1,8 +1,10 @@
-"""Dynamic condensing, batched (DESIGN §2 step 5): every ``[BOS] + m_i + d`` through the model at once.
+"""Dynamic condensing, batched: every ``[BOS] + m_i + d`` through the model, a micro-batch at a time.
 
 The prefixes ``[BOS] + m_i`` do not depend on the question, so their KV is looked up in the
-content-addressed :class:`PrefixCache` first; only the missing ones are run, micro-batched to a token
-budget. Cached prefixes live in host memory, so on a GPU they do not take device memory. Then the dynamic prompt ``d`` runs against all prefixes in one batched pass.
+content-addressed :class:`PrefixCache` first; only the missing ones are run, batched. Cached prefixes
+live in host memory, so on a GPU they do not take device memory. The dynamic prompt ``d`` then runs
+after each micro-batch of prefixes and scores them (:mod:`.relevance`); only the best-scoring prefixes
+are kept for decoding, which then runs ``d`` once more over just those.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .chunking import ChunkPlan
 from .kv_cache import PrefixCache, PrefixKV, prefix_key
+from .relevance import top_indices
 from .runner import ModelRunner, SequenceBatch
 
 
@@ -37,8 +40,21 @@ class EncodingStats:
             self.encode_seconds += seconds
 
 
+@dataclass
+class ScoredChunks:
+    """The result of the scoring pass over a plan's chunks.
+
+    ``loglik[i]``: summed log-probability of the dynamic prompt's tokens after chunk ``i``;
+    ``kept``: the prefix KV of the best-scoring chunks (at most ``keep`` of them), by chunk index.
+    """
+
+    loglik: torch.Tensor  # [chunks] fp32
+    kept: dict[int, PrefixKV]
+
+
 class ChunkEncoder:
-    """Builds the chunk batch of a plan: cached or freshly encoded prefixes, then the dynamic prompt."""
+    """Encodes chunk prefixes (cached or batched), scores them against the dynamic prompt, and builds
+    the chunk batches that decoding runs."""
 
     def __init__(self, runner: ModelRunner, prefix_cache: PrefixCache, bos_token_id: int | None):
         self.runner = runner
@@ -51,46 +67,74 @@ class ChunkEncoder:
     def prefix_slots(self, plan: ChunkPlan) -> int:
         return len(self.bos) + max(len(c) for c in plan.chunks)
 
-    def encode(
-        self, plan: ChunkPlan, *, extra_slots: int, batch_tokens: int, candidate: bool, progress: bool
-    ) -> tuple[SequenceBatch, torch.Tensor]:
-        """The chunk batch with ``d`` appended (room for ``extra_slots`` more tokens per row) and the
-        logits ``[chunks, vocab]`` at each chunk's candidate position."""
-        prefixes = [self.bos + chunk for chunk in plan.chunks]
-        width = self.prefix_slots(plan)
+    def group_rows(self, plan: ChunkPlan, batch_tokens: int) -> int:
+        """Chunks encoded per micro-batch."""
+        return max(1, batch_tokens // self.prefix_slots(plan))
+
+    def score(self, plan: ChunkPlan, *, keep: int, batch_tokens: int, progress: bool,
+              pinned: tuple[int, ...] = ()) -> ScoredChunks:
+        """Run ``[BOS] + m_i + d`` for every chunk, a micro-batch at a time, and keep only the prefix KV
+        of the ``pinned`` and the best-scoring chunks, ``keep`` in all: memory beyond the prefix cache does
+        not grow with the prompt."""
+        loglik = torch.empty(len(plan.chunks))
+        kept: dict[int, PrefixKV] = {}
+        if not plan.chunks:  # a process of a group that holds none
+            return ScoredChunks(loglik, kept)
         d = torch.tensor(plan.dynamic_prompt, device=self.runner.device)
-        batch = SequenceBatch(self.runner, rows=len(prefixes), capacity=width + len(d) + extra_slots)
-        batch.kv.skip(width)
-        batch.next_positions = torch.tensor([len(p) for p in prefixes], device=self.runner.device)
-
-        keys = [prefix_key(p, self.runner.dtype) for p in prefixes]
-        missing = []
-        for row, key in enumerate(keys):
-            entry = self.prefix_cache.get(key)
-            if entry is None:
-                missing.append(row)
-            else:
-                batch.kv.write_prefix(row, entry.keys, entry.values)
-        self.stats.add(reused=len(prefixes) - len(missing))
-        self._encode_missing(batch, prefixes, keys, missing, batch_tokens, progress)
-        logits = batch.append(d, candidate_last=candidate, max_batch_tokens=batch_tokens)
-        return batch, logits
-
-    def _encode_missing(
-        self, batch: SequenceBatch, prefixes: list[tuple[int, ...]], keys: list[str], missing: list[int],
-        batch_tokens: int, progress: bool,
-    ) -> None:
-        rows_per_step = max(1, batch_tokens // batch.kv.length)
-        with tqdm(total=len(missing), desc="encoding chunks", unit="chunk", disable=not progress) as bar:
-            for start in range(0, len(missing), rows_per_step):
-                began = time.perf_counter()
-                rows = missing[start : start + rows_per_step]
-                group = SequenceBatch(self.runner, rows=len(rows), capacity=max(len(prefixes[r]) for r in rows))
-                group.start_padded([prefixes[r] for r in rows])
-                for i, row in enumerate(rows):
-                    k, v = group.kv.read_prefix(i)
-                    batch.kv.write_prefix(row, k, v)
-                    self.prefix_cache.put(keys[row], PrefixKV(k.to(self.store_device), v.to(self.store_device)))
-                self.stats.add(encoded=len(rows), tokens=sum(len(prefixes[r]) for r in rows),
-                               seconds=time.perf_counter() - began)
+        rows_per_step = self.group_rows(plan, batch_tokens)
+        with tqdm(total=len(plan.chunks), desc="reading chunks", unit="chunk", disable=not progress) as bar:
+            for start in range(0, len(plan.chunks), rows_per_step):
+                rows = list(range(start, min(start + rows_per_step, len(plan.chunks))))
+                prefixes = self.prefixes([self.bos + plan.chunks[i] for i in rows])
+                batch = self.batch(prefixes, extra_slots=len(d))
+                _, loglik[rows] = batch.append(d, loglik=True)
+                kept.update(zip(rows, prefixes))
+                for i in set(kept) - set(top_indices(loglik, list(kept), keep, pinned)):
+                    del kept[i]
                 bar.update(len(rows))
+        return ScoredChunks(loglik, kept)
+
+    def baseline(self, dynamic_prompt: tuple[int, ...]) -> float:
+        """``log p(d[1:] | [BOS] + d[0])``: how well the dynamic prompt is predicted with no chunk."""
+        batch = SequenceBatch(self.runner, rows=1, capacity=len(self.bos) + len(dynamic_prompt))
+        if self.bos:
+            batch.append(torch.tensor(self.bos, device=self.runner.device))
+        return float(batch.append(torch.tensor(dynamic_prompt, device=self.runner.device), loglik=True)[1][0])
+
+    def prefixes(self, sequences: list[tuple[int, ...]]) -> list[PrefixKV]:
+        """The prefix KV of each ``[BOS] + chunk``: from the cache, or encoded in one batch and cached."""
+        keys = [prefix_key(s, self.runner.dtype) for s in sequences]
+        entries = [self.prefix_cache.get(k) for k in keys]
+        missing = [i for i, e in enumerate(entries) if e is None]
+        self.stats.add(reused=len(sequences) - len(missing))
+        if missing:
+            began = time.perf_counter()
+            group = SequenceBatch(self.runner, rows=len(missing), capacity=max(len(sequences[i]) for i in missing))
+            group.start_padded([sequences[i] for i in missing])
+            for row, i in enumerate(missing):
+                k, v = group.kv.read_prefix(row)
+                entries[i] = PrefixKV(k.to(self.store_device), v.to(self.store_device))
+                self.prefix_cache.put(keys[i], entries[i])
+            self.stats.add(encoded=len(missing), tokens=sum(len(sequences[i]) for i in missing),
+                           seconds=time.perf_counter() - began)
+        return entries
+
+    def batch(self, prefixes: list[PrefixKV], *, extra_slots: int) -> SequenceBatch:
+        """A batch holding ``prefixes`` right-aligned (left-padded), with room for ``extra_slots`` more."""
+        width = max(p.keys.shape[2] for p in prefixes)
+        batch = SequenceBatch(self.runner, rows=len(prefixes), capacity=width + extra_slots)
+        batch.kv.skip(width)
+        for row, p in enumerate(prefixes):
+            batch.kv.write_prefix(row, p.keys.to(self.runner.device), p.values.to(self.runner.device))
+        batch.next_positions = torch.tensor([p.keys.shape[2] for p in prefixes], device=self.runner.device)
+        return batch
+
+    def with_prompt(
+        self, prefixes: list[PrefixKV], dynamic_prompt: tuple[int, ...], *, extra_slots: int, candidate: bool,
+        batch_tokens: int,
+    ) -> tuple[SequenceBatch, torch.Tensor]:
+        """The decoding batch: ``prefixes`` with ``d`` appended (room for ``extra_slots`` more tokens per
+        row), and the logits ``[rows, vocab]`` at each row's candidate position."""
+        d = torch.tensor(dynamic_prompt, device=self.runner.device)
+        batch = self.batch(prefixes, extra_slots=len(d) + extra_slots)
+        return batch, batch.append(d, candidate_last=candidate, max_batch_tokens=batch_tokens)

@@ -12,27 +12,70 @@ import dataclasses
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import adapters
-from .aggregation import EntropyAggregation, KVAggregation
+from .aggregation import EntropyAggregation, KVAggregation, PlainDecoding, focus_decoding
 from .candidates import CandidateProjections
 from .chunking import ChunkPlan, plan_chunks
 from .config import FocusConfig
 from .distributed import ChunkGroup
 from .encoding import ChunkEncoder, EncodingStats
 from .errors import FocusConfigError, FocusInputError, FocusInputTypeError
-from .kv_cache import PrefixCache
+from .kv_cache import PrefixCache, PrefixKV
 from .loading import load_model
 from .memory import MemoryEstimate, available_bytes, check_fits, format_bytes
+from .relevance import ChunkScore, select
 from .runner import ModelRunner, SequenceBatch
 from .sampling import Sampler, TextStream
 
 Prompt = str | Sequence[int] | torch.Tensor
+DecodingState = PlainDecoding | EntropyAggregation | KVAggregation
+
+
+@dataclass
+class Reading:
+    """What the parallel pass found in a long prompt: every chunk's relevance and the chunks decoding
+    reads (``chosen``, document order) with their prefix KV."""
+
+    plan: ChunkPlan
+    relevance: torch.Tensor  # [chunks] nats
+    chosen: list[int]
+    prefixes: list[PrefixKV]
+
+
+class Generation(Iterator[str]):
+    """Text pieces as they are decoded. Once the first piece has been asked for, ``relevance`` holds
+    every chunk's :class:`ChunkScore` (document order) and ``sources`` those decoding read, most
+    relevant first (both empty when the prompt fits the native window)."""
+
+    def __init__(self, engine: FocusEngine, prompt: Prompt, ids: list[int], cfg: FocusConfig):
+        self.relevance: list[ChunkScore] = []
+        self.sources: list[ChunkScore] = []
+        self._engine, self._prompt = engine, prompt
+        self._pieces = engine._stream_text(ids, cfg, on_read=self._on_read)
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def _on_read(self, reading: Reading) -> None:
+        self.relevance = self._engine._chunk_scores(self._prompt, reading)
+        chosen = [self.relevance[i] for i in reading.chosen]
+        self.sources = sorted(chosen, key=lambda c: -c.score)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A finished generation: the text, and the chunks it came from (see :class:`Generation`)."""
+
+    text: str
+    sources: list[ChunkScore]
+    relevance: list[ChunkScore]
 
 
 class FocusEngine:
@@ -95,13 +138,30 @@ class FocusEngine:
         """The completion of ``prompt``; ``overrides`` replace :class:`FocusConfig` generation settings."""
         return "".join(self.stream(prompt, **overrides))
 
-    def stream(self, prompt: Prompt, **overrides: Any) -> Iterator[str]:
-        """Like :meth:`generate`, yielding text pieces as tokens are decoded.
+    def stream(self, prompt: Prompt, **overrides: Any) -> Generation:
+        """Like :meth:`generate`, yielding text pieces as tokens are decoded; the returned
+        :class:`Generation` also tells which chunks the answer was read from.
 
         Input, settings and memory are checked here, before the first piece is asked for.
         """
         cfg, ids = self._prepare(prompt, overrides)
-        return self._stream_text(ids, cfg)
+        return Generation(self, prompt, ids, cfg)
+
+    def complete(self, prompt: Prompt, **overrides: Any) -> Completion:
+        """The completion of ``prompt`` with the chunks it was read from (most relevant first)."""
+        generation = self.stream(prompt, **overrides)
+        text = "".join(generation)
+        return Completion(text, generation.sources, generation.relevance)
+
+    @torch.inference_mode()
+    def relevance(self, prompt: Prompt, **overrides: Any) -> list[ChunkScore]:
+        """Every memory chunk of ``prompt`` (document order) with its relevance to the prompt's question:
+        how many nats better the chunk makes the model predict the dynamic prompt than no chunk does.
+        Empty when the prompt fits the native window (it is then read whole)."""
+        cfg, ids = self._prepare(prompt, overrides)
+        if self._fits(ids, cfg):
+            return []
+        return self._chunk_scores(prompt, self._read(ids, cfg, keep=0))
 
     def generate_ids(self, prompt: Prompt, **overrides: Any) -> list[int]:
         """The generated token ids (EOS excluded, stop strings not applied)."""
@@ -200,10 +260,10 @@ class FocusEngine:
         return adapters.save_adapter(self._candidates, self.model, path, training)
 
     def aggregation_for(self, config: FocusConfig | None = None) -> str:
-        """The aggregation actually used: ``auto`` is ``kv`` with trained candidate weights, else ``entropy``."""
+        """The aggregation actually used: ``auto`` is ``kv`` with trained candidate weights, else ``focus``."""
         mode = (config or self.config).aggregation
         if mode == "auto":
-            return "kv" if self._candidates_trained else "entropy"
+            return "kv" if self._candidates_trained else "focus"
         return mode
 
     def estimate_memory(self, prompt: Prompt, **overrides: Any) -> MemoryEstimate:
@@ -233,12 +293,6 @@ class FocusEngine:
         ids = self.tokenize(prompt)
         if self.aggregation_for(cfg) == "kv":
             self._candidate_projections()  # refuses unsupported models now, not mid-stream
-            n = len(self._plan(ids, cfg).chunks) if not self._fits(ids, cfg) else 0
-            if n + cfg.local_window + cfg.max_new_tokens > self.native_window:
-                raise FocusConfigError(
-                    f"kv aggregation puts {n} chunk entries before the local context, which overflows the native "
-                    f"window {self.native_window}; raise chunk_size or lower local_window"
-                )
         cfg = self._fit_to_budget(ids, cfg)
         return cfg, ids
 
@@ -280,23 +334,36 @@ class FocusEngine:
                            dynamic_prompt_len=cfg.dynamic_prompt_len, bos_token_id=self.tokenizer.bos_token_id)
 
     def _estimate(self, ids: list[int], cfg: FocusConfig) -> MemoryEstimate:
-        per_token = self.runner.kv_bytes_per_token()
+        """Peak bytes of one call: the decoding state's KV, the largest transient allocation (a micro-batch
+        of the parallel pass, or the first local pass) and what the prefix cache may grow by."""
+        per_token, runner = self.runner.kv_bytes_per_token(), self.runner
         if self._fits(ids, cfg):
             n = len(ids)
-            return MemoryEstimate(per_token * (n + cfg.max_new_tokens), self.runner.activation_bytes(1, n, n), 0)
+            return MemoryEstimate(per_token * (n + cfg.max_new_tokens), runner.activation_bytes(1, n, n), 0)
         plan = self._plan(ids, cfg)
-        width = self.encoder.prefix_slots(plan)
-        rows = max(1, len(self._my_chunks(plan).chunks))
-        decode_slots = len(plan.dynamic_prompt) + cfg.max_new_tokens
-        kv = per_token * (rows * (width + decode_slots) + 1 + cfg.local_window + cfg.max_new_tokens + rows)
-        group = min(rows, max(1, cfg.encode_batch_tokens // width))
-        encode = 2 * per_token * group * width + self.runner.activation_bytes(group, width, width)
-        prompt_rows = min(rows, max(1, cfg.encode_batch_tokens // len(plan.dynamic_prompt)))
-        prompt_pass = self.runner.activation_bytes(prompt_rows, len(plan.dynamic_prompt), width + decode_slots)
+        mode = self.aggregation_for(cfg)
+        width, p = self.encoder.prefix_slots(plan), len(plan.dynamic_prompt)
+        own = max(1, len(self._my_chunks(plan).chunks))
+        read = min(cfg.chunks_read(self.native_window, mode), len(plan.chunks))
+        group = min(own, self.encoder.group_rows(plan, cfg.encode_batch_tokens))
+        kept = per_token * read * width  # prefixes of the best chunks so far, held through the pass
+        scoring = (per_token * group * (2 * width + p) + runner.activation_bytes(group, width, width)
+                   + 2 * p * runner.vocab_size * 4)  # encode buffer + scoring batch + activations + logits
+        local = len(self.encoder.bos) + len(plan.local) + cfg.max_new_tokens
+        if mode == "focus":
+            sequence = min(self.native_window, len(self.encoder.bos) + read * width + local)
+            state, first_pass = per_token * sequence, runner.activation_bytes(1, len(plan.local), sequence)
+        else:
+            state = per_token * read * (width + p + cfg.max_new_tokens)  # the chosen chunks' rows
+            first_pass = runner.activation_bytes(read, p, width + p)
+            if mode == "entropy":  # the local context decoded beside them
+                state += per_token * local
+            else:  # kv: the local pass behind the candidate entries, rebuilt every step
+                first_pass += per_token * (read + local)
         # prefixes are cached in host memory: they count against the budget only when that is host memory too
-        host = self.runner.device.type == "cpu"
-        new_prefixes = min(per_token * rows * width, cfg.prefix_cache_bytes) if host else 0
-        return MemoryEstimate(kv, max(encode, prompt_pass), new_prefixes)
+        host = runner.device.type == "cpu"
+        new_prefixes = min(per_token * own * width, cfg.prefix_cache_bytes) if host else 0
+        return MemoryEstimate(state, kept + max(scoring, first_pass), new_prefixes)
 
     def _candidate_projections(self) -> CandidateProjections:
         with self._lock:
@@ -307,27 +374,77 @@ class FocusEngine:
     def _progress(self, cfg: FocusConfig) -> bool:
         return cfg.progress if cfg.progress is not None else sys.stderr.isatty()
 
-    def _start(self, ids: list[int], cfg: FocusConfig) -> EntropyAggregation | KVAggregation:
+    def _start(self, ids: list[int], cfg: FocusConfig,
+               on_read: Callable[[Reading], None] | None = None) -> DecodingState:
+        """Read the prompt and build the decoding state of the configured aggregation."""
         device = self.runner.device
         if self._fits(ids, cfg):
-            local = SequenceBatch(self.runner, rows=1, capacity=len(ids) + cfg.max_new_tokens)
-            return EntropyAggregation(local, local.append(torch.tensor(ids, device=device)))
+            sequence = SequenceBatch(self.runner, rows=1, capacity=len(ids) + cfg.max_new_tokens)
+            return PlainDecoding(sequence, sequence.append(torch.tensor(ids, device=device)))
+        mode = self.aggregation_for(cfg)
+        reading = self._read(ids, cfg, keep=cfg.chunks_read(self.native_window, mode))
+        if on_read is not None:
+            on_read(reading)
+        plan, bos = reading.plan, self.encoder.bos
+        if mode == "focus":
+            rotary = getattr(self.model.get_decoder(), "rotary_emb", None) if cfg.focus_kv == "reuse" else None
+            chunks = [plan.chunks[i] for i in reading.chosen]
+            return focus_decoding(self.runner, rotary, chunks, reading.prefixes, bos, list(plan.local),
+                                  cfg.max_new_tokens)
+        chunks, chunk_logits = self.encoder.with_prompt(
+            reading.prefixes, plan.dynamic_prompt, extra_slots=cfg.max_new_tokens, candidate=mode == "kv",
+            batch_tokens=cfg.encode_batch_tokens)
+        if mode == "kv":
+            return KVAggregation(self.runner, self.model.get_decoder().rotary_emb, chunks, list(plan.local))
+        local = SequenceBatch(self.runner, rows=1, capacity=len(bos) + len(plan.local) + cfg.max_new_tokens)
+        local_logits = local.append(torch.tensor(bos + plan.local, device=device))
+        return EntropyAggregation(PlainDecoding(local, local_logits), chunks, chunk_logits)
+
+    def _read(self, ids: list[int], cfg: FocusConfig, keep: int) -> Reading:
+        """The parallel pass: score every chunk, choose the ``keep`` most relevant (within the window in
+        ``focus``) and gather their prefix KV (from the processes holding them, in a process group)."""
         plan = self._plan(ids, cfg)
-        total, mine = len(plan.chunks), self._my_chunks(plan)
-        kv = self.aggregation_for(cfg) == "kv"
-        chunks = chunk_logits = None
-        if mine.chunks:
-            chunks, chunk_logits = self.encoder.encode(
-                mine, extra_slots=cfg.max_new_tokens, batch_tokens=cfg.encode_batch_tokens, candidate=kv,
-                progress=self._progress(cfg),
-            )
-        if kv:
-            rotary = self.model.get_decoder().rotary_emb
-            return KVAggregation(self.runner, rotary, chunks, list(plan.local), self.group, total)
-        local_ids = list(self.encoder.bos + plan.local)
-        local = SequenceBatch(self.runner, rows=1, capacity=len(local_ids) + cfg.max_new_tokens)
-        local_logits = local.append(torch.tensor(local_ids, device=device))
-        return EntropyAggregation(local, local_logits, chunks, chunk_logits, self.group, total)
+        mine, offset = self._my_chunks(plan), self.group.share(len(plan.chunks)).start if self.group else 0
+        focus = self.aggregation_for(cfg) == "focus"
+        pinned = (0,) if focus and keep else ()  # focus always reads the prompt's opening (instructions)
+        scored = self.encoder.score(mine, keep=keep, batch_tokens=cfg.encode_batch_tokens,
+                                    progress=self._progress(cfg), pinned=pinned if offset == 0 else ())
+        loglik = scored.loglik if self.group is None else self.group.gather_rows(scored.loglik, len(plan.chunks))
+        relevance = loglik - self.encoder.baseline(plan.dynamic_prompt)
+        lengths = [len(c) for c in plan.chunks]
+        room = self.native_window - len(self.encoder.bos) - len(plan.local) - cfg.max_new_tokens
+        chosen = select(relevance, lengths, max_chunks=keep, max_tokens=room if focus else sum(lengths),
+                        pinned=pinned)
+        if self.group is None:
+            prefixes = [scored.kept[i] for i in chosen]
+        else:
+            own = {offset + i: kv for i, kv in scored.kept.items()}
+            prefixes = [self.group.broadcast_prefix(own.get(i), self._owner(plan, i), self._prefix_shape(plan, i),
+                                                     self.runner.dtype)
+                        for i in chosen]
+        return Reading(plan, relevance, chosen, prefixes)
+
+    def _owner(self, plan: ChunkPlan, index: int) -> int:
+        sizes = self.group.sizes(len(plan.chunks))
+        return next(r for r in range(self.group.world) if index < sum(sizes[: r + 1]))
+
+    def _prefix_shape(self, plan: ChunkPlan, index: int) -> tuple[int, ...]:
+        r = self.runner
+        return (r.num_layers, r.kv_heads, len(self.encoder.bos) + len(plan.chunks[index]), r.head_dim)
+
+    def _chunk_scores(self, prompt: Prompt, reading: Reading) -> list[ChunkScore]:
+        """Each chunk's relevance with its token span, character span (text prompts) and text."""
+        offsets = None
+        if isinstance(prompt, str) and self.tokenizer.is_fast:
+            offsets = self.tokenizer(prompt, return_offsets_mapping=True).offset_mapping
+        scores, start = [], reading.plan.memory_start
+        for i, chunk in enumerate(reading.plan.chunks):
+            end = start + len(chunk)
+            chars = (offsets[start][0], offsets[end - 1][1]) if offsets is not None else None
+            text = prompt[chars[0]:chars[1]] if chars is not None else self.tokenizer.decode(list(chunk))
+            scores.append(ChunkScore(i, float(reading.relevance[i]), (start, end), chars, text))
+            start = end
+        return scores
 
     def _my_chunks(self, plan: ChunkPlan) -> ChunkPlan:
         """The chunks this process holds: all of them, or its share when running in a process group."""
@@ -336,8 +453,9 @@ class FocusEngine:
         return dataclasses.replace(plan, chunks=plan.chunks[self.group.share(len(plan.chunks))])
 
     @torch.inference_mode()
-    def _decode(self, ids: list[int], cfg: FocusConfig) -> Iterator[int]:
-        state = self._start(ids, cfg)
+    def _decode(self, ids: list[int], cfg: FocusConfig,
+                on_read: Callable[[Reading], None] | None = None) -> Iterator[int]:
+        state = self._start(ids, cfg, on_read)
         sampler = Sampler(cfg, self.runner.device)
         for step in range(cfg.max_new_tokens):
             token = sampler(state.next_logits())
@@ -349,9 +467,10 @@ class FocusEngine:
             if step + 1 < cfg.max_new_tokens:
                 state.append(token)
 
-    def _stream_text(self, ids: list[int], cfg: FocusConfig) -> Iterator[str]:
+    def _stream_text(self, ids: list[int], cfg: FocusConfig,
+                     on_read: Callable[[Reading], None] | None = None) -> Iterator[str]:
         text = TextStream(self.tokenizer, cfg.stop)
-        for token in self._decode(ids, cfg):
+        for token in self._decode(ids, cfg, on_read):
             piece = text.push(token)
             if piece:
                 yield piece

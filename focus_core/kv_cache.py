@@ -70,6 +70,15 @@ class KVBuffer:
         self.valid[row, :start] = False
         self.valid[row, start : self.length] = True
 
+    def extend(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write ``[layers, kv_heads, T, head_dim]`` keys and values at the next ``T`` slots of every row."""
+        end = self.length + keys.shape[2]
+        for i in range(keys.shape[0]):
+            k, v = self.layer(i, keys[i][None])
+            k[:, :, self.length : end] = keys[i]
+            v[:, :, self.length : end] = values[i]
+        self.advance(keys.shape[2])
+
     def read_prefix(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Copy of row ``row``'s real tokens as ``[layers, kv_heads, T, head_dim]`` keys and values."""
         slots = self.valid[row, : self.length].nonzero().squeeze(1)

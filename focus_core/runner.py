@@ -8,6 +8,7 @@ positions are explicit per row.
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -31,6 +32,9 @@ class ModelRunner:
         self.intermediate_size: int = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
         self.vocab_size: int = config.vocab_size
         self.candidates: CandidateProjections | None = None  # applied where a forward's candidate mask is set
+        # transformers renamed ``past_key_values`` to ``cache``; use whichever this version's model takes
+        takes_cache = "cache" in inspect.signature(model.base_model.forward).parameters
+        self._cache_argument = "cache" if takes_cache else "past_key_values"
 
     @property
     def device(self) -> torch.device:
@@ -52,6 +56,33 @@ class ModelRunner:
         logits = rows * self.vocab_size * 4
         return hidden + scores + logits
 
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache,
+        attention_mask: torch.Tensor | None,
+        candidate_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last-layer hidden states ``[batch, t, hidden]`` of the new tokens; ``cache`` grows by them."""
+        with candidate_positions(candidate_mask, self.candidates):
+            return self.model.base_model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                attention_mask=attention_mask,
+                use_cache=True,
+                **{self._cache_argument: cache},
+            ).last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 next-token logits of hidden states ``[n, hidden]``, with the model's own final soft-capping.
+
+        The head runs as a 2-D matmul: on CPU a 3-D one copies the head weight once per row.
+        """
+        out = self.model.get_output_embeddings()(hidden.contiguous()).float()
+        softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        return out if softcap is None else torch.tanh(out / softcap) * softcap
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -61,24 +92,21 @@ class ModelRunner:
         candidate_mask: torch.Tensor | None = None,
         logits: bool = True,
     ) -> torch.Tensor | None:
-        """Logits ``[batch, vocab]`` (fp32) of the last position of every row, or None if not wanted.
+        """Logits ``[batch, vocab]`` (fp32) of the last position of every row, or None if not wanted."""
+        hidden = self.hidden_states(input_ids, position_ids, cache, attention_mask, candidate_mask)
+        return self.logits(hidden[:, -1]) if logits else None
 
-        The LM head runs on the last hidden state only, as a 2-D matmul: slicing a 3-D hidden state
-        first (``logits_to_keep``) makes CPU matmul copy the head weight once per row.
+    def token_loglik(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``log p(targets[r, i] | hidden[r, i])`` summed over ``i``: ``[rows]`` fp32.
+
+        hidden: [rows, t, hidden]; targets: [rows, t]. Rows are done one at a time to bound the
+        ``[t, vocab]`` logits held at once.
         """
-        with candidate_positions(candidate_mask, self.candidates):
-            hidden = self.model.base_model(
-                input_ids=input_ids,
-                position_ids=position_ids,
-                attention_mask=attention_mask,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state
-        if not logits:
-            return None
-        out = self.model.get_output_embeddings()(hidden[:, -1].contiguous()).float()
-        softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
-        return out if softcap is None else torch.tanh(out / softcap) * softcap
+        out = []
+        for h, y in zip(hidden, targets):
+            logp = torch.log_softmax(self.logits(h), dim=-1)  # [t, vocab]
+            out.append(logp.gather(1, y[:, None]).sum())
+        return torch.stack(out)
 
 
 class SequenceBatch:
@@ -110,13 +138,15 @@ class SequenceBatch:
         self.next_positions = width - pad
 
     def append(
-        self, tokens: torch.Tensor, *, candidate_last: bool = False, max_batch_tokens: int | None = None
-    ) -> torch.Tensor:
+        self, tokens: torch.Tensor, *, candidate_last: bool = False, max_batch_tokens: int | None = None,
+        loglik: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Append ``tokens`` ([rows, t], or [t] for the same tokens in every row) to every row.
 
         With ``candidate_last`` the last new token of each row is a candidate token (kv aggregation).
         Rows are processed in groups of at most ``max_batch_tokens`` new tokens. Returns the logits
-        ``[rows, vocab]`` of each row's last new token.
+        ``[rows, vocab]`` of each row's last new token; with ``loglik`` also, per row, the summed
+        log-probability of ``tokens[1:]`` given what precedes each (``[rows]``, fp32).
         """
         if tokens.dim() == 1:
             tokens = tokens[None, :].expand(self.rows, -1)
@@ -125,19 +155,22 @@ class SequenceBatch:
         positions = self.next_positions[:, None] + torch.arange(t, device=tokens.device)[None, :]
         candidate = torch.zeros_like(tokens, dtype=torch.bool)
         candidate[:, -1] = candidate_last
-        logits = []
+        logits, logliks = [], []
         for start in range(0, self.rows, group):
             rows = slice(start, min(start + group, self.rows))
             mask = self.kv.attention_mask(rows, t)
-            logits.append(
-                self.runner.forward(
-                    tokens[rows],
-                    positions[rows],
-                    self.kv.cache(rows),
-                    None if bool(mask.all()) else mask,
-                    candidate[rows] if candidate_last else None,
-                )
-            )
+            hidden = self.runner.hidden_states(
+                tokens[rows],
+                positions[rows],
+                self.kv.cache(rows),
+                None if bool(mask.all()) else mask,
+                candidate[rows] if candidate_last else None,
+            )  # [group, t, hidden]
+            logits.append(self.runner.logits(hidden[:, -1]))
+            if loglik:
+                logliks.append(self.runner.token_loglik(hidden[:, :-1], tokens[rows, 1:]))
         self.kv.advance(t)
         self.next_positions = self.next_positions + t
+        if loglik:
+            return torch.cat(logits), torch.cat(logliks)
         return torch.cat(logits)

@@ -20,12 +20,14 @@ from focus_core.loading import _embedded_checkpoint
 RUNS = [(300, {}), (130, {"chunk_size": 96}), (300, {"temperature": 1.5, "seed": 3})]
 
 
-def _generate_all(engine: FocusEngine) -> list[list[int]]:
-    out = []
-    for aggregation in ("entropy", "kv"):
+def _generate_all(engine: FocusEngine) -> tuple[list[list[int]], list[list[float]]]:
+    """The tokens of every run in every mode, and each run's chunk relevance scores."""
+    tokens = []
+    for aggregation in ("focus", "entropy", "kv"):
         for n, settings in RUNS:
-            out.append(engine.generate_ids(random_ids(n, seed=n), aggregation=aggregation, **settings))
-    return out
+            tokens.append(engine.generate_ids(random_ids(n, seed=n), aggregation=aggregation, **settings))
+    relevance = [[s.score for s in engine.relevance(random_ids(n, seed=n), **settings)] for n, settings in RUNS]
+    return tokens, relevance
 
 
 def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
@@ -35,12 +37,12 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         tokenizer = AutoTokenizer.from_pretrained(_embedded_checkpoint())
         engine = FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG)
         assert engine.group is not None and engine.group.world == world
-        tokens = _generate_all(engine)
+        tokens, relevance = _generate_all(engine)
         gathered = [None] * world
         dist.all_gather_object(gathered, tokens)
         if rank == 0:
             with open(out_file, "w") as f:
-                json.dump({"tokens": tokens, "all_ranks_agree": all(g == tokens for g in gathered),
+                json.dump({"tokens": tokens, "relevance": relevance, "all_ranks_agree": all(g == tokens for g in gathered),
                            "chunks_encoded": engine.stats.chunks_encoded}, f)
     finally:
         dist.destroy_process_group()
@@ -49,12 +51,14 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
 @pytest.mark.parametrize("world", [2, 3])
 def test_multi_process_tokens_equal_single_process_tokens(tokenizer, tmp_path, world):
     engine = FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG)
-    single = _generate_all(engine)
+    single, relevance = _generate_all(engine)
     out = tmp_path / "out.json"
     mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(out)), nprocs=world, join=True)
     result = json.loads(out.read_text())
     assert result["all_ranks_agree"]
     assert result["tokens"] == single
+    for gathered, alone in zip(result["relevance"], relevance):  # scores gathered across ranks
+        assert gathered == pytest.approx(alone, abs=1e-3)
     assert all(len(t) == TINY_CONFIG.max_new_tokens for t in single)
     assert result["chunks_encoded"] <= -(-engine.stats.chunks_encoded // world)  # rank 0 encoded only its share
 

@@ -10,7 +10,7 @@ from transformers import DynamicCache
 
 from conftest import TINY_ARCHS, random_ids, tiny_model
 from focus_core import FocusEngine, UnsupportedModelError
-from focus_core.aggregation import EntropyAggregation, entropy
+from focus_core.aggregation import EntropyAggregation, PlainDecoding, entropy
 from focus_core.candidates import reposition_keys
 from focus_core.kv_cache import PrefixCache
 
@@ -38,31 +38,55 @@ def test_text_prompt_equals_transformers_generate(make_engine):
     assert engine.generate(prompt) == engine.tokenizer.decode(expected, skip_special_tokens=True)
 
 
-def _encode(engine: FocusEngine, ids: list[int], batch_tokens: int, candidate: bool = False):
+def _score(engine: FocusEngine, ids: list[int], batch_tokens: int):
     plan = engine._plan(ids, engine.config)
     with torch.inference_mode():
-        return plan, *engine.encoder.encode(plan, extra_slots=4, batch_tokens=batch_tokens, candidate=candidate,
-                                            progress=False)
+        scored = engine.encoder.score(plan, keep=len(plan.chunks), batch_tokens=batch_tokens, progress=False)
+    return plan, scored
 
 
-def test_batched_chunk_encoding_equals_a_per_chunk_loop(make_engine):
+def _with_prompt(engine: FocusEngine, plan, scored, candidate: bool = False):
+    prefixes = [scored.kept[i] for i in range(len(plan.chunks))]
+    with torch.inference_mode():
+        return engine.encoder.with_prompt(prefixes, plan.dynamic_prompt, extra_slots=4, candidate=candidate,
+                                          batch_tokens=10_000)
+
+
+def _loglik(model, context: list[int], continuation: list[int]) -> float:
+    """log p(continuation[1:] | context + continuation[:1] ...), from one plain forward."""
+    logits = model(torch.tensor([context + continuation])).logits[0, len(context):-1].float()
+    return float(torch.log_softmax(logits, -1).gather(1, torch.tensor(continuation[1:])[:, None]).sum())
+
+
+def test_batched_chunk_scoring_equals_a_per_chunk_loop_and_each_chunk_alone(make_engine):
     ids = random_ids(LONG + 7, seed=1)  # the last chunk is shorter: exercises left padding
     batched_engine, looped_engine = make_engine(), make_engine()
-    plan, batched, batched_logits = _encode(batched_engine, ids, batch_tokens=10_000)
-    _, looped, looped_logits = _encode(looped_engine, ids, batch_tokens=1)
+    plan, batched = _score(batched_engine, ids, batch_tokens=10_000)
+    _, looped = _score(looped_engine, ids, batch_tokens=1)
     assert len({len(c) for c in plan.chunks}) == 2
-    torch.testing.assert_close(batched_logits, looped_logits, atol=1e-4, rtol=1e-4)
-    for k_b, k_l in zip(batched.kv.keys, looped.kv.keys):
-        valid = batched.kv.valid[:, : batched.kv.length]
-        torch.testing.assert_close(k_b[:, :, : batched.kv.length].transpose(1, 2)[valid],
-                                   k_l[:, :, : looped.kv.length].transpose(1, 2)[valid], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(batched.loglik, looped.loglik, atol=1e-4, rtol=1e-4)
+    for i in range(len(plan.chunks)):
+        torch.testing.assert_close(batched.kept[i].keys, looped.kept[i].keys, atol=1e-5, rtol=1e-4)
+    _, batched_logits = _with_prompt(batched_engine, plan, batched)
 
     # ... and equals each chunk run alone, from scratch, as [BOS] + chunk + dynamic prompt.
-    model = batched_engine.model
+    model, d = batched_engine.model, list(plan.dynamic_prompt)
     for i, chunk in enumerate(plan.chunks):
-        seq = torch.tensor([[1, *chunk, *plan.dynamic_prompt]])
-        alone = model(seq).logits[0, -1].float()
+        alone = model(torch.tensor([[1, *chunk, *d]])).logits[0, -1].float()
         torch.testing.assert_close(batched_logits[i], alone, atol=1e-4, rtol=1e-4)
+        assert float(batched.loglik[i]) == pytest.approx(_loglik(model, [1, *chunk], d), abs=1e-3)
+    with torch.inference_mode():
+        baseline = batched_engine.encoder.baseline(plan.dynamic_prompt)
+    assert baseline == pytest.approx(_loglik(model, [1], d), abs=1e-3)
+
+
+def test_scoring_keeps_only_the_best_chunks_and_the_pinned_one(make_engine):
+    engine = make_engine()
+    plan = engine._plan(random_ids(LONG * 3, seed=11), engine.config)
+    with torch.inference_mode():
+        scored = engine.encoder.score(plan, keep=3, batch_tokens=64, progress=False, pinned=(0,))
+    best = sorted(range(1, len(plan.chunks)), key=lambda i: -float(scored.loglik[i]))[:2]
+    assert sorted(scored.kept) == sorted([0, *best])
 
 
 def test_cached_prefixes_give_the_same_tokens_and_are_not_reencoded(make_engine):
@@ -101,7 +125,8 @@ def test_kv_candidates_equal_a_plain_forward_repositioned(make_engine, arch):
     engine = make_engine(arch)
     engine._candidate_projections()
     ids = random_ids(LONG + 5, seed=7)
-    plan, batch, _ = _encode(engine, ids, batch_tokens=10_000, candidate=True)
+    plan, scored = _score(engine, ids, batch_tokens=10_000)
+    batch, _ = _with_prompt(engine, plan, scored, candidate=True)
     keys, values = batch.kv.last_slot()
     shift = torch.arange(batch.rows) - (batch.next_positions - 1)
     rotary = engine.model.get_decoder().rotary_emb
@@ -109,7 +134,7 @@ def test_kv_candidates_equal_a_plain_forward_repositioned(make_engine, arch):
         seq = [1, *chunk, *plan.dynamic_prompt]
         positions = torch.arange(len(seq)) - (len(seq) - 1) + i
         cache = DynamicCache(config=engine.model.config)
-        engine.model(torch.tensor([seq]), position_ids=positions[None], past_key_values=cache, use_cache=True)
+        engine.model(torch.tensor([seq]), position_ids=positions[None], cache=cache, use_cache=True)
         for layer in range(len(keys)):
             expected_k = cache.layers[layer].keys[0, :, -1]
             expected_v = cache.layers[layer].values[0, :, -1]
@@ -134,8 +159,8 @@ def test_candidate_projections_are_separate_weights_used_only_at_candidates(make
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-@pytest.mark.parametrize("aggregation", ["entropy", "kv"])
-def test_long_input_generates_in_both_modes(make_engine, arch, aggregation):
+@pytest.mark.parametrize("aggregation", ["focus", "entropy", "kv"])
+def test_long_input_generates_in_every_mode(make_engine, arch, aggregation):
     engine = make_engine(arch, aggregation=aggregation)
     ids = random_ids(LONG, seed=9)
     out = engine.generate_ids(ids)
@@ -152,17 +177,17 @@ def test_entropy_mode_serves_models_without_rope(tokenizer):
         engine.generate_ids(random_ids(LONG), aggregation="kv")
 
 
-def test_auto_is_entropy_without_trained_candidates(make_engine):
+def test_auto_is_focus_without_trained_candidates(make_engine):
     engine = make_engine()
-    assert engine.aggregation_for() == "entropy"
+    assert engine.aggregation_for() == "focus"
     ids = random_ids(LONG, seed=10)
-    assert engine.generate_ids(ids) == engine.generate_ids(ids, aggregation="entropy")
+    assert engine.generate_ids(ids) == engine.generate_ids(ids, aggregation="focus")
 
 
 def test_entropy_aggregation_picks_the_most_confident_distribution():
     local = torch.tensor([[0.0, 0.0, 0.0, 0.0]])
     chunks = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 9.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
-    agg = EntropyAggregation(local=None, local_logits=local, chunks=object(), chunk_logits=chunks)
+    agg = EntropyAggregation(local=PlainDecoding(None, local), chunks=None, chunk_logits=chunks)
     assert torch.equal(agg.next_logits(), chunks[1])
     assert entropy(local)[0] == pytest.approx(torch.log(torch.tensor(4.0)).item())
 

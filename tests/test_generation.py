@@ -104,7 +104,7 @@ def test_over_budget_prompt_is_refused_before_allocation(make_engine):
     assert len(engine.generate_ids(random_ids(40))) > 0  # short prompts still fit
 
 
-@pytest.mark.parametrize("aggregation", ["entropy", "kv"])
+@pytest.mark.parametrize("aggregation", ["focus", "entropy", "kv"])
 def test_memory_estimate_matches_the_allocated_caches_within_10_percent(make_engine, aggregation):
     engine = make_engine(aggregation=aggregation)
     ids = random_ids(3000)
@@ -112,8 +112,10 @@ def test_memory_estimate_matches_the_allocated_caches_within_10_percent(make_eng
     with torch.inference_mode():
         state = engine._start(ids, engine.config)
         state.next_logits()
-    local = state.local.kv.nbytes if aggregation == "entropy" else 0
-    kv = state.chunks.kv.nbytes + local
+    if aggregation == "focus":
+        kv = state.sequence.kv.nbytes
+    else:
+        kv = state.chunks.kv.nbytes + (state.local.sequence.kv.nbytes if aggregation == "entropy" else 0)
     assert kv <= estimate.kv_bytes <= 1.1 * kv
     assert engine.prefix_cache.nbytes <= estimate.prefix_cache_bytes <= 1.1 * engine.prefix_cache.nbytes
 
@@ -170,7 +172,7 @@ def test_score_of_a_short_input_is_the_plain_forward_log_softmax(make_engine):
     torch.testing.assert_close(engine.score(prompt, continuation), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("aggregation", ["entropy", "kv"])
+@pytest.mark.parametrize("aggregation", ["focus", "entropy", "kv"])
 def test_score_of_a_long_input_follows_the_aggregated_decoding(make_engine, aggregation):
     """Teacher-forcing the greedy output: every target is the step's argmax, so its log-prob is the max."""
     engine = make_engine(max_new_tokens=6, aggregation=aggregation)
