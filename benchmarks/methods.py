@@ -1,6 +1,6 @@
 """The ways of answering a long-context question that the benchmarks compare, all on the same model.
 
-- ``FocusLLM (entropy|kv)``: the engine over the whole prompt.
+- ``FocusLLM (focus|entropy|kv)``: the engine over the whole prompt.
 - ``full attention``: the model over the whole prompt, only where it fits the native window (the engine
   then runs plain decoding, tested equal to ``transformers.generate``).
 - ``truncation``: the query after the last tokens of the context that fit the native window.
@@ -120,8 +120,18 @@ def embedding_model():
     return MiniLMEmbedding(embed_batch_size=64)
 
 
-def peers(aggregations: tuple[str, ...], rag_top_k: tuple[int, ...], rag_chunk_size: int = 256) -> list[Method]:
+PEERS = ("full", "truncation", "rag")
+
+
+def peers(aggregations: tuple[str, ...], rag_top_k: tuple[int, ...], rag_chunk_size: int = 256,
+          others: tuple[str, ...] = PEERS) -> list[Method]:
+    """FocusLLM in each of ``aggregations`` and the ``others`` (of :data:`PEERS`) beside it."""
     methods: list[Method] = [FocusMethod(f"FocusLLM ({a})", a) for a in aggregations]
-    methods += [FullAttention("full attention"), Truncation("truncation")]
-    methods += [VectorRAG(f"RAG top-{k} x {rag_chunk_size}", chunk_size=rag_chunk_size, top_k=k) for k in rag_top_k]
+    if "full" in others:
+        methods.append(FullAttention("full attention"))
+    if "truncation" in others:
+        methods.append(Truncation("truncation"))
+    if "rag" in others:
+        methods += [VectorRAG(f"RAG top-{k} x {rag_chunk_size}", chunk_size=rag_chunk_size, top_k=k)
+                    for k in rag_top_k]
     return methods

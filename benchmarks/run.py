@@ -24,7 +24,7 @@ from focus_core import FocusConfig, FocusEngine
 from . import plots
 from .accuracy import run_grid
 from .common import machine
-from .methods import peers
+from .methods import PEERS, peers
 from .perplexity import run_perplexity
 from .speed import run_speed
 
@@ -65,13 +65,19 @@ SUITES = {
 }
 
 
-def run_suite(suite: Suite, engine: FocusEngine, results: Path, docs: Path, parts: tuple[str, ...] = PARTS) -> dict:
-    """Run ``parts`` of ``suite`` with ``engine``; write JSON to ``results`` and PNG to ``docs``."""
+def run_suite(suite: Suite, engine: FocusEngine, results: Path, docs: Path, parts: tuple[str, ...] = PARTS,
+              methods: tuple[str, ...] | None = None) -> dict:
+    """Run ``parts`` of ``suite`` with ``engine``; write JSON to ``results`` and PNG to ``docs``.
+
+    ``methods``: FocusLLM aggregations and peers (:data:`~benchmarks.methods.PEERS`) to run; default
+    ``focus``, ``entropy`` (and ``kv`` when the engine has trained candidates) and every peer.
+    """
     results.mkdir(parents=True, exist_ok=True)
     docs.mkdir(parents=True, exist_ok=True)
-    aggregations = ("entropy", "kv") if engine.aggregation_for(engine.config.replace(aggregation="auto")) == "kv" \
-        else ("entropy",)
-    methods = peers(aggregations, suite.rag_top_k)
+    trained = engine.aggregation_for(engine.config.replace(aggregation="auto")) == "kv"
+    methods = methods or ("focus", "entropy", *(("kv",) if trained else ()), *PEERS)
+    aggregations = tuple(m for m in methods if m not in PEERS)
+    methods = peers(aggregations, suite.rag_top_k, others=tuple(m for m in methods if m in PEERS))
     out: dict[str, dict] = {}
     grids = (("passkey", suite.passkey_lengths, suite.depths), ("needle", suite.needle_lengths, suite.needle_depths))
     for kind, lengths, depths in grids:
@@ -105,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suite", choices=SUITES, default="quick")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--adapter", default=None, help="candidate-projection adapter (adds FocusLLM (kv))")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help=f"FocusLLM aggregations and peers ({', '.join(PEERS)}); default: all")
     parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--docs", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     engine = FocusEngine.from_pretrained(None, suite.config.replace(prefix_cache_bytes=8 * 2**30), **load)
     start = time.perf_counter()
     run_suite(suite, engine, args.results or ROOT / "benchmarks" / "results" / sub, args.docs or ROOT / "docs" / sub,
-              tuple(args.parts))
+              tuple(args.parts), tuple(args.methods) if args.methods else None)
     print(f"suite {suite.name} done in {time.perf_counter() - start:.0f} s")
 
 

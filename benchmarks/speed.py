@@ -1,6 +1,7 @@
 """Speed against context length, cold (empty prefix cache), on real prose continued by the model:
 
-- FocusLLM (told the native window is 2K, so that it chunks at every length): chunk-encoding tokens/s, time to first token, decode tokens/s; the FLOP rate of encoding
+- FocusLLM (told the native window is 2K, so that it chunks at every length), by default (``auto``) and
+  in the :data:`VARIANTS`: chunk-encoding tokens/s, time to first token, decode tokens/s; the FLOP rate of encoding
   as a fraction of this machine's measured matmul rate (FLOPs = 2 x non-embedding params x tokens +
   causal attention);
 - full attention (``transformers.generate``, greedy) at the lengths where it is run: prefill tokens/s,
@@ -28,12 +29,12 @@ def prose(tokenizer, n_tokens: int) -> str:
     return "\n\n".join(haystack(tokenizer, n_tokens))
 
 
-def focus_point(engine: FocusEngine, n_tokens: int, new_tokens: int) -> dict:
+def focus_point(engine: FocusEngine, n_tokens: int, new_tokens: int, **overrides) -> dict:
     prompt = prose(engine.tokenizer, n_tokens)
     engine.prefix_cache.clear()
     before_s, before_tokens = engine.stats.encode_seconds, engine.stats.tokens_encoded
     start, first, count = time.perf_counter(), None, 0
-    for _ in engine.stream_ids(prompt, max_new_tokens=new_tokens):
+    for _ in engine.stream_ids(prompt, max_new_tokens=new_tokens, **overrides):
         first = first or time.perf_counter() - start
         count += 1
     total = time.perf_counter() - start
@@ -89,13 +90,21 @@ def second_question(engine: FocusEngine, n_tokens: int) -> dict:
             "chunks_encoded_first": mid - encoded, "chunks_encoded_second": engine.stats.chunks_encoded - mid}
 
 
+# FocusLLM settings timed beside the default (auto): entropy over the top chunks, and over every chunk (as
+# the first release decoded: one row per chunk at every step)
+VARIANTS = {"entropy": {"aggregation": "entropy"},
+            "entropy, every chunk": {"aggregation": "entropy", "top_chunks": 2**31}}
+
+
 def run_speed(engine: FocusEngine, focus_lengths: list[int], full_lengths: list[int], reuse_tokens: int,
               new_tokens: int) -> dict:
     chunked = FocusEngine(engine.model, engine.tokenizer, engine.config.replace(native_window=CHUNKED_WINDOW))
-    focus = []
-    for n in focus_lengths:
-        focus.append(focus_point(chunked, n, new_tokens))
-        print("speed FocusLLM", focus[-1], flush=True)
+    variants: dict[str, list[dict]] = {}
+    for name, overrides in {"auto": {}, **VARIANTS}.items():
+        for n in focus_lengths:
+            variants.setdefault(name, []).append(focus_point(chunked, n, new_tokens, **overrides))
+            print(f"speed FocusLLM ({name})", variants[name][-1], flush=True)
+    focus = variants["auto"]
     full = []
     for n in full_lengths:
         full.append(full_attention_point(engine, n, new_tokens))
@@ -105,5 +114,5 @@ def run_speed(engine: FocusEngine, focus_lengths: list[int], full_lengths: list[
         point["fraction_of_matmul_rate"] = point["encode_flops_per_s"] / rate
     reuse = second_question(engine, reuse_tokens)
     print("speed reuse", reuse, flush=True)
-    return {"new_tokens": new_tokens, "focusllm_native_window": CHUNKED_WINDOW, "matmul_flops_per_s": rate, "focusllm": focus, "full_attention": full,
-            "second_question": reuse}
+    return {"new_tokens": new_tokens, "focusllm_native_window": CHUNKED_WINDOW, "matmul_flops_per_s": rate,
+            "focusllm": focus, "focusllm_variants": variants, "full_attention": full, "second_question": reuse}

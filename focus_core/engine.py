@@ -55,18 +55,30 @@ class Generation(Iterator[str]):
     relevant first (both empty when the prompt fits the native window)."""
 
     def __init__(self, engine: FocusEngine, prompt: Prompt, ids: list[int], cfg: FocusConfig):
-        self.relevance: list[ChunkScore] = []
-        self.sources: list[ChunkScore] = []
         self._engine, self._prompt = engine, prompt
+        self._reading: Reading | None = None
+        self._scores: list[ChunkScore] | None = None
         self._pieces = engine._stream_text(ids, cfg, on_read=self._on_read)
 
     def __next__(self) -> str:
         return next(self._pieces)
 
     def _on_read(self, reading: Reading) -> None:
-        self.relevance = self._engine._chunk_scores(self._prompt, reading)
-        chosen = [self.relevance[i] for i in reading.chosen]
-        self.sources = sorted(chosen, key=lambda c: -c.score)
+        self._reading = reading
+
+    @property
+    def relevance(self) -> list[ChunkScore]:
+        if self._reading is None:
+            return []
+        if self._scores is None:  # spans need the prompt's offsets: worked out only when asked for
+            self._scores = self._engine._chunk_scores(self._prompt, self._reading)
+        return self._scores
+
+    @property
+    def sources(self) -> list[ChunkScore]:
+        if self._reading is None:
+            return []
+        return sorted((self.relevance[i] for i in self._reading.chosen), key=lambda c: -c.score)
 
 
 @dataclass(frozen=True)
