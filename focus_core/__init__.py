@@ -1,7 +1,7 @@
 """focus_core: the FocusLLM engine (arXiv 2408.11745) over Hugging Face causal LMs.
 
 Long prompts are cut into chunks that are read in parallel, each with the question appended; the
-chunks' candidates are aggregated into the next token. See DESIGN.md §2 for the algorithm.
+chunks' candidates are aggregated into the next token. See docs/design.md for the design.
 """
 
 from .config import FocusConfig

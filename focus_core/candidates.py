@@ -1,4 +1,4 @@
-"""Candidate projections and RoPE re-positioning for ``kv`` aggregation (DESIGN §2 step 6).
+"""Candidate projections and RoPE re-positioning for ``kv`` aggregation (docs/design.md).
 
 The candidate token of each chunk is processed, in every layer, with its own ``Wq', Wk', Wv', Wo'``
 (full copies, or the frozen weights plus a low-rank delta) while every other token uses the frozen ones. The candidate weights live outside the model, in

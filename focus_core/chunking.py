@@ -1,4 +1,4 @@
-"""Splitting a long prompt into memory chunks, local context and dynamic prompt (DESIGN §2, steps 2-4)."""
+"""Splitting a long prompt into memory chunks, local context and dynamic prompt (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """FocusLLM settings, validated on construction.
 
-Notation follows DESIGN §2: a model with native window ``W``; the prompt's last ``local_window`` (Lw)
+Notation follows docs/design.md: a model with native window ``W``; the prompt's last ``local_window`` (Lw)
 tokens form the local context, the rest is cut into chunks of ``chunk_size`` (C) tokens, and the last
 ``dynamic_prompt_len`` (P) local tokens are appended to every chunk.
 """

@@ -1,4 +1,4 @@
-"""Chunk-parallel FocusLLM across processes (DESIGN §5), over ``torch.distributed``.
+"""Chunk-parallel FocusLLM across processes (docs/design.md, "Distribution"), over ``torch.distributed``.
 
 Every process runs the same call on the same prompt; each holds a contiguous share of the chunks (and
 their prefix caches) and encodes and scores only those. The relevance scores are gathered, the chosen

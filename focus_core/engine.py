@@ -1,7 +1,8 @@
-"""The FocusLLM engine facade: text in, text out (DESIGN §2).
+"""The FocusLLM engine facade: text in, text out (docs/design.md, "Data path").
 
 ``FocusEngine`` ties the pieces together along the data's path: tokenise → plan chunks → check the
-memory budget → encode chunks (prefix cache, batched) → aggregate candidates → sample → detokenise.
+memory budget → read the chunks (prefix cache, batched, scored by relevance) → decode the chosen ones in
+the configured aggregation → sample → detokenise.
 Every call builds its own decoding state, so concurrent calls from threads are independent; what they
 share (the prefix cache, counters, candidate projections) is locked.
 """

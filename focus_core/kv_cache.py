@@ -1,5 +1,5 @@
 """KV storage: a preallocated batch buffer that plugs into `transformers` models, and the
-content-addressed LRU cache of chunk prefixes (DESIGN §2 step 5).
+content-addressed LRU cache of chunk prefixes (docs/design.md, "Shapes").
 
 Keys are stored as the model caches them, i.e. after RoPE, in layout ``[rows, kv_heads, slots, head_dim]``.
 Rows of a batch are left-padded so that all rows grow at the same slot; ``valid`` marks real tokens.

@@ -1,5 +1,5 @@
 """Token sampling (greedy, temperature, top-k, top-p, seed) and incremental detokenisation with stop
-strings (DESIGN §2 step 8)."""
+strings (docs/design.md)."""
 
 from __future__ import annotations
 

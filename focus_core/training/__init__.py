@@ -1,4 +1,4 @@
-"""Training the candidate projections (DESIGN §4): data, the paper's two losses, the accelerate loop."""
+"""Training the candidate projections for `kv` (docs/design.md): data, the paper's two losses, the accelerate loop."""
 
 from .data import TokenStream, read_documents
 from .loop import TrainingConfig, train

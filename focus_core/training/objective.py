@@ -1,4 +1,4 @@
-"""The paper's training objective for the candidate projections (DESIGN §4), teacher-forced.
+"""The paper's training objective for the candidate projections (docs/design.md), teacher-forced.
 
 One example is ``memory | local | targets`` laid out exactly as the engine lays out a prompt (memory
 cut into chunks of ``C`` tokens, dynamic prompt = last ``P`` tokens of ``local``):
