@@ -5,7 +5,7 @@ chunks' candidates are aggregated into the next token. See docs/design.md for th
 """
 
 from .config import FocusConfig
-from .engine import FocusEngine
+from .engine import Completion, FocusEngine, Generation
 from .errors import (
     AdapterError,
     FocusConfigError,
@@ -16,9 +16,12 @@ from .errors import (
     UnsupportedModelError,
 )
 from .loading import DEFAULT_MODEL_NAME, load_model
+from .relevance import ChunkScore
 
 __all__ = [
     "AdapterError",
+    "ChunkScore",
+    "Completion",
     "DEFAULT_MODEL_NAME",
     "FocusConfig",
     "FocusConfigError",
@@ -26,6 +29,7 @@ __all__ = [
     "FocusError",
     "FocusInputError",
     "FocusInputTypeError",
+    "Generation",
     "MemoryBudgetError",
     "UnsupportedModelError",
     "load_model",

@@ -3,11 +3,12 @@ generation overrides. All real work stays in focus_core."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from focus_core import FocusConfig, FocusEngine
+from focus_core import ChunkScore, FocusConfig, FocusEngine
 
 
 class FocusFields(BaseModel):
@@ -54,3 +55,36 @@ def generation_overrides(defaults: dict[str, Any], call_kwargs: dict[str, Any], 
     if stop:
         overrides["stop"] = tuple(stop)
     return overrides
+
+
+@dataclass(frozen=True)
+class Passage:
+    """Part of one input document that decoding read: ``text`` is ``document_text[start:end]``."""
+
+    document: int  # index into the documents given
+    start: int
+    end: int
+    text: str
+    score: float  # the relevance of the chunk it lies in (focus_core.ChunkScore.score)
+
+
+def source_passages(sources: Sequence[ChunkScore], prompt: str, texts: Sequence[str]) -> list[Passage]:
+    """The passages of ``texts`` (joined by blank lines somewhere in ``prompt``) that the chunks an
+    answer was read from cover, most relevant first. Chunks that fall outside the documents (the
+    template, the question) give none."""
+    offset = prompt.find("\n\n".join(texts))
+    if offset < 0:
+        return []
+    starts, at = [], offset
+    for text in texts:
+        starts.append(at)
+        at += len(text) + 2
+    passages = []
+    for chunk in sorted(sources, key=lambda c: -c.score):
+        if chunk.char_span is None:
+            continue
+        for i, (start, text) in enumerate(zip(starts, texts)):
+            lo, hi = max(chunk.char_span[0], start) - start, min(chunk.char_span[1], start + len(text)) - start
+            if lo < hi:
+                passages.append(Passage(i, lo, hi, text[lo:hi], chunk.score))
+    return passages

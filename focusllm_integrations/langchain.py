@@ -12,12 +12,12 @@ from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel, BaseLLM, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation, GenerationChunk, LLMResult
-from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from focus_core import FocusEngine, FocusInputError, FocusInputTypeError
 
-from ._engine import GENERATION_FIELDS, FocusFields, generation_overrides, resolve_engine
+from ._engine import GENERATION_FIELDS, FocusFields, Passage, generation_overrides, resolve_engine, source_passages
 
 DEFAULT_QA_TEMPLATE = "{documents}\n\nQuestion: {question}\nAnswer:"
 
@@ -90,7 +90,9 @@ class FocusLLM(BaseLLM, FocusFields):
         streams = [self.engine.stream(p, **settings) for p in prompts]  # validates every prompt up front
         with ThreadPoolExecutor(max_workers=min(self.batch_size, len(prompts))) as pool:
             texts = list(pool.map("".join, streams))
-        return LLMResult(generations=[[Generation(text=t)] for t in texts], llm_output={"model_name": self.model_name})
+        # generation_info["sources"]: the chunks (focus_core.ChunkScore) each answer was read from, most relevant first
+        generations = [[Generation(text=t, generation_info={"sources": g.sources})] for t, g in zip(texts, streams)]
+        return LLMResult(generations=generations, llm_output={"model_name": self.model_name})
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
@@ -218,7 +220,8 @@ def _ls_params(llm: FocusLLM, model_type: str, settings: dict[str, Any], stop: l
     return params
 
 
-def create_focus_qa_chain(llm: FocusLLM | Runnable | None = None, prompt_template: str = DEFAULT_QA_TEMPLATE) -> Runnable:
+def create_focus_qa_chain(llm: FocusLLM | Runnable | None = None, prompt_template: str = DEFAULT_QA_TEMPLATE,
+                          return_sources: bool = False) -> Runnable:
     """A Runnable answering ``{"documents": list[Document] | str, "question": str}`` over all the text.
 
     ``llm`` is a :class:`FocusLLM` (default: ``FocusLLM()``) or one with bound settings
@@ -227,6 +230,12 @@ def create_focus_qa_chain(llm: FocusLLM | Runnable | None = None, prompt_templat
     No retrieval: every document goes into the prompt, in order, and FocusLLM reads all of it. The
     documents come first, so asking again about the same documents reuses their encoded chunks.
     ``prompt_template`` takes ``{documents}`` and ``{question}``.
+
+    With ``return_sources`` the chain returns ``{"answer": str, "sources": list[Document]}``: the
+    passages the answer was read from, most relevant first, each a ``Document`` with its source
+    document's metadata plus ``relevance`` (the chunk's score, nats) and ``start_index`` (its offset in
+    that document), as LangChain's text splitters mark chunks. Empty when the documents fit the native
+    window (then they are read whole).
     """
     if "{documents}" not in prompt_template or "{question}" not in prompt_template:
         raise ValueError("prompt_template must contain {documents} and {question}")
@@ -235,23 +244,43 @@ def create_focus_qa_chain(llm: FocusLLM | Runnable | None = None, prompt_templat
     def build_prompt(inputs: dict[str, Any]) -> str:
         if not isinstance(inputs, dict) or "documents" not in inputs or "question" not in inputs:
             raise FocusInputTypeError('the chain takes {"documents": ..., "question": ...}')
-        return prompt_template.format(documents=_documents_text(inputs["documents"]),
+        return prompt_template.format(documents="\n\n".join(t for _, t in _document_texts(inputs["documents"])),
                                       question=_question_text(inputs["question"]))
 
-    return (RunnableLambda(build_prompt) | model).with_config(run_name="FocusQAChain")
+    if not return_sources:
+        return (RunnableLambda(build_prompt) | model).with_config(run_name="FocusQAChain")
+    base, bound = (model.bound, model.kwargs) if isinstance(model, RunnableBinding) else (model, {})
+    if not isinstance(base, FocusLLM):
+        raise FocusInputTypeError(f"return_sources needs a FocusLLM (or one with bound settings), got {type(base).__name__}")
+
+    def answer_with_sources(inputs: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        prompt, documents = build_prompt(inputs), _document_texts(inputs["documents"])
+        result = base.generate([prompt], callbacks=config.get("callbacks"), **bound).generations[0][0]
+        passages = source_passages(result.generation_info["sources"], prompt, [t for _, t in documents])
+        return {"answer": result.text, "sources": [_passage_document(inputs["documents"], documents, p) for p in passages]}
+
+    return RunnableLambda(answer_with_sources).with_config(run_name="FocusQAChain")
 
 
-def _documents_text(documents: Any) -> str:
+def _passage_document(given: Any, documents: list[tuple[int, str]], passage: Passage) -> Document:
+    index = documents[passage.document][0]
+    metadata = dict(given[index].metadata) if isinstance(given, (list, tuple)) else {}
+    return Document(page_content=passage.text,
+                    metadata={**metadata, "relevance": passage.score, "start_index": passage.start})
+
+
+def _document_texts(documents: Any) -> list[tuple[int, str]]:
+    """(index, text) of the non-empty documents given as a str or a list of ``Document``."""
     if isinstance(documents, str):
         texts = [documents]
     elif isinstance(documents, (list, tuple)) and all(isinstance(d, Document) for d in documents):
         texts = [d.page_content for d in documents]
     else:
         raise FocusInputTypeError("documents must be a str or a list of langchain Document objects")
-    texts = [t for t in texts if t.strip()]
-    if not texts:
+    kept = [(i, t) for i, t in enumerate(texts) if t.strip()]
+    if not kept:
         raise FocusInputError("the documents are empty")
-    return "\n\n".join(texts)
+    return kept
 
 
 def _question_text(question: Any) -> str:

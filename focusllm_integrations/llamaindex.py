@@ -17,12 +17,12 @@ from llama_index.core.instrumentation.events.synthesis import SynthesizeEndEvent
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
-from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, NodeWithScore, QueryBundle, TextNode
 from pydantic import Field, PrivateAttr
 
-from focus_core import FocusEngine, FocusInputError, FocusInputTypeError
+from focus_core import ChunkScore, FocusEngine, FocusInputError, FocusInputTypeError
 
-from ._engine import FocusFields, generation_overrides, resolve_engine
+from ._engine import FocusFields, Passage, generation_overrides, resolve_engine, source_passages
 
 dispatcher = get_dispatcher(__name__)
 
@@ -92,17 +92,20 @@ class FocusLLM(CustomLLM, FocusFields):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return CompletionResponse(text=self._engine.generate(self._format(prompt, formatted), **self._overrides(kwargs)))
+        """The completion; ``additional_kwargs["sources"]`` holds the chunks (``focus_core.ChunkScore``)
+        it was read from, most relevant first."""
+        completion = self._engine.complete(self._format(prompt, formatted), **self._overrides(kwargs))
+        return CompletionResponse(text=completion.text, additional_kwargs={"sources": completion.sources})
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        pieces = self._engine.stream(self._format(prompt, formatted), **self._overrides(kwargs))
+        generation = self._engine.stream(self._format(prompt, formatted), **self._overrides(kwargs))
 
         def gen() -> CompletionResponseGen:
             text = ""
-            for piece in pieces:
+            for piece in generation:
                 text += piece
-                yield CompletionResponse(text=text, delta=piece)
+                yield CompletionResponse(text=text, delta=piece, additional_kwargs={"sources": generation.sources})
 
         return gen()
 
@@ -124,10 +127,11 @@ class FocusQueryEngine(BaseQueryEngine):
         if not nodes or not all(isinstance(n, BaseNode) for n in nodes):
             raise FocusInputTypeError("FocusQueryEngine needs a non-empty list of LlamaIndex documents or nodes")
         self._nodes = nodes
-        self._context = "\n\n".join(t for t in (n.get_content(metadata_mode=MetadataMode.LLM) for n in nodes)
-                                    if t.strip())
-        if not self._context:
+        texts = [(n, n.get_content(metadata_mode=MetadataMode.LLM)) for n in nodes]
+        self._texts = [(n, t) for n, t in texts if t.strip()]  # the nodes laid out in the prompt, and their text
+        if not self._texts:
             raise FocusInputError("the documents are empty")
+        self._context = "\n\n".join(t for _, t in self._texts)
         self._llm = llm if llm is not None else _settings_llm()
         if not isinstance(self._llm, FocusLLM):
             raise FocusInputTypeError(f"FocusQueryEngine needs a focusllm_integrations.llamaindex.FocusLLM, got "
@@ -168,8 +172,20 @@ class FocusQueryEngine(BaseQueryEngine):
         if "text_qa_template" in prompts:
             self._prompt = _as_prompt(prompts["text_qa_template"])
 
-    def _source_nodes(self) -> list[NodeWithScore]:
-        return [NodeWithScore(node=n, score=None) for n in self._nodes]
+    def _source_nodes(self, prompt: str, sources: list[ChunkScore]) -> list[NodeWithScore]:
+        """The passages the answer was read from, most relevant first, each a ``TextNode`` pointing at
+        its source node and scored by relevance (nats); every node, unscored, when they all fit the
+        native window and were read whole."""
+        if not sources:
+            return [NodeWithScore(node=n, score=None) for n in self._nodes]
+        passages = source_passages(sources, prompt, [t for _, t in self._texts])
+        return [NodeWithScore(node=self._passage_node(p), score=p.score) for p in passages]
+
+    def _passage_node(self, passage: Passage) -> TextNode:
+        node = self._texts[passage.document][0]
+        return TextNode(text=passage.text, metadata=dict(node.metadata),
+                        relationships={NodeRelationship.SOURCE: node.as_related_node_info()},
+                        start_char_idx=passage.start, end_char_idx=passage.end)
 
     def _query(self, query_bundle: QueryBundle) -> Response | StreamingResponse:
         """One LLM call over all the text, inside QUERY and SYNTHESIZE events as LlamaIndex's
@@ -182,16 +198,25 @@ class FocusQueryEngine(BaseQueryEngine):
                                              payload={EventPayload.QUERY_STR: question}) as synthesize_event:
                 if self._streaming:
                     pieces = self._llm.stream_complete(prompt, formatted=True)  # the LLM event ends with the stream
-                    stream: Iterator[str] = (r.delta or "" for r in pieces)
+                    source_nodes: list[NodeWithScore] = []  # filled once the documents are read
                     response: Response | StreamingResponse = StreamingResponse(
-                        response_gen=stream, source_nodes=self._source_nodes())
+                        response_gen=self._stream_filling(pieces, prompt, source_nodes), source_nodes=source_nodes)
                 else:
-                    response = Response(response=self._llm.complete(prompt, formatted=True).text,
-                                        source_nodes=self._source_nodes())
+                    completion = self._llm.complete(prompt, formatted=True)
+                    response = Response(response=completion.text, source_nodes=self._source_nodes(
+                        prompt, completion.additional_kwargs["sources"]))
                 synthesize_event.on_end(payload={EventPayload.RESPONSE: response})
             dispatcher.event(SynthesizeEndEvent(query=query_bundle, response=response))
             query_event.on_end(payload={EventPayload.RESPONSE: response})
         return response
+
+    def _stream_filling(self, pieces: CompletionResponseGen, prompt: str,
+                        source_nodes: list[NodeWithScore]) -> Iterator[str]:
+        """The text deltas; ``source_nodes`` is filled in place when the first one arrives."""
+        for i, response in enumerate(pieces):
+            if i == 0:
+                source_nodes.extend(self._source_nodes(prompt, response.additional_kwargs["sources"]))
+            yield response.delta or ""
 
     async def _aquery(self, query_bundle: QueryBundle) -> Response | StreamingResponse:
         return await asyncio.to_thread(self._query, query_bundle)

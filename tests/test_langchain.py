@@ -115,6 +115,24 @@ def test_qa_chain_reads_all_documents_and_reuses_their_chunks(llm):
     assert chain.invoke({"documents": text, "question": "What happened?"}) == answer
 
 
+def test_qa_chain_returns_the_passages_read_most_relevant_first(llm):
+    documents = [Document(page_content=long_text(llm, 200, seed=s), metadata={"source": f"doc{s}"}) for s in (1, 2)]
+    bound = llm.bind(stop=["\n"])
+    result = create_focus_qa_chain(bound, return_sources=True).invoke({"documents": documents, "question": "Why?"})
+    prompt = "\n\n".join(d.page_content for d in documents) + "\n\nQuestion: Why?\nAnswer:"
+    completion = llm.engine.complete(prompt, stop=("\n",))
+    assert result["answer"] == completion.text == create_focus_qa_chain(bound).invoke(
+        {"documents": documents, "question": "Why?"})
+    sources = result["sources"]
+    assert sources and [d.metadata["relevance"] for d in sources] == sorted(
+        (d.metadata["relevance"] for d in sources), reverse=True)
+    assert sources[0].metadata["relevance"] == completion.sources[0].score
+    for passage in sources:
+        original = next(d for d in documents if d.metadata["source"] == passage.metadata["source"])
+        start = passage.metadata["start_index"]
+        assert original.page_content[start:start + len(passage.page_content)] == passage.page_content
+
+
 @pytest.mark.parametrize("inputs, error", [
     ({"documents": [], "question": "Why?"}, FocusInputError),
     ({"documents": "  ", "question": "Why?"}, FocusInputError),
