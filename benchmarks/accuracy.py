@@ -16,16 +16,23 @@ from .haystack import make
 from .methods import Method
 
 
-def run_grid(engine: FocusEngine, kind: str, lengths: list[int], depths: list[float],
-             methods: list[Method]) -> dict:
+def run_grid(engine: FocusEngine, kind: str, lengths: list[int], depths: list[float], methods: list[Method]) -> dict:
     """``{method: {length: [record per depth or None]}}`` plus the case list."""
     results: dict[str, dict[str, list]] = {m.name: {} for m in methods}
     cases = []
     for n in lengths:
         for seed, depth in enumerate(depths):
             case = make(kind, engine.tokenizer, n, depth, seed)
-            cases.append({"tokens": n, "depth": depth, "seed": seed, "answers": list(case.answers),
-                          "question": case.question, "needle": case.needle})
+            cases.append(
+                {
+                    "tokens": n,
+                    "depth": depth,
+                    "seed": seed,
+                    "answers": list(case.answers),
+                    "question": case.question,
+                    "needle": case.needle,
+                }
+            )
             done: dict[str, dict] = {}  # prompts that fit the window run plain decoding, whatever the method
             for method in methods:
                 prompt = method.prompt(engine, case)[0]
@@ -33,14 +40,26 @@ def run_grid(engine: FocusEngine, kind: str, lengths: list[int], depths: list[fl
                     record = {**done[prompt], "same_run_as": done[prompt]["method"]}
                 else:
                     record = method.answer(engine, case)
-                    if record is not None and record["prompt_tokens"] + engine.config.max_new_tokens <= engine.native_window:
+                    if (
+                        record is not None
+                        and record["prompt_tokens"] + engine.config.max_new_tokens <= engine.native_window
+                    ):
                         done[prompt] = {**record, "method": method.name}
                 results[method.name].setdefault(str(n), []).append(record)
                 if record is not None:
-                    print(f"{kind} {n} depth {depth:.2f} {method.name}: {record['reply']!r} "
-                          f"{'ok' if record['correct'] else 'wrong'} {record['seconds']:.1f}s", flush=True)
-    return {"kind": kind, "lengths": lengths, "depths": depths, "cases": cases, "results": results,
-            "summary": summarize(results)}
+                    print(
+                        f"{kind} {n} depth {depth:.2f} {method.name}: {record['reply']!r} "
+                        f"{'ok' if record['correct'] else 'wrong'} {record['seconds']:.1f}s",
+                        flush=True,
+                    )
+    return {
+        "kind": kind,
+        "lengths": lengths,
+        "depths": depths,
+        "cases": cases,
+        "results": results,
+        "summary": summarize(results),
+    }
 
 
 def summarize(results: dict[str, dict[str, list]]) -> dict:
@@ -52,7 +71,9 @@ def summarize(results: dict[str, dict[str, list]]) -> dict:
             "accuracy": _mean([r["correct"] for r in ran]),
             "mean_seconds": _mean([r["seconds"] for r in ran]),
             "cases": len(ran),
-            "by_length": {n: _mean([r["correct"] for r in records if r is not None]) for n, records in by_length.items()},
+            "by_length": {
+                n: _mean([r["correct"] for r in records if r is not None]) for n, records in by_length.items()
+            },
         }
     return out
 

@@ -30,14 +30,26 @@ from focus_core.training import TokenStream, TrainingConfig, read_documents, tra
 
 from .accuracy import run_grid  # noqa: E402
 from .common import machine  # noqa: E402
-from .plots import save_figure  # noqa: E402
 from .methods import FocusMethod  # noqa: E402
 from .perplexity import sample_ids  # noqa: E402
+from .plots import save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINING = TrainingConfig(steps=120, chunk_sizes=(128, 256, 512), memory_tokens=1024, local_tokens=128,
-                          dynamic_prompt_len=64, target_tokens=8, rank=32, learning_rate=2e-3, warmup_steps=10,
-                          grad_accum=2, eval_every=20, eval_examples=8, save_every=20)
+TRAINING = TrainingConfig(
+    steps=120,
+    chunk_sizes=(128, 256, 512),
+    memory_tokens=1024,
+    local_tokens=128,
+    dynamic_prompt_len=64,
+    target_tokens=8,
+    rank=32,
+    learning_rate=2e-3,
+    warmup_steps=10,
+    grad_accum=2,
+    eval_every=20,
+    eval_examples=8,
+    save_every=20,
+)
 
 
 def training_files() -> list[str]:
@@ -50,18 +62,27 @@ def run_training(output: Path, steps: int) -> dict:
     cfg = TRAINING.replace(steps=steps)
     start = time.perf_counter()
     state = train(model, tokenizer, stream, output, cfg, resume=True)
-    return {"config": vars(cfg) | {"chunk_sizes": list(cfg.chunk_sizes), "losses": list(cfg.losses)},
-            "files": len(training_files()), "train_tokens": len(stream.train), "steps": state["step"],
-            "tokens_seen": state["tokens"], "train_seconds": state["seconds"],
-            "wall_seconds_this_run": time.perf_counter() - start, "evaluations": state["evaluations"]}
+    return {
+        "config": vars(cfg) | {"chunk_sizes": list(cfg.chunk_sizes), "losses": list(cfg.losses)},
+        "files": len(training_files()),
+        "train_tokens": len(stream.train),
+        "steps": state["step"],
+        "tokens_seen": state["tokens"],
+        "train_seconds": state["seconds"],
+        "wall_seconds_this_run": time.perf_counter() - start,
+        "evaluations": state["evaluations"],
+    }
 
 
 def evaluate(adapter: Path, lengths: list[int], depths: list[float], samples: int, continuation: int) -> dict:
     config = FocusConfig(max_new_tokens=16, stop=("\n",), progress=False, prefix_cache_bytes=4 * 2**30)
     trained = FocusEngine.from_pretrained(None, config, adapter=adapter)
     untrained = FocusEngine(trained.model, trained.tokenizer, config, prefix_cache=trained.prefix_cache)
-    methods = [FocusMethod("FocusLLM (entropy)", "entropy"), FocusMethod("FocusLLM (kv, trained)", "kv"),
-               FocusMethod("FocusLLM (kv, untrained)", "kv", engine=untrained)]
+    methods = [
+        FocusMethod("FocusLLM (entropy)", "entropy"),
+        FocusMethod("FocusLLM (kv, trained)", "kv"),
+        FocusMethod("FocusLLM (kv, untrained)", "kv", engine=untrained),
+    ]
     grids = {kind: run_grid(trained, kind, lengths, depths, methods) for kind in ("passkey", "needle")}
     ppl: dict[str, dict[str, float]] = {}
     for n in lengths:
@@ -72,9 +93,12 @@ def evaluate(adapter: Path, lengths: list[int], depths: list[float], samples: in
                 nll = -float(engine.score(context, target, aggregation=method.aggregation).mean())
                 ppl.setdefault(method.name, {}).setdefault(str(n), []).append(nll)
                 print(f"perplexity {n} {seed} {method.name}: {math.exp(nll):.2f}", flush=True)
-    return {"grids": grids,
-            "perplexity": {m: {n: math.exp(sum(v) / len(v)) for n, v in by_n.items()} for m, by_n in ppl.items()},
-            "perplexity_samples": samples, "continuation_tokens": continuation}
+    return {
+        "grids": grids,
+        "perplexity": {m: {n: math.exp(sum(v) / len(v)) for n, v in by_n.items()} for m, by_n in ppl.items()},
+        "perplexity_samples": samples,
+        "continuation_tokens": continuation,
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -86,8 +110,12 @@ def plot(result: dict, path: Path) -> None:
         summary = result["evaluation"]["grids"][kind]["summary"]
         names = list(summary)
         for j, length in enumerate(result["lengths"]):
-            ax.bar([i + 0.35 * j for i in range(len(names))], [100 * summary[m]["by_length"][str(length)] for m in names],
-                   0.35, label=f"{length // 1024}K tokens")
+            ax.bar(
+                [i + 0.35 * j for i in range(len(names))],
+                [100 * summary[m]["by_length"][str(length)] for m in names],
+                0.35,
+                label=f"{length // 1024}K tokens",
+            )
         ax.set_xticks([i + 0.17 for i in range(len(names))], [n.replace("FocusLLM ", "") for n in names], fontsize=8)
         ax.set(ylabel="accuracy (%)", title=kind, ylim=(0, 105))
         ax.legend(fontsize=8)
@@ -103,8 +131,13 @@ def main() -> None:
     parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     parser.add_argument("--perplexity-samples", type=int, default=2)
     args = parser.parse_args()
-    result = {"benchmark": "adapter", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
-              "lengths": args.lengths, "depths": args.depths}
+    result = {
+        "benchmark": "adapter",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine(),
+        "lengths": args.lengths,
+        "depths": args.depths,
+    }
     adapter = args.adapter
     if adapter is None:
         result["training"] = run_training(args.output, args.steps)

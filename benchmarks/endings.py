@@ -21,14 +21,17 @@ from focus_core.passkey import QUESTION, make_case, spread_depths
 
 from .common import write_result
 
-ENDINGS = {"The pass key is": "\n\nWhat is the pass key? The pass key is",
-           "Answer:": "\n\nWhat is the pass key?\nAnswer:"}
+ENDINGS = {
+    "The pass key is": "\n\nWhat is the pass key? The pass key is",
+    "Answer:": "\n\nWhat is the pass key?\nAnswer:",
+}
 
 
 def run(engine: FocusEngine, tokens: int, full_tokens: int, seeds: int, aggregations: list[str]) -> dict:
     records = []
-    runs = [(full_tokens, "full attention", {})] + [(tokens, f"FocusLLM ({a})", {"aggregation": a})
-                                                     for a in aggregations]
+    runs = [(full_tokens, "full attention", {})] + [
+        (tokens, f"FocusLLM ({a})", {"aggregation": a}) for a in aggregations
+    ]
     for n, method, overrides in runs:
         for seed, depth in enumerate(spread_depths(seeds)):
             case = make_case(engine.tokenizer, n, depth, seed)
@@ -36,14 +39,32 @@ def run(engine: FocusEngine, tokens: int, full_tokens: int, seeds: int, aggregat
                 prompt = case.prompt[: -len(QUESTION)] + question
                 start = time.perf_counter()
                 reply = engine.generate(prompt, **overrides)
-                records.append({"method": method, "ending": ending, "tokens": engine.count_tokens(prompt),
-                                "seed": seed, "depth": depth, "passkey": case.passkey, "reply": reply,
-                                "correct": case.is_correct(reply), "seconds": time.perf_counter() - start})
+                records.append(
+                    {
+                        "method": method,
+                        "ending": ending,
+                        "tokens": engine.count_tokens(prompt),
+                        "seed": seed,
+                        "depth": depth,
+                        "passkey": case.passkey,
+                        "reply": reply,
+                        "correct": case.is_correct(reply),
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
                 print(records[-1], flush=True)
-    summary = {f"{m} / {e}": sum(r["correct"] for r in records if r["method"] == m and r["ending"] == e) / seeds
-               for m in dict.fromkeys(r["method"] for r in records) for e in ENDINGS}
-    return {"tokens": tokens, "full_attention_tokens": full_tokens, "seeds": seeds, "summary": summary,
-            "records": records}
+    summary = {
+        f"{m} / {e}": sum(r["correct"] for r in records if r["method"] == m and r["ending"] == e) / seeds
+        for m in dict.fromkeys(r["method"] for r in records)
+        for e in ENDINGS
+    }
+    return {
+        "tokens": tokens,
+        "full_attention_tokens": full_tokens,
+        "seeds": seeds,
+        "summary": summary,
+        "records": records,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,12 +10,11 @@ the words around the question.
 
 from __future__ import annotations
 
+import pydoc_data.topics
 import random
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-
-import pydoc_data.topics
 
 from focus_core.passkey import make_case
 
@@ -44,9 +43,15 @@ class Case:
 def passkey_case(tokenizer, n_tokens: int, depth: float, seed: int) -> Case:
     case = make_case(tokenizer, n_tokens, depth, seed)
     cut = case.prompt.rindex("\n\nWhat is the pass key?")
-    return Case(context=case.prompt[:cut], query=case.prompt[cut:], question="What is the pass key?",
-                answers=(case.passkey,),
-                needle=f"The pass key is {case.passkey}.", depth=depth, kind="passkey")
+    return Case(
+        context=case.prompt[:cut],
+        query=case.prompt[cut:],
+        question="What is the pass key?",
+        answers=(case.passkey,),
+        needle=f"The pass key is {case.passkey}.",
+        depth=depth,
+        kind="passkey",
+    )
 
 
 @dataclass(frozen=True)
@@ -58,24 +63,48 @@ class Needle:
 
 
 NEEDLES = (
-    Needle("The lighthouse on Skerry Point was painted bright orange so that fishermen could see it in fog.",
-           "What colour is the lighthouse at Skerry Point?", "The lighthouse at Skerry Point is painted", ("orange",)),
-    Needle("The mayor of Kellwick keeps a pet tortoise named Bartholomew in the town hall garden.",
-           "What is the name of the Kellwick mayor's animal?", "The Kellwick mayor's animal is called",
-           ("Bartholomew",)),
-    Needle("The secret ingredient in Grandma Odile's famous winter stew is smoked paprika.",
-           "What does Grandma Odile add to her stew that nobody knows about?",
-           "The hidden ingredient of Grandma Odile's stew is", ("paprika",)),
-    Needle("The river ferry at Dunmore is operated by a retired airline pilot called Rosalind Achebe.",
-           "Who runs the Dunmore ferry?", "The Dunmore ferry is run by", ("Achebe", "Rosalind")),
-    Needle("The winner of the village chess tournament received a trophy carved from polished walnut.",
-           "What material was the chess prize made of?", "The chess prize was made of", ("walnut",)),
-    Needle("Every spring the orchard cooperative ships its entire crop of quinces to a jam maker in Lyon.",
-           "Which city receives the cooperative's quince harvest?", "The cooperative's quinces are shipped to",
-           ("Lyon",)),
-    Needle("When the old observatory reopened, its new telescope was named after the astronomer Yusuf Demirel.",
-           "Whose name was given to the observatory's new telescope?",
-           "The observatory's new telescope was named after", ("Demirel", "Yusuf")),
+    Needle(
+        "The lighthouse on Skerry Point was painted bright orange so that fishermen could see it in fog.",
+        "What colour is the lighthouse at Skerry Point?",
+        "The lighthouse at Skerry Point is painted",
+        ("orange",),
+    ),
+    Needle(
+        "The mayor of Kellwick keeps a pet tortoise named Bartholomew in the town hall garden.",
+        "What is the name of the Kellwick mayor's animal?",
+        "The Kellwick mayor's animal is called",
+        ("Bartholomew",),
+    ),
+    Needle(
+        "The secret ingredient in Grandma Odile's famous winter stew is smoked paprika.",
+        "What does Grandma Odile add to her stew that nobody knows about?",
+        "The hidden ingredient of Grandma Odile's stew is",
+        ("paprika",),
+    ),
+    Needle(
+        "The river ferry at Dunmore is operated by a retired airline pilot called Rosalind Achebe.",
+        "Who runs the Dunmore ferry?",
+        "The Dunmore ferry is run by",
+        ("Achebe", "Rosalind"),
+    ),
+    Needle(
+        "The winner of the village chess tournament received a trophy carved from polished walnut.",
+        "What material was the chess prize made of?",
+        "The chess prize was made of",
+        ("walnut",),
+    ),
+    Needle(
+        "Every spring the orchard cooperative ships its entire crop of quinces to a jam maker in Lyon.",
+        "Which city receives the cooperative's quince harvest?",
+        "The cooperative's quinces are shipped to",
+        ("Lyon",),
+    ),
+    Needle(
+        "When the old observatory reopened, its new telescope was named after the astronomer Yusuf Demirel.",
+        "Whose name was given to the observatory's new telescope?",
+        "The observatory's new telescope was named after",
+        ("Demirel", "Yusuf"),
+    ),
 )
 
 
@@ -116,9 +145,15 @@ def needle_case(tokenizer, n_tokens: int, depth: float, seed: int) -> Case:
     paragraphs = haystack(tokenizer, n_tokens - fixed, offset)
     at = round(depth * len(paragraphs))
     context = "\n\n".join(paragraphs[:at] + [needle.sentence] + paragraphs[at:])
-    return Case(context=context, query=query, question=needle.question, answers=needle.answers,
-                needle=needle.sentence, depth=depth,
-                kind="needle")
+    return Case(
+        context=context,
+        query=query,
+        question=needle.question,
+        answers=needle.answers,
+        needle=needle.sentence,
+        depth=depth,
+        kind="needle",
+    )
 
 
 def make(kind: str, tokenizer, n_tokens: int, depth: float, seed: int) -> Case:

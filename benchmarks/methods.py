@@ -38,9 +38,14 @@ class Method:
         encoded = engine.stats.chunks_encoded
         reply = engine.generate(prompt, **self.overrides())
         seconds = time.perf_counter() - start + (info["index_seconds"] if info.get("index_reused") else 0.0)
-        return {"reply": reply, "correct": case.is_correct(reply), "seconds": seconds,
-                "prompt_tokens": engine.count_tokens(prompt),
-                "chunks_encoded": engine.stats.chunks_encoded - encoded, **info}
+        return {
+            "reply": reply,
+            "correct": case.is_correct(reply),
+            "seconds": seconds,
+            "prompt_tokens": engine.count_tokens(prompt),
+            "chunks_encoded": engine.stats.chunks_encoded - encoded,
+            **info,
+        }
 
     def prompt(self, engine: FocusEngine, case: Case) -> tuple[str | None, dict]:
         return case.prompt, {}
@@ -95,8 +100,11 @@ class VectorRAG(Method):
         hits = index.as_retriever(similarity_top_k=self.top_k).retrieve(case.question)
         context = "\n\n".join(hit.node.get_content() for hit in hits)
         return context + case.query, {
-            "index_seconds": build_seconds, "index_reused": vector_index.cache_info().hits > before, "chunks": chunks,
-            "retrieved_needle": any(case.needle in hit.node.get_content() for hit in hits)}
+            "index_seconds": build_seconds,
+            "index_reused": vector_index.cache_info().hits > before,
+            "chunks": chunks,
+            "retrieved_needle": any(case.needle in hit.node.get_content() for hit in hits),
+        }
 
 
 @lru_cache(maxsize=1)
@@ -123,8 +131,12 @@ def embedding_model():
 PEERS = ("full", "truncation", "rag")
 
 
-def peers(aggregations: tuple[str, ...], rag_top_k: tuple[int, ...], rag_chunk_size: int = 256,
-          others: tuple[str, ...] = PEERS) -> list[Method]:
+def peers(
+    aggregations: tuple[str, ...],
+    rag_top_k: tuple[int, ...],
+    rag_chunk_size: int = 256,
+    others: tuple[str, ...] = PEERS,
+) -> list[Method]:
     """FocusLLM in each of ``aggregations`` and the ``others`` (of :data:`PEERS`) beside it."""
     methods: list[Method] = [FocusMethod(f"FocusLLM ({a})", a) for a in aggregations]
     if "full" in others:
@@ -132,6 +144,5 @@ def peers(aggregations: tuple[str, ...], rag_top_k: tuple[int, ...], rag_chunk_s
     if "truncation" in others:
         methods.append(Truncation("truncation"))
     if "rag" in others:
-        methods += [VectorRAG(f"RAG top-{k} x {rag_chunk_size}", chunk_size=rag_chunk_size, top_k=k)
-                    for k in rag_top_k]
+        methods += [VectorRAG(f"RAG top-{k} x {rag_chunk_size}", chunk_size=rag_chunk_size, top_k=k) for k in rag_top_k]
     return methods

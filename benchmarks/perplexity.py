@@ -23,10 +23,13 @@ def sample_ids(engine: FocusEngine, context_tokens: int, continuation_tokens: in
     return ids[:context_tokens], ids[context_tokens : context_tokens + continuation_tokens]
 
 
-def run_perplexity(engine: FocusEngine, lengths: list[int], samples: int, continuation_tokens: int,
-                   aggregations: tuple[str, ...]) -> dict:
-    windows = {"truncation (native window)": engine.native_window - continuation_tokens,
-               "truncation (local window)": engine.config.local_window}
+def run_perplexity(
+    engine: FocusEngine, lengths: list[int], samples: int, continuation_tokens: int, aggregations: tuple[str, ...]
+) -> dict:
+    windows = {
+        "truncation (native window)": engine.native_window - continuation_tokens,
+        "truncation (local window)": engine.config.local_window,
+    }
     nll: dict[str, dict[str, list[float]]] = {}
     for n in lengths:
         for seed in range(samples):
@@ -37,6 +40,11 @@ def run_perplexity(engine: FocusEngine, lengths: list[int], samples: int, contin
                 logprobs = engine.score(prompt, continuation, **overrides)
                 nll.setdefault(name, {}).setdefault(str(n), []).append(-float(logprobs.mean()))
                 print(f"perplexity {n} seed {seed} {name}: {math.exp(nll[name][str(n)][-1]):.2f}", flush=True)
-    return {"lengths": lengths, "samples": samples, "continuation_tokens": continuation_tokens, "windows": windows,
-            "mean_nll": nll,
-            "perplexity": {name: {n: math.exp(sum(v) / len(v)) for n, v in by_n.items()} for name, by_n in nll.items()}}
+    return {
+        "lengths": lengths,
+        "samples": samples,
+        "continuation_tokens": continuation_tokens,
+        "windows": windows,
+        "mean_nll": nll,
+        "perplexity": {name: {n: math.exp(sum(v) / len(v)) for n, v in by_n.items()} for name, by_n in nll.items()},
+    }

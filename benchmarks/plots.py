@@ -59,9 +59,12 @@ def speed_curves(speed: dict, path: Path) -> None:
         ax.set(xlabel="context (K tokens)", ylabel=label, xscale="log")
         ax.legend(fontsize=8)
     reuse = speed["second_question"]
-    fig.suptitle(f"second question over the same {_k(reuse['tokens'])} document: {reuse['ratio']:.2f}x the "
-                 f"first's time; encoding at {100 * max(p['fraction_of_matmul_rate'] for p in speed['focusllm']):.0f}%"
-                 f" of the matmul rate", fontsize=10)
+    fig.suptitle(
+        f"second question over the same {_k(reuse['tokens'])} document: {reuse['ratio']:.2f}x the "
+        f"first's time; encoding at {100 * max(p['fraction_of_matmul_rate'] for p in speed['focusllm']):.0f}%"
+        f" of the matmul rate",
+        fontsize=10,
+    )
     save_figure(fig, path)
 
 
@@ -70,8 +73,11 @@ def perplexity_lines(ppl: dict, path: Path) -> None:
     for name, by_n in ppl["perplexity"].items():
         lengths = sorted(by_n, key=int)
         ax.plot([int(n) / 1000 for n in lengths], [by_n[n] for n in lengths], marker="o", label=name)
-    ax.set(xlabel="context (K tokens)", ylabel="perplexity of the continuation",
-           title=f"held-out prose, {ppl['continuation_tokens']} continuation tokens")
+    ax.set(
+        xlabel="context (K tokens)",
+        ylabel="perplexity of the continuation",
+        title=f"held-out prose, {ppl['continuation_tokens']} continuation tokens",
+    )
     ax.legend(fontsize=8)
     save_figure(fig, path)
 

@@ -54,11 +54,12 @@ import string
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from focus_core import FocusConfig, FocusEngine
 
@@ -74,21 +75,27 @@ ROOT = Path(__file__).resolve().parent.parent
 NIAH_TEMPLATE = (
     "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. I will "
     "quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic {type_needle_v} "
-    "for {query} mentioned in the provided text?")
+    "for {query} mentioned in the provided text?"
+)
 NIAH_ANSWER_PREFIX = " The special magic {type_needle_v} for {query} mentioned in the provided text are"
 VT_TEMPLATE = (
     "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
-    "Question: Find all variables that are assigned the value {query} in the text above.")
-VT_ANSWER_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables "
-                    "are assigned the value {query}, they are: ")
+    "Question: Find all variables that are assigned the value {query} in the text above."
+)
+VT_ANSWER_PREFIX = (
+    " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables "
+    "are assigned the value {query}, they are: "
+)
 CWE_TEMPLATE = (
     "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones "
-    "that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?")
+    "that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?"
+)
 CWE_ANSWER_PREFIX = " Answer: The top 10 words that appear most often in the list are:"
 FWE_TEMPLATE = (
     "Read the following coded text and track the frequency of each coded word. Find the three most frequently "
     "appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
-    "What are the three most frequently appeared words in the above coded text?")
+    "What are the three most frequently appeared words in the above coded text?"
+)
 FWE_ANSWER_PREFIX = " Answer: According to the coded text above, the three most frequently appeared words are:"
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -103,7 +110,7 @@ CWE_FREQUENCIES = {  # (example words, common, uncommon repeats), (common, uncom
     "long": ((40, 10, 3), (30, 3)),
 }
 FWE_WORD_LETTERS = 6
-FWE_ZETA_2 = math.pi ** 2 / 6  # RULER draws Zipf counts with alpha 2: count_k = n k^-2 / zeta(2)
+FWE_ZETA_2 = math.pi**2 / 6  # RULER draws Zipf counts with alpha 2: count_k = n k^-2 / zeta(2)
 TOLERANCE = 0.01  # a prompt fills its length to within this fraction
 
 
@@ -195,13 +202,23 @@ def make_sample(task: str, tokenizer, length: int, seed: int) -> Sample:
     target = length - TOKENS_TO_GENERATE[family(task)]
     build, sizes = _builder(task, tokenizer, length, key, target)
     parts, tokens = _fit(lambda size: build(random.Random(key), size), tokenizer, target, *sizes)
-    return Sample(task=task, context=parts.context, query=parts.query, question=parts.question,
-                  outputs=parts.outputs, needles=parts.needles, length=length, tokens=tokens, seed=seed,
-                  distractors=parts.distractors)
+    return Sample(
+        task=task,
+        context=parts.context,
+        query=parts.query,
+        question=parts.question,
+        outputs=parts.outputs,
+        needles=parts.needles,
+        length=length,
+        tokens=tokens,
+        seed=seed,
+        distractors=parts.distractors,
+    )
 
 
-def _builder(task: str, tokenizer, length: int, key: str,
-             target: int) -> tuple[Callable[[random.Random, int], _Parts], tuple[int, int | None]]:
+def _builder(
+    task: str, tokenizer, length: int, key: str, target: int
+) -> tuple[Callable[[random.Random, int], _Parts], tuple[int, int | None]]:
     """The task's builder ``(rng, size) -> parts``, growing with ``size``, and the sizes it takes."""
     if task in NIAH:
         return partial(_niah, NIAH[task]), (1, None)
@@ -221,8 +238,9 @@ def _count(tokenizer, text: str) -> int:
     return len(tokenizer(text).input_ids)
 
 
-def _fit(build: Callable[[int], _Parts], tokenizer, target: int, min_size: int = 1,
-         max_size: int | None = None) -> tuple[_Parts, int]:
+def _fit(
+    build: Callable[[int], _Parts], tokenizer, target: int, min_size: int = 1, max_size: int | None = None
+) -> tuple[_Parts, int]:
     """The parts of the largest size in ``[min_size, max_size]`` tried whose prompt has at most ``target``
     tokens, searched (secant steps inside the bracket found so far) until it is within :data:`TOLERANCE`."""
     lo: tuple[int, int, _Parts] | None = None  # (size, tokens, parts): fits
@@ -249,8 +267,9 @@ def _fit(build: Callable[[int], _Parts], tokenizer, target: int, min_size: int =
     return lo[2], lo[1]
 
 
-def _next_size(aim: float, lo: tuple | None, hi: tuple | None, previous: tuple[int, int] | None,
-               current: tuple[int, int]) -> int:
+def _next_size(
+    aim: float, lo: tuple | None, hi: tuple | None, previous: tuple[int, int] | None, current: tuple[int, int]
+) -> int:
     """The size whose prompt should have ``aim`` tokens, on the line through two measured points."""
     if lo and hi:
         (s1, t1), (s2, t2) = lo[:2], hi
@@ -283,8 +302,11 @@ def _render(template: str, answer_prefix: str, body: str, **fields: Any) -> tupl
     """(context, query, bare question) of a RULER template whose ``{context}`` is ``body``."""
     head, tail = template.split("{context}")
     question = tail.format(**fields)
-    return (head.format(**fields) + body, question + answer_prefix.format(**fields),
-            question.strip().removeprefix("Question: "))
+    return (
+        head.format(**fields) + body,
+        question + answer_prefix.format(**fields),
+        question.strip().removeprefix("Question: "),
+    )
 
 
 def _insert(items: list[str], inserts: Sequence[str], slots: Sequence[int]) -> list[str]:
@@ -348,9 +370,18 @@ def _niah(cfg: NiahConfig, rng: random.Random, size: int) -> _Parts:
     if cfg.haystack == "essay":
         body = _prose_with(inserted, rng, size)
     else:
-        lines = [NOISE] * size if cfg.haystack == "noise" else [
-            NEEDLE.format(type_needle_v=cfg.value_type, key=_fresh(cfg.key_type, rng, keys_taken),
-                          value=_fresh(cfg.value_type, rng, values_taken)) for _ in range(size)]
+        lines = (
+            [NOISE] * size
+            if cfg.haystack == "noise"
+            else [
+                NEEDLE.format(
+                    type_needle_v=cfg.value_type,
+                    key=_fresh(cfg.key_type, rng, keys_taken),
+                    value=_fresh(cfg.value_type, rng, values_taken),
+                )
+                for _ in range(size)
+            ]
+        )
         body = "\n".join(_insert(lines, inserted, _line_slots(rng, size, len(inserted))))
     template, prefix, type_needle_v = NIAH_TEMPLATE, NIAH_ANSWER_PREFIX, cfg.value_type
     if cfg.num_q * cfg.num_v == 1:
@@ -358,9 +389,14 @@ def _niah(cfg: NiahConfig, rng: random.Random, size: int) -> _Parts:
     asked_keys = [keys[i] for i in asked]
     query = asked_keys[0] if len(asked_keys) == 1 else ", ".join(asked_keys[:-1]) + ", and " + asked_keys[-1]
     context, query_text, question = _render(template, prefix, body, type_needle_v=type_needle_v, query=query)
-    return _Parts(context, query_text, question, outputs=tuple(v for i in asked for v in values[i]),
-                  needles=tuple(n for i in asked for n in needles[i]),
-                  distractors=tuple(n for i in range(len(keys)) if i not in asked for n in needles[i]))
+    return _Parts(
+        context,
+        query_text,
+        question,
+        outputs=tuple(v for i in asked for v in values[i]),
+        needles=tuple(n for i in asked for n in needles[i]),
+        distractors=tuple(n for i in range(len(keys)) if i not in asked for n in needles[i]),
+    )
 
 
 def _prose_with(needles: Sequence[str], rng: random.Random, size: int) -> str:
@@ -395,8 +431,7 @@ def _vt(rng: random.Random, size: int, example: str = "", avoid: str = "", lette
 def _vt_example(tokenizer, key: str) -> tuple[str, str]:
     """RULER's worked example (3-letter names, :data:`VT_EXAMPLE_TOKENS` tokens) with its answer, and its
     value."""
-    parts, _ = _fit(lambda size: _vt(random.Random(f"{key}/example"), size, letters=3), tokenizer,
-                    VT_EXAMPLE_TOKENS)
+    parts, _ = _fit(lambda size: _vt(random.Random(f"{key}/example"), size, letters=3), tokenizer, VT_EXAMPLE_TOKENS)
     value = parts.needles[0].rsplit(" ", 1)[1]
     return parts.context + parts.query + " " + " ".join(parts.outputs) + "\n\n", value
 
@@ -450,8 +485,9 @@ def _fwe(rng: random.Random, size: int, vocab_size: int) -> _Parts:
 # ----------------------------------------------------------------- relevance recall
 
 
-def answer_chunk_recall(engine, case, ks: Sequence[int] = (1, 3), signals: Sequence[str] = ("likelihood",),
-                        **overrides: Any) -> dict[str, dict[str, Any]]:
+def answer_chunk_recall(
+    engine, case, ks: Sequence[int] = (1, 3), signals: Sequence[str] = ("likelihood",), **overrides: Any
+) -> dict[str, dict[str, Any]]:
     """Recall@k of the chunks holding ``case``'s needles under ``engine.relevance``, per signal.
 
     A chunk holds a needle if their character spans in the prompt overlap (a needle split between chunks
@@ -469,8 +505,9 @@ def answer_chunk_recall(engine, case, ks: Sequence[int] = (1, 3), signals: Seque
         holders = [{c.index for c in chunks if c.char_span[0] < end and start < c.char_span[1]} for start, end in spans]
         held = [h for h in holders if h]
         ranked = [c.index for c in sorted(chunks, key=lambda c: -c.score)]  # stable: earlier chunk first on ties
-        out[signal] = {f"recall@{k}": sum(bool(h & set(ranked[:k])) for h in held) / len(held) if held else None
-                       for k in ks}
+        out[signal] = {
+            f"recall@{k}": sum(bool(h & set(ranked[:k])) for h in held) / len(held) if held else None for k in ks
+        }
         out[signal].update(needles=len(spans), outside=len(spans) - len(held))
     return out
 
@@ -496,11 +533,23 @@ def recall_cases(tokenizer, tasks: Sequence[str], length: int, samples: int) -> 
             yield kind, seed, haystack.make(kind, tokenizer, length, (seed + 0.5) / samples, seed)
 
 
-def run_recall(engine, tasks: Sequence[str], lengths: Sequence[int], samples: int, signals: Sequence[str],
-               results: Path, *, resume: bool = False, ks: Sequence[int] = (1, 3)) -> dict:
+def run_recall(
+    engine,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    samples: int,
+    signals: Sequence[str],
+    results: Path,
+    *,
+    resume: bool = False,
+    ks: Sequence[int] = (1, 3),
+) -> dict:
     """Recall of the answer chunks for every case and signal; ``results`` is rewritten after each case."""
-    header = _header(engine, {"tasks": list(tasks), "lengths": list(lengths), "samples": samples,
-                              "signals": list(signals), "ks": list(ks)}, "relevance_recall")
+    header = _header(
+        engine,
+        {"tasks": list(tasks), "lengths": list(lengths), "samples": samples, "signals": list(signals), "ks": list(ks)},
+        "relevance_recall",
+    )
     records = _load_records(results, resume)
     done = {(r["task"], r["length"], r["seed"], r["signal"]) for r in records}
     payload = _save(results, header, records, summarize_recall(records))
@@ -526,7 +575,8 @@ def summarize_recall(records: list[dict]) -> dict:
         names = [k for k in rs[0] if k.startswith("recall@")]
         out.setdefault(signal, {}).setdefault(task, {})[length] = {
             **{k: _mean([r[k] for r in rs if r[k] is not None]) for k in names},
-            "cases": sum(r[names[0]] is not None for r in rs)}
+            "cases": sum(r[names[0]] is not None for r in rs),
+        }
     return out
 
 
@@ -540,22 +590,40 @@ def make_methods(names: Sequence[str], rag_top_k: int, rag_chunk_size: int) -> l
     fixed: dict[str, Callable[[], Method]] = {
         "full": lambda: FullAttention("full attention"),
         "truncation": lambda: Truncation("truncation"),
-        "rag": lambda: VectorRAG(f"RAG top-{rag_top_k} x {rag_chunk_size}", chunk_size=rag_chunk_size,
-                                 top_k=rag_top_k),
+        "rag": lambda: VectorRAG(f"RAG top-{rag_top_k} x {rag_chunk_size}", chunk_size=rag_chunk_size, top_k=rag_top_k),
     }
     return [fixed[name]() if name in fixed else FocusMethod(f"FocusLLM ({name})", name) for name in names]
 
 
-def run_suite(engine: FocusEngine, tasks: Sequence[str], lengths: Sequence[int], samples: int,
-              methods: Sequence[Method], results: Path, figure: Path, *, resume: bool = False,
-              stop: Sequence[str] = ()) -> dict:
+def run_suite(
+    engine: FocusEngine,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    samples: int,
+    methods: Sequence[Method],
+    results: Path,
+    figure: Path,
+    *,
+    resume: bool = False,
+    stop: Sequence[str] = (),
+) -> dict:
     """Every method on ``samples`` samples of every task and length. ``results`` (JSON) is rewritten after
     each record and ``figure`` (heatmap) after each sample; ``resume`` keeps the records already in
     ``results`` and runs only the others. Each task family's generation length (:data:`NEW_TOKENS`) is set
     in the engine's config, which the methods read."""
-    header = _header(engine, {"tasks": list(tasks), "lengths": list(lengths), "samples": samples,
-                              "methods": [m.name for m in methods], "new_tokens": NEW_TOKENS, "stop": list(stop),
-                              "method_settings": [_settings(m) for m in methods]}, "ruler")
+    header = _header(
+        engine,
+        {
+            "tasks": list(tasks),
+            "lengths": list(lengths),
+            "samples": samples,
+            "methods": [m.name for m in methods],
+            "new_tokens": NEW_TOKENS,
+            "stop": list(stop),
+            "method_settings": [_settings(m) for m in methods],
+        },
+        "ruler",
+    )
     records = _load_records(results, resume)
     done = {(r["task"], r["length"], r["seed"], r["method"]) for r in records}
     payload = _save(results, header, records, summarize(records))
@@ -590,14 +658,23 @@ def _answer(engine: FocusEngine, case: Sample, methods: Sequence[Method]) -> Ite
                 plain[prompt] = (method.name, out)
         record = _record(case, method.name, out)
         if out is not None:
-            print(f"{case.task} {case.length} seed {case.seed} {method.name}: {out['reply']!r} "
-                  f"score {record['score']:.2f} {out['seconds']:.1f}s", flush=True)
+            print(
+                f"{case.task} {case.length} seed {case.seed} {method.name}: {out['reply']!r} "
+                f"score {record['score']:.2f} {out['seconds']:.1f}s",
+                flush=True,
+            )
         yield record
 
 
 def _record(case: Sample, method: str, out: dict | None) -> dict:
-    base = {"task": case.task, "length": case.length, "seed": case.seed, "method": method, "tokens": case.tokens,
-            "outputs": list(case.outputs)}
+    base = {
+        "task": case.task,
+        "length": case.length,
+        "seed": case.seed,
+        "method": method,
+        "tokens": case.tokens,
+        "outputs": list(case.outputs),
+    }
     if out is None:  # the method does not apply (full attention past the window)
         return {**base, "reply": None, "score": None}
     if not case.needles and "retrieved_needle" in out:
@@ -667,14 +744,22 @@ def plot_heatmaps(summary: dict, path: Path, title: str) -> None:
 def _settings(method: Method) -> dict:
     """A method's class and plain settings (top-k, chunk size, aggregation, ...)."""
     fields = {f.name: getattr(method, f.name) for f in dataclasses.fields(method)}
-    return {"method": type(method).__name__,
-            **{k: v for k, v in fields.items() if isinstance(v, (str, int, float, bool, type(None)))}}
+    return {
+        "method": type(method).__name__,
+        **{k: v for k, v in fields.items() if isinstance(v, (str, int, float, bool, type(None)))},
+    }
 
 
 def _header(engine, settings: dict, benchmark: str) -> dict:
-    return {"benchmark": benchmark, "model": engine.model_name, "dtype": str(engine.runner.dtype),
-            "native_window": engine.native_window, "engine_config": dataclasses.asdict(engine.config),
-            "machine": machine(), "settings": settings}
+    return {
+        "benchmark": benchmark,
+        "model": engine.model_name,
+        "dtype": str(engine.runner.dtype),
+        "native_window": engine.native_window,
+        "engine_config": dataclasses.asdict(engine.config),
+        "machine": machine(),
+        "settings": settings,
+    }
 
 
 def _load_records(path: Path, resume: bool) -> list[dict]:
@@ -704,17 +789,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 65536, 131072])
     parser.add_argument("--samples", type=int, default=10, help="samples per task and length (seeds 0..n-1)")
     parser.add_argument("--tasks", nargs="+", default=["all"], choices=["all", *TASKS])
-    parser.add_argument("--methods", nargs="+", default=["entropy", "focus", "auto", "full", "truncation", "rag"],
-                        help="full, truncation, rag, or a FocusLLM aggregation")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["entropy", "focus", "auto", "full", "truncation", "rag"],
+        help="full, truncation, rag, or a FocusLLM aggregation",
+    )
     parser.add_argument("--rag-top-k", type=int, default=4)
     parser.add_argument("--rag-chunk-size", type=int, default=256, help="tokens per RAG chunk (overlap 32)")
     parser.add_argument("--stop", nargs="*", default=[], help="stop strings (RULER uses none)")
     parser.add_argument("--resume", action="store_true", help="keep the records in the results file, run the rest")
-    parser.add_argument("--recall", action="store_true",
-                        help="report recall@1/@3 of the answer chunks by the engine's relevance instead")
+    parser.add_argument(
+        "--recall",
+        action="store_true",
+        help="report recall@1/@3 of the answer chunks by the engine's relevance instead",
+    )
     parser.add_argument("--signals", nargs="+", default=["likelihood"], help="relevance signals for --recall")
-    parser.add_argument("--results", type=Path, default=None,
-                        help="default: benchmarks/results/ruler.json (relevance_recall.json with --recall)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results/ruler.json (relevance_recall.json with --recall)",
+    )
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "ruler.png")
     args = parser.parse_args(argv)
     tasks = list(TASKS) if "all" in args.tasks else args.tasks
@@ -722,12 +818,28 @@ def main(argv: list[str] | None = None) -> None:
     engine = FocusEngine.from_pretrained(None, FocusConfig(progress=False, prefix_cache_bytes=8 * 2**30))
     start = time.perf_counter()
     if args.recall:
-        run_recall(engine, tasks, args.lengths, args.samples, args.signals,
-                   args.results or results_dir / "relevance_recall.json", resume=args.resume)
+        run_recall(
+            engine,
+            tasks,
+            args.lengths,
+            args.samples,
+            args.signals,
+            args.results or results_dir / "relevance_recall.json",
+            resume=args.resume,
+        )
     else:
         methods = make_methods(args.methods, args.rag_top_k, args.rag_chunk_size)
-        run_suite(engine, tasks, args.lengths, args.samples, methods, args.results or results_dir / "ruler.json",
-                  args.figure, resume=args.resume, stop=args.stop)
+        run_suite(
+            engine,
+            tasks,
+            args.lengths,
+            args.samples,
+            methods,
+            args.results or results_dir / "ruler.json",
+            args.figure,
+            resume=args.resume,
+            stop=args.stop,
+        )
     print(f"done in {time.perf_counter() - start:.0f} s")
 
 

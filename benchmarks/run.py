@@ -52,21 +52,43 @@ class Suite:
 
 
 SUITES = {
-    "full": Suite("full", passkey_lengths=[4096, 8192, 16384, 32768, 65536, 131072],
-                  needle_lengths=[4096, 8192, 16384, 32768], depths=DEPTHS,
-                  needle_depths=[0.0, 0.5, 1.0],
-                  speed_lengths=[4096, 8192, 16384, 32768, 65536], full_attention_speed_lengths=[2048, 4096, 8192],
-                  reuse_tokens=32768, perplexity_lengths=[16384, 32768], perplexity_samples=2,
-                  continuation_tokens=128),
-    "quick": Suite("quick", passkey_lengths=[4096, 16384], needle_lengths=[4096, 16384], depths=[0.0, 0.5, 1.0],
-                   needle_depths=[0.5],
-                   speed_lengths=[4096, 16384], full_attention_speed_lengths=[4096], reuse_tokens=16384,
-                   perplexity_lengths=[16384], perplexity_samples=1, continuation_tokens=64),
+    "full": Suite(
+        "full",
+        passkey_lengths=[4096, 8192, 16384, 32768, 65536, 131072],
+        needle_lengths=[4096, 8192, 16384, 32768],
+        depths=DEPTHS,
+        needle_depths=[0.0, 0.5, 1.0],
+        speed_lengths=[4096, 8192, 16384, 32768, 65536],
+        full_attention_speed_lengths=[2048, 4096, 8192],
+        reuse_tokens=32768,
+        perplexity_lengths=[16384, 32768],
+        perplexity_samples=2,
+        continuation_tokens=128,
+    ),
+    "quick": Suite(
+        "quick",
+        passkey_lengths=[4096, 16384],
+        needle_lengths=[4096, 16384],
+        depths=[0.0, 0.5, 1.0],
+        needle_depths=[0.5],
+        speed_lengths=[4096, 16384],
+        full_attention_speed_lengths=[4096],
+        reuse_tokens=16384,
+        perplexity_lengths=[16384],
+        perplexity_samples=1,
+        continuation_tokens=64,
+    ),
 }
 
 
-def run_suite(suite: Suite, engine: FocusEngine, results: Path, docs: Path, parts: tuple[str, ...] = PARTS,
-              methods: tuple[str, ...] | None = None) -> dict:
+def run_suite(
+    suite: Suite,
+    engine: FocusEngine,
+    results: Path,
+    docs: Path,
+    parts: tuple[str, ...] = PARTS,
+    methods: tuple[str, ...] | None = None,
+) -> dict:
     """Run ``parts`` of ``suite`` with ``engine``; write JSON to ``results`` and PNG to ``docs``.
 
     ``methods``: FocusLLM aggregations and peers (:data:`~benchmarks.methods.PEERS`) to run; default
@@ -83,23 +105,34 @@ def run_suite(suite: Suite, engine: FocusEngine, results: Path, docs: Path, part
     for kind, lengths, depths in grids:
         if kind in parts:
             out[kind] = run_grid(engine, kind, lengths, depths, methods)
-            plots.grid_heatmaps(out[kind], f"{kind}: accuracy by length and depth ({engine.model_name})",
-                                docs / f"{kind}.png")
+            plots.grid_heatmaps(
+                out[kind], f"{kind}: accuracy by length and depth ({engine.model_name})", docs / f"{kind}.png"
+            )
     if "speed" in parts:
-        out["speed"] = run_speed(engine, suite.speed_lengths, suite.full_attention_speed_lengths, suite.reuse_tokens,
-                                 suite.speed_new_tokens)
+        out["speed"] = run_speed(
+            engine, suite.speed_lengths, suite.full_attention_speed_lengths, suite.reuse_tokens, suite.speed_new_tokens
+        )
         plots.speed_curves(out["speed"], docs / "speed.png")
     if "perplexity" in parts:
-        out["perplexity"] = run_perplexity(engine, suite.perplexity_lengths, suite.perplexity_samples,
-                                           suite.continuation_tokens, aggregations)
+        out["perplexity"] = run_perplexity(
+            engine, suite.perplexity_lengths, suite.perplexity_samples, suite.continuation_tokens, aggregations
+        )
         plots.perplexity_lines(out["perplexity"], docs / "perplexity.png")
     if "passkey" in out or "needle" in out:  # a grid not run this time comes from its earlier results
-        grids = [out[k] if k in out else json.loads((results / f"{k}.json").read_text())
-                 for k in ("passkey", "needle") if k in out or (results / f"{k}.json").is_file()]
+        grids = [
+            out[k] if k in out else json.loads((results / f"{k}.json").read_text())
+            for k in ("passkey", "needle")
+            if k in out or (results / f"{k}.json").is_file()
+        ]
         plots.peer_bars(grids, docs / "peers.png")
-    settings = {"suite": dataclasses.asdict(suite), "engine_config": dataclasses.asdict(engine.config),
-                "model": engine.model_name, "dtype": str(engine.runner.dtype),
-                "native_window": engine.native_window, "machine": machine()}
+    settings = {
+        "suite": dataclasses.asdict(suite),
+        "engine_config": dataclasses.asdict(engine.config),
+        "model": engine.model_name,
+        "dtype": str(engine.runner.dtype),
+        "native_window": engine.native_window,
+        "machine": machine(),
+    }
     for part, payload in out.items():
         payload = {"benchmark": part, "date": time.strftime("%Y-%m-%d %H:%M:%S"), **settings, **payload}
         (results / f"{part}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
@@ -111,8 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suite", choices=SUITES, default="quick")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--adapter", default=None, help="candidate-projection adapter (adds FocusLLM (kv))")
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help=f"FocusLLM aggregations and peers ({', '.join(PEERS)}); default: all")
+    parser.add_argument(
+        "--methods", nargs="+", default=None, help=f"FocusLLM aggregations and peers ({', '.join(PEERS)}); default: all"
+    )
     parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--docs", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -121,8 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     load = {"adapter": args.adapter} if args.adapter else {}
     engine = FocusEngine.from_pretrained(None, suite.config.replace(prefix_cache_bytes=8 * 2**30), **load)
     start = time.perf_counter()
-    run_suite(suite, engine, args.results or ROOT / "benchmarks" / "results" / sub, args.docs or ROOT / "docs" / sub,
-              tuple(args.parts), tuple(args.methods) if args.methods else None)
+    run_suite(
+        suite,
+        engine,
+        args.results or ROOT / "benchmarks" / "results" / sub,
+        args.docs or ROOT / "docs" / sub,
+        tuple(args.parts),
+        tuple(args.methods) if args.methods else None,
+    )
     print(f"suite {suite.name} done in {time.perf_counter() - start:.0f} s")
 
 

@@ -48,17 +48,28 @@ def child(tokens: int, seed: int, depth: float, full_attention: bool) -> dict:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so the peak below is this case's
     start = time.perf_counter()
     answer = engine.generate(case.prompt)
-    return {"tokens": engine.count_tokens(case.prompt), "seed": seed, "depth": depth, "passkey": case.passkey,
-            "answer": answer, "correct": case.is_correct(answer), "seconds": time.perf_counter() - start,
-            "encode_seconds": engine.stats.encode_seconds, "estimate_bytes": estimate.total,
-            "estimate": vars(estimate), "rss_after_load": loaded, "peak_rss": _status("VmHWM"),
-            "peak_increase": _status("VmHWM") - loaded}
+    return {
+        "tokens": engine.count_tokens(case.prompt),
+        "seed": seed,
+        "depth": depth,
+        "passkey": case.passkey,
+        "answer": answer,
+        "correct": case.is_correct(answer),
+        "seconds": time.perf_counter() - start,
+        "encode_seconds": engine.stats.encode_seconds,
+        "estimate_bytes": estimate.total,
+        "estimate": vars(estimate),
+        "rss_after_load": loaded,
+        "peak_rss": _status("VmHWM"),
+        "peak_increase": _status("VmHWM") - loaded,
+    }
 
 
 def run_child(tokens: int, seed: int, depth: float, full_attention: bool = False) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.scale", "--child", str(tokens), str(seed), str(depth)]
-    out = subprocess.run(cmd + (["--full-attention"] if full_attention else []), capture_output=True, text=True,
-                         cwd=ROOT, check=True)
+    out = subprocess.run(
+        cmd + (["--full-attention"] if full_attention else []), capture_output=True, text=True, cwd=ROOT, check=True
+    )
     record = json.loads(out.stdout.strip().splitlines()[-1])
     record["peak_over_estimate"] = record["peak_increase"] / record["estimate_bytes"]
     print("FocusLLM" if not full_attention else "full attention", record, flush=True)
@@ -69,17 +80,27 @@ def processes(tokens: int, seeds: int) -> dict:
     """The same pass-key cases on one process and on two (torchrun, gloo): time and identical output."""
     args = ["-m", "focus_core", "passkey", "--tokens", str(tokens), "--seeds", str(seeds), "--quiet"]
     runs = {}
-    for n, cmd in ((1, [sys.executable, *args]),
-                   (2, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args])):
+    for n, cmd in (
+        (1, [sys.executable, *args]),
+        (2, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args]),
+    ):
         start = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip().splitlines()
         answers = [re.sub(r", [\d.]+ s\)$", ")", line) for line in out if line.startswith("seed ")]
-        runs[n] = {"wall_seconds": time.perf_counter() - start, "answers": answers, "final_line": out[-1],
-                   "timing_line": out[-2]}
+        runs[n] = {
+            "wall_seconds": time.perf_counter() - start,
+            "answers": answers,
+            "final_line": out[-1],
+            "timing_line": out[-2],
+        }
         print(n, runs[n], flush=True)
-    return {"tokens": tokens, "seeds": seeds, "runs": runs, "time_ratio_2_over_1": runs[2]["wall_seconds"] /
-            runs[1]["wall_seconds"], "identical_output": runs[1]["answers"] == runs[2]["answers"] and
-            runs[1]["final_line"] == runs[2]["final_line"]}
+    return {
+        "tokens": tokens,
+        "seeds": seeds,
+        "runs": runs,
+        "time_ratio_2_over_1": runs[2]["wall_seconds"] / runs[1]["wall_seconds"],
+        "identical_output": runs[1]["answers"] == runs[2]["answers"] and runs[1]["final_line"] == runs[2]["final_line"],
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -112,14 +133,22 @@ def main() -> None:
         return
     curve = [run_child(n, 0, 0.5) for n in args.lengths]
     longest = max(args.lengths)
-    at_max = [curve[-1]] + [run_child(longest, s, s / args.seeds_at_max)
-                            for s in range(1, args.seeds_at_max)]
+    at_max = [curve[-1]] + [run_child(longest, s, s / args.seeds_at_max) for s in range(1, args.seeds_at_max)]
     full = [run_child(n, 0, 0.5, full_attention=True) for n in args.full_attention_lengths]
-    result = {"benchmark": "scale", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(),
-              "curve": curve, "full_attention": full,
-              "at_max": {"tokens": longest, "cases": at_max, "accuracy": sum(c["correct"] for c in at_max) / len(at_max),
-                         "max_peak_over_estimate": max(c["peak_over_estimate"] for c in at_max)},
-              "processes": processes(args.process_tokens, 1)}
+    result = {
+        "benchmark": "scale",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine(),
+        "curve": curve,
+        "full_attention": full,
+        "at_max": {
+            "tokens": longest,
+            "cases": at_max,
+            "accuracy": sum(c["correct"] for c in at_max) / len(at_max),
+            "max_peak_over_estimate": max(c["peak_over_estimate"] for c in at_max),
+        },
+        "processes": processes(args.process_tokens, 1),
+    }
     (ROOT / "benchmarks" / "results" / "scale.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, ROOT / "docs" / "scale.png")
     print(json.dumps({k: result["at_max"][k] for k in ("accuracy", "max_peak_over_estimate")}))

@@ -42,9 +42,15 @@ def focus_point(engine: FocusEngine, n_tokens: int, new_tokens: int, **overrides
     tokens = engine.stats.tokens_encoded - before_tokens
     plan = engine._plan(engine.tokenize(prompt), engine.config)
     flops = forward_flops(engine.model, [len(engine.encoder.bos) + len(c) for c in plan.chunks])
-    return {"tokens": engine.count_tokens(prompt), "encode_tokens_per_s": tokens / encode_s,
-            "encode_flops_per_s": flops / encode_s, "ttft_s": first, "new_tokens": count,
-            "decode_tokens_per_s": (count - 1) / (total - first) if count > 1 else None, "total_s": total}
+    return {
+        "tokens": engine.count_tokens(prompt),
+        "encode_tokens_per_s": tokens / encode_s,
+        "encode_flops_per_s": flops / encode_s,
+        "ttft_s": first,
+        "new_tokens": count,
+        "decode_tokens_per_s": (count - 1) / (total - first) if count > 1 else None,
+        "total_s": total,
+    }
 
 
 class _Clock(BaseStreamer):
@@ -64,13 +70,19 @@ class _Clock(BaseStreamer):
 def full_attention_point(engine: FocusEngine, n_tokens: int, new_tokens: int) -> dict:
     ids = engine.tokenizer(prose(engine.tokenizer, n_tokens), return_tensors="pt").input_ids.to(engine.runner.device)
     clock, start = _Clock(), time.perf_counter()
-    engine.model.generate(ids, max_new_tokens=new_tokens, do_sample=False, streamer=clock,
-                          pad_token_id=engine.tokenizer.eos_token_id)
+    engine.model.generate(
+        ids, max_new_tokens=new_tokens, do_sample=False, streamer=clock, pad_token_id=engine.tokenizer.eos_token_id
+    )
     total = time.perf_counter() - start
     first, count = clock.times[1] - start, len(clock.times) - 1
-    return {"tokens": ids.shape[1], "encode_tokens_per_s": ids.shape[1] / first, "ttft_s": first,
-            "new_tokens": count, "decode_tokens_per_s": (count - 1) / (total - first) if count > 1 else None,
-            "total_s": total}
+    return {
+        "tokens": ids.shape[1],
+        "encode_tokens_per_s": ids.shape[1] / first,
+        "ttft_s": first,
+        "new_tokens": count,
+        "decode_tokens_per_s": (count - 1) / (total - first) if count > 1 else None,
+        "total_s": total,
+    }
 
 
 def second_question(engine: FocusEngine, n_tokens: int) -> dict:
@@ -85,19 +97,30 @@ def second_question(engine: FocusEngine, n_tokens: int) -> dict:
     first_s, mid = time.perf_counter() - start, engine.stats.chunks_encoded
     second = engine.generate(second_prompt)
     second_s = time.perf_counter() - start - first_s
-    return {"tokens": engine.count_tokens(first_prompt), "first_s": first_s, "second_s": second_s,
-            "ratio": second_s / first_s, "first_answer": first, "second_answer": second, "passkey": case.passkey,
-            "chunks_encoded_first": mid - encoded, "chunks_encoded_second": engine.stats.chunks_encoded - mid}
+    return {
+        "tokens": engine.count_tokens(first_prompt),
+        "first_s": first_s,
+        "second_s": second_s,
+        "ratio": second_s / first_s,
+        "first_answer": first,
+        "second_answer": second,
+        "passkey": case.passkey,
+        "chunks_encoded_first": mid - encoded,
+        "chunks_encoded_second": engine.stats.chunks_encoded - mid,
+    }
 
 
 # FocusLLM settings timed beside the default (auto): entropy over the top chunks, and over every chunk (as
 # the first release decoded: one row per chunk at every step)
-VARIANTS = {"entropy": {"aggregation": "entropy"},
-            "entropy, every chunk": {"aggregation": "entropy", "top_chunks": 2**31}}
+VARIANTS = {
+    "entropy": {"aggregation": "entropy"},
+    "entropy, every chunk": {"aggregation": "entropy", "top_chunks": 2**31},
+}
 
 
-def run_speed(engine: FocusEngine, focus_lengths: list[int], full_lengths: list[int], reuse_tokens: int,
-              new_tokens: int) -> dict:
+def run_speed(
+    engine: FocusEngine, focus_lengths: list[int], full_lengths: list[int], reuse_tokens: int, new_tokens: int
+) -> dict:
     chunked = FocusEngine(engine.model, engine.tokenizer, engine.config.replace(native_window=CHUNKED_WINDOW))
     variants: dict[str, list[dict]] = {}
     for name, overrides in {"auto": {}, **VARIANTS}.items():
@@ -114,5 +137,12 @@ def run_speed(engine: FocusEngine, focus_lengths: list[int], full_lengths: list[
         point["fraction_of_matmul_rate"] = point["encode_flops_per_s"] / rate
     reuse = second_question(engine, reuse_tokens)
     print("speed reuse", reuse, flush=True)
-    return {"new_tokens": new_tokens, "focusllm_native_window": CHUNKED_WINDOW, "matmul_flops_per_s": rate,
-            "focusllm": focus, "focusllm_variants": variants, "full_attention": full, "second_question": reuse}
+    return {
+        "new_tokens": new_tokens,
+        "focusllm_native_window": CHUNKED_WINDOW,
+        "matmul_flops_per_s": rate,
+        "focusllm": focus,
+        "focusllm_variants": variants,
+        "full_attention": full,
+        "second_question": reuse,
+    }

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
 from focus_core import FocusConfig, FocusEngine, load_model  # noqa: E402
 from focus_core.passkey import make_case, spread_depths  # noqa: E402
 
@@ -39,9 +40,15 @@ def run(tokens: int, seeds: int, grid: list[tuple[str, int]]) -> dict:
                 total_s += time.perf_counter() - start
                 correct += case.is_correct(answer)
             encode_s = engine.stats.encode_seconds
-            row = {"dtype": dtype, "chunk_size": chunk_size, "accuracy": correct / seeds,
-                   "encode_flops_per_s": flops / encode_s, "matmul_flops_per_s": rate,
-                   "fraction_of_matmul_rate": flops / encode_s / rate, "mean_answer_s": total_s / seeds}
+            row = {
+                "dtype": dtype,
+                "chunk_size": chunk_size,
+                "accuracy": correct / seeds,
+                "encode_flops_per_s": flops / encode_s,
+                "matmul_flops_per_s": rate,
+                "fraction_of_matmul_rate": flops / encode_s / rate,
+                "mean_answer_s": total_s / seeds,
+            }
             print(row, flush=True)
             rows.append(row)
     return {"tokens": tokens, "seeds": seeds, "rows": rows}
@@ -66,8 +73,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=16000)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--grid", nargs="+", default=["bfloat16:512", "bfloat16:1024", "bfloat16:2048", "float32:1024"],
-                        help="dtype:chunk_size pairs")
+    parser.add_argument(
+        "--grid",
+        nargs="+",
+        default=["bfloat16:512", "bfloat16:1024", "bfloat16:2048", "float32:1024"],
+        help="dtype:chunk_size pairs",
+    )
     args = parser.parse_args()
     grid = [(d, int(c)) for d, c in (item.split(":") for item in args.grid)]
     result = run(args.tokens, args.seeds, grid)

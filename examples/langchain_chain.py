@@ -23,8 +23,13 @@ def main() -> None:
     prompt = PromptTemplate.from_template("{document}\n\nQuestion: {question}\nAnswer: {answer_start}")
     chain = prompt | llm.bind(stop=["\n"]) | StrOutputParser()
     start = time.perf_counter()
-    answer = chain.invoke({"document": document, "question": "Who was the editor of the first printed volume?",
-                           "answer_start": "The editor of the first printed volume was"})
+    answer = chain.invoke(
+        {
+            "document": document,
+            "question": "Who was the editor of the first printed volume?",
+            "answer_start": "The editor of the first printed volume was",
+        }
+    )
     print(f"document: {llm.get_num_tokens(document)} tokens, model window: {llm.engine.native_window}")
     print(f"answer: {answer.strip()}  ({time.perf_counter() - start:.1f} s)")
 

@@ -1,6 +1,6 @@
 """ChatFocusLLM: a system message, the chat template, and the answer streamed token by token.
 
-    python examples/langchain_chat.py
+python examples/langchain_chat.py
 """
 
 from langchain_core.messages import HumanMessage, SystemMessage
@@ -10,8 +10,10 @@ from focusllm_integrations.langchain import ChatFocusLLM, FocusLLM
 
 def main() -> None:
     chat = ChatFocusLLM(llm=FocusLLM(max_new_tokens=48))
-    messages = [SystemMessage("You are a concise assistant. Answer in one sentence."),
-                HumanMessage("What is the capital of France?")]
+    messages = [
+        SystemMessage("You are a concise assistant. Answer in one sentence."),
+        HumanMessage("What is the capital of France?"),
+    ]
     print("prompt as the model sees it:\n" + chat.render(messages))
     usage = None
     for chunk in chat.stream(messages):

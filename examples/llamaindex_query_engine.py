@@ -16,21 +16,27 @@ from focusllm_integrations.llamaindex import FocusLLM, FocusQueryEngine
 
 FOLDER = Path(__file__).parent / "data" / "python_reference"
 TEMPLATE = "{context_str}\n\n{query_str}"
-QUESTIONS = ["Question: Who was the editor of the first printed volume?\nAnswer: The editor of the first printed volume was",
-             "Question: Which press printed the first volume?\nAnswer: The first volume was printed by the"]
+QUESTIONS = [
+    "Question: Who was the editor of the first printed volume?\nAnswer: The editor of the first printed volume was",
+    "Question: Which press printed the first volume?\nAnswer: The first volume was printed by the",
+]
 
 
 def main() -> None:
     # Only the file name as metadata: results must not depend on where the repository is checked out.
-    documents = SimpleDirectoryReader(str(FOLDER), file_metadata=lambda path: {"file_name": Path(path).name}).load_data()
+    documents = SimpleDirectoryReader(
+        str(FOLDER), file_metadata=lambda path: {"file_name": Path(path).name}
+    ).load_data()
     llm = FocusLLM(max_new_tokens=12, generate_kwargs={"stop": ["\n"]})
     engine = FocusQueryEngine.from_documents(documents, llm=llm, prompt_template=TEMPLATE)
     for question in QUESTIONS:
         start = time.perf_counter()
         response = engine.query(question)
-        print(f"{question.splitlines()[0]}\n  -> {response.response.strip()}  "
-              f"({time.perf_counter() - start:.1f} s, {len(response.source_nodes)} documents, "
-              f"chunks encoded so far: {llm.engine.stats.chunks_encoded}, reused: {llm.engine.stats.chunks_reused})")
+        print(
+            f"{question.splitlines()[0]}\n  -> {response.response.strip()}  "
+            f"({time.perf_counter() - start:.1f} s, {len(response.source_nodes)} documents, "
+            f"chunks encoded so far: {llm.engine.stats.chunks_encoded}, reused: {llm.engine.stats.chunks_reused})"
+        )
 
 
 if __name__ == "__main__":

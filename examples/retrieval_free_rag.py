@@ -14,9 +14,9 @@ from pathlib import Path
 
 from llama_index.core import PromptTemplate, Settings, SimpleDirectoryReader, VectorStoreIndex
 from llama_index.core.node_parser import SentenceSplitter
+from minilm_embedding import MiniLMEmbedding
 
 from focusllm_integrations.llamaindex import FocusLLM, FocusQueryEngine
-from minilm_embedding import MiniLMEmbedding
 
 FOLDER = Path(__file__).parent / "data" / "python_reference"
 QUESTION = "Who was the editor of the first printed volume?"
@@ -27,12 +27,15 @@ TOP_K = 2
 
 def main() -> None:
     # Only the file name as metadata: results must not depend on where the repository is checked out.
-    documents = SimpleDirectoryReader(str(FOLDER), file_metadata=lambda path: {"file_name": Path(path).name}).load_data()
+    documents = SimpleDirectoryReader(
+        str(FOLDER), file_metadata=lambda path: {"file_name": Path(path).name}
+    ).load_data()
     llm = FocusLLM(max_new_tokens=12, generate_kwargs={"stop": ["\n"]})
     Settings.tokenizer = llm.engine.tokenizer.encode  # LlamaIndex counts tokens with the model's tokenizer
 
-    index = VectorStoreIndex.from_documents(documents, embed_model=MiniLMEmbedding(),
-                                            transformations=[SentenceSplitter(chunk_size=256, chunk_overlap=32)])
+    index = VectorStoreIndex.from_documents(
+        documents, embed_model=MiniLMEmbedding(), transformations=[SentenceSplitter(chunk_size=256, chunk_overlap=32)]
+    )
     chunks = len(index.docstore.docs)
     ranked = index.as_retriever(similarity_top_k=chunks).retrieve(QUESTION)
     rank = next(i for i, hit in enumerate(ranked, 1) if ANSWER in hit.node.get_content())

@@ -53,20 +53,30 @@ def weight_sample(weight: torch.Tensor, count: int = 32) -> list[float]:
 
 
 def _same_sample(a: Any, b: list[float]) -> bool:
-    return isinstance(a, list) and len(a) == len(b) and torch.allclose(
-        torch.tensor(a, dtype=torch.float32), torch.tensor(b), rtol=2e-2, atol=1e-3)
+    return (
+        isinstance(a, list)
+        and len(a) == len(b)
+        and torch.allclose(torch.tensor(a, dtype=torch.float32), torch.tensor(b), rtol=2e-2, atol=1e-3)
+    )
 
 
-def save_adapter(projections: CandidateProjections, model: nn.Module, path: str | Path,
-                 training: dict[str, Any] | None = None) -> Path:
+def save_adapter(
+    projections: CandidateProjections, model: nn.Module, path: str | Path, training: dict[str, Any] | None = None
+) -> Path:
     """Write ``projections`` as an adapter directory at ``path``; returns it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in projections.state_dict().items()}
     save_file(tensors, str(path / WEIGHTS), metadata={"format": FORMAT})
-    config = {"format": FORMAT, "version": VERSION, **model_identity(model), "rank": projections.rank,
-              "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
-              "shapes": {k: list(v.shape) for k, v in tensors.items()}, "training": training or {}}
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        **model_identity(model),
+        "rank": projections.rank,
+        "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
+        "shapes": {k: list(v.shape) for k, v in tensors.items()},
+        "training": training or {},
+    }
     (path / CONFIG).write_text(json.dumps(config, indent=1) + "\n")
     return path
 
@@ -95,8 +105,8 @@ def load_adapter(model: nn.Module, path: str | Path) -> CandidateProjections:
         same = _same_sample(config.get(key), expected) if key == "weight_sample" else config.get(key) == expected
         if key != "base_model" and not same:
             raise AdapterError(
-                f"adapter {path} was trained for a different model: {key} differs (adapter base model: {config.get('base_model')!r}, this model: "
-                f"{identity['base_model']!r})"
+                f"adapter {path} was trained for a different model: {key} differs (adapter base model: "
+                f"{config.get('base_model')!r}, this model: {identity['base_model']!r})"
             )
     rank = config.get("rank")
     try:
@@ -110,8 +120,10 @@ def load_adapter(model: nn.Module, path: str | Path) -> CandidateProjections:
     if found != expected:
         missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
         wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
-        raise AdapterError(f"adapter {path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}, "
-                           f"wrong shapes {[(k, found[k], expected[k]) for k in wrong[:3]]}")
+        raise AdapterError(
+            f"adapter {path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}, "
+            f"wrong shapes {[(k, found[k], expected[k]) for k in wrong[:3]]}"
+        )
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         raise AdapterError(f"adapter {path} holds non-finite weights")
     projections.load_state_dict(tensors)

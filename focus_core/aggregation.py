@@ -41,9 +41,15 @@ class PlainDecoding:
         self.logits = self.sequence.append(torch.tensor([token], device=self.sequence.kv.device))
 
 
-def focus_decoding(runner: ModelRunner, rotary_emb: nn.Module | None, chunks: list[tuple[int, ...]],
-                   prefixes: list[PrefixKV], bos: tuple[int, ...], local: list[int], extra_slots: int
-                   ) -> PlainDecoding:
+def focus_decoding(
+    runner: ModelRunner,
+    rotary_emb: nn.Module | None,
+    chunks: list[tuple[int, ...]],
+    prefixes: list[PrefixKV],
+    bos: tuple[int, ...],
+    local: list[int],
+    extra_slots: int,
+) -> PlainDecoding:
     """Ordinary attention over ``[BOS] + the chosen chunks (document order) + local``.
 
     ``chunks`` are the chosen chunks' token ids and ``prefixes`` their ``[BOS] + chunk`` KV. With a

@@ -1,17 +1,17 @@
 """Candidate projections and RoPE re-positioning for ``kv`` aggregation (docs/design.md).
 
 The candidate token of each chunk is processed, in every layer, with its own ``Wq', Wk', Wv', Wo'``
-(full copies, or the frozen weights plus a low-rank delta) while every other token uses the frozen ones. The candidate weights live outside the model, in
-:class:`CandidateProjections`, and are applied through forward hooks on the frozen projections: the
-model's modules and state dict stay exactly as loaded, and the hooks are inert unless a forward pass is
-run under :func:`candidate_positions`.
+(full copies, or the frozen weights plus a low-rank delta) while every other token uses the frozen ones.
+The candidate weights live outside the model, in :class:`CandidateProjections`, and are applied through
+forward hooks on the frozen projections: the model's modules and state dict stay exactly as loaded, and
+the hooks are inert unless a forward pass is run under :func:`candidate_positions`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -25,7 +25,8 @@ KV_MODEL_TYPES: frozenset[str] = frozenset(
 )
 
 _active: contextvars.ContextVar[tuple[torch.Tensor, CandidateProjections] | None] = contextvars.ContextVar(
-    "candidate_positions", default=None)
+    "candidate_positions", default=None
+)
 
 
 @contextlib.contextmanager
@@ -67,8 +68,9 @@ class FullCandidate(nn.Module):
 
     def __init__(self, base: nn.Linear, dtype: torch.dtype):
         super().__init__()
-        self.linear = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                                device=base.weight.device, dtype=dtype)
+        self.linear = nn.Linear(
+            base.in_features, base.out_features, bias=base.bias is not None, device=base.weight.device, dtype=dtype
+        )
         with torch.no_grad():
             self.linear.weight.copy_(base.weight)
             if base.bias is not None:

@@ -16,8 +16,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -74,100 +74,201 @@ def _non_negative_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="focusllm", description="FocusLLM: whole documents, far past the native window, for local "
-                                     "Hugging Face models. Errors exit with status 2.")
+        prog="focusllm",
+        description="FocusLLM: whole documents, far past the native window, for local "
+        "Hugging Face models. Errors exit with status 2.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ask = commands.add_parser(
-        "ask", help="answer a question over whole files and folders",
+        "ask",
+        help="answer a question over whole files and folders",
         description="Answer a question over the text of FILEs and folders (read recursively; hidden files "
-                    "and files that are not UTF-8 text are skipped with a note), in the order given. The "
-                    "answer goes to stdout; notes, progress and --verbose lines to stderr.")
-    ask.add_argument("files", nargs="+", type=Path, metavar="PATH",
-                     help="text files, or folders to read recursively (as LlamaIndex's SimpleDirectoryReader "
-                          "would: every non-hidden file, as UTF-8 text)")
+        "and files that are not UTF-8 text are skipped with a note), in the order given. The "
+        "answer goes to stdout; notes, progress and --verbose lines to stderr.",
+    )
+    ask.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="text files, or folders to read recursively (as LlamaIndex's SimpleDirectoryReader "
+        "would: every non-hidden file, as UTF-8 text)",
+    )
     ask.add_argument("--question", "-q", required=True, help="the question, asked after the documents")
-    ask.add_argument("--answer-prefix", default="", metavar="TEXT",
-                     help="words that start the answer (completion style), e.g. 'The editor was'; small models "
-                          "answer far more reliably when the answer is begun for them")
-    ask.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                     help="stop when the answer produces TEXT (not printed); repeatable; default: a blank line "
-                          "(\\n\\n). Write a newline as $'\\n' in bash")
-    ask.add_argument("--chat", action="store_true",
-                     help="wrap documents and question in the model's chat template instead of the "
-                          "'Question: ... Answer:' completion prompt")
+    ask.add_argument(
+        "--answer-prefix",
+        default="",
+        metavar="TEXT",
+        help="words that start the answer (completion style), e.g. 'The editor was'; small models "
+        "answer far more reliably when the answer is begun for them",
+    )
+    ask.add_argument(
+        "--stop",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="stop when the answer produces TEXT (not printed); repeatable; default: a blank line "
+        "(\\n\\n). Write a newline as $'\\n' in bash",
+    )
+    ask.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap documents and question in the model's chat template instead of the "
+        "'Question: ... Answer:' completion prompt",
+    )
     _add_common(ask, max_new_tokens=128)
-    ask.add_argument("--verbose", "-v", action="store_true",
-                     help="print one line per phase on stderr (input read, model loaded, tokens and chunks "
-                          "encoded or reused, decoding speed), also when stderr is not a terminal")
+    ask.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="print one line per phase on stderr (input read, model loaded, tokens and chunks "
+        "encoded or reused, decoding speed), also when stderr is not a terminal",
+    )
 
-    passkey = commands.add_parser("passkey", help="pass-key retrieval test",
-                                  description="Hide a 5-digit pass key in filler text and ask for it back.")
+    passkey = commands.add_parser(
+        "passkey",
+        help="pass-key retrieval test",
+        description="Hide a 5-digit pass key in filler text and ask for it back.",
+    )
     passkey.add_argument("--tokens", type=_positive_int, required=True, help="prompt length in tokens")
-    passkey.add_argument("--seeds", type=_positive_int, default=5,
-                         help="number of cases, needle depths spread evenly (default: 5)")
+    passkey.add_argument(
+        "--seeds", type=_positive_int, default=5, help="number of cases, needle depths spread evenly (default: 5)"
+    )
     _add_common(passkey, max_new_tokens=8)
 
     train = commands.add_parser("train", help="train candidate projections (an adapter for kv aggregation)")
     _add_train(train)
 
     cache = commands.add_parser(
-        "cache", help="show or clear the cache of dequantized model weights",
+        "cache",
+        help="show or clear the cache of dequantized model weights",
         description="The embedded model's GGUF is dequantized once (~20 s) and cached as safetensors in "
-                    "$FOCUSLLM_CACHE (default ~/.cache/focusllm), one copy per model file.")
+        "$FOCUSLLM_CACHE (default ~/.cache/focusllm), one copy per model file.",
+    )
     cache.add_argument("--clear", action="store_true", help="delete every cached checkpoint")
     return parser
 
 
 def _add_train(train: argparse.ArgumentParser) -> None:
     t = TrainingConfig()
-    train.add_argument("--data", nargs="+", required=True, type=Path, metavar="PATH",
-                       help="text files, folders (read recursively) or JSONL files with a 'text' field")
+    train.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="text files, folders (read recursively) or JSONL files with a 'text' field",
+    )
     train.add_argument("--output", required=True, type=Path, help="adapter directory (checkpoints go inside)")
     train.add_argument("--steps", type=_positive_int, default=t.steps, help=f"optimizer steps (default: {t.steps})")
-    train.add_argument("--chunk-sizes", type=_positive_int, nargs="+", default=list(t.chunk_sizes), metavar="N",
-                       help="chunk sizes, one drawn per step (default: %(default)s)")
-    train.add_argument("--rank", type=_non_negative_int, default=t.rank,
-                       help="low-rank deltas of this rank; 0 = full copies (default: %(default)s)")
-    train.add_argument("--memory-tokens", type=_positive_int, default=t.memory_tokens,
-                       help="tokens of memory (cut into chunks) per example (default: %(default)s)")
-    train.add_argument("--local-tokens", type=_positive_int, default=t.local_tokens,
-                       help="tokens of local context per example (default: %(default)s)")
-    train.add_argument("--dynamic-prompt-len", type=_positive_int, default=t.dynamic_prompt_len,
-                       help="local tokens appended to every chunk (default: %(default)s)")
-    train.add_argument("--target-tokens", type=_positive_int, default=t.target_tokens,
-                       help="tokens predicted per example (default: %(default)s)")
-    train.add_argument("--losses", nargs="+", choices=LOSSES, default=list(t.losses),
-                       help="training objectives, drawn per step (default: %(default)s)")
-    train.add_argument("--lr", type=_non_negative_float, default=t.learning_rate,
-                       help="peak learning rate (default: %(default)s)")
-    train.add_argument("--warmup-steps", type=_non_negative_int, default=t.warmup_steps,
-                       help="linear warm-up steps (default: %(default)s)")
-    train.add_argument("--grad-accum", type=_positive_int, default=t.grad_accum,
-                       help="examples accumulated per step (default: %(default)s)")
-    train.add_argument("--eval-every", type=_positive_int, default=t.eval_every,
-                       help="steps between held-out evaluations (default: %(default)s)")
-    train.add_argument("--eval-examples", type=_positive_int, default=t.eval_examples,
-                       help="held-out examples per evaluation (default: %(default)s)")
-    train.add_argument("--save-every", type=_positive_int, default=t.save_every,
-                       help="steps between checkpoints (default: %(default)s)")
+    train.add_argument(
+        "--chunk-sizes",
+        type=_positive_int,
+        nargs="+",
+        default=list(t.chunk_sizes),
+        metavar="N",
+        help="chunk sizes, one drawn per step (default: %(default)s)",
+    )
+    train.add_argument(
+        "--rank",
+        type=_non_negative_int,
+        default=t.rank,
+        help="low-rank deltas of this rank; 0 = full copies (default: %(default)s)",
+    )
+    train.add_argument(
+        "--memory-tokens",
+        type=_positive_int,
+        default=t.memory_tokens,
+        help="tokens of memory (cut into chunks) per example (default: %(default)s)",
+    )
+    train.add_argument(
+        "--local-tokens",
+        type=_positive_int,
+        default=t.local_tokens,
+        help="tokens of local context per example (default: %(default)s)",
+    )
+    train.add_argument(
+        "--dynamic-prompt-len",
+        type=_positive_int,
+        default=t.dynamic_prompt_len,
+        help="local tokens appended to every chunk (default: %(default)s)",
+    )
+    train.add_argument(
+        "--target-tokens",
+        type=_positive_int,
+        default=t.target_tokens,
+        help="tokens predicted per example (default: %(default)s)",
+    )
+    train.add_argument(
+        "--losses",
+        nargs="+",
+        choices=LOSSES,
+        default=list(t.losses),
+        help="training objectives, drawn per step (default: %(default)s)",
+    )
+    train.add_argument(
+        "--lr", type=_non_negative_float, default=t.learning_rate, help="peak learning rate (default: %(default)s)"
+    )
+    train.add_argument(
+        "--warmup-steps",
+        type=_non_negative_int,
+        default=t.warmup_steps,
+        help="linear warm-up steps (default: %(default)s)",
+    )
+    train.add_argument(
+        "--grad-accum",
+        type=_positive_int,
+        default=t.grad_accum,
+        help="examples accumulated per step (default: %(default)s)",
+    )
+    train.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=t.eval_every,
+        help="steps between held-out evaluations (default: %(default)s)",
+    )
+    train.add_argument(
+        "--eval-examples",
+        type=_positive_int,
+        default=t.eval_examples,
+        help="held-out examples per evaluation (default: %(default)s)",
+    )
+    train.add_argument(
+        "--save-every",
+        type=_positive_int,
+        default=t.save_every,
+        help="steps between checkpoints (default: %(default)s)",
+    )
     train.add_argument("--seed", type=_non_negative_int, default=t.seed, help="random seed (default: %(default)s)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
     _add_model(train)
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, metavar="NAME_OR_PATH",
-                   help="Hugging Face model folder, hub id (looked up in the local Hugging Face cache first; "
-                        "downloaded only if not there and HF_HUB_OFFLINE is unset) or .gguf file "
-                        "(default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--gguf-file", default=None, metavar="FILE",
-                   help="load this GGUF file from the --model folder or hub repo (dequantized by transformers "
-                        "at every load), e.g. --model ./models --gguf-file smollm2.Q4_K_M.gguf")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
-                   metavar="DTYPE", help="float32 | bfloat16 | float16 (default: bfloat16)")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="Hugging Face model folder, hub id (looked up in the local Hugging Face cache first; "
+        "downloaded only if not there and HF_HUB_OFFLINE is unset) or .gguf file "
+        "(default: the embedded SmolLM2-135M-Instruct)",
+    )
+    p.add_argument(
+        "--gguf-file",
+        default=None,
+        metavar="FILE",
+        help="load this GGUF file from the --model folder or hub repo (dequantized by transformers "
+        "at every load), e.g. --model ./models --gguf-file smollm2.Q4_K_M.gguf",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
+        metavar="DTYPE",
+        help="float32 | bfloat16 | float16 (default: bfloat16)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (they are drawn only on a terminal anyway)")
 
 
@@ -175,27 +276,67 @@ def _add_common(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     defaults = FocusConfig()
     _add_model(p)
     adapter = p.add_mutually_exclusive_group()
-    adapter.add_argument("--adapter", default=None, type=Path, metavar="DIR",
-                         help="trained candidate projections (from `focusllm train`); makes auto aggregation kv")
-    adapter.add_argument("--no-adapter", action="store_true",
-                         help="load no adapter: a package that ships one for the default model would otherwise "
-                              "load it (this one ships none, so auto aggregation is entropy either way)")
-    p.add_argument("--chunk-size", type=_positive_int, default=defaults.chunk_size, metavar="N",
-                   help="tokens per memory chunk (default: %(default)s)")
-    p.add_argument("--local-window", type=_positive_int, default=defaults.local_window, metavar="N",
-                   help="the prompt's last N tokens, which hold the question, stay local context "
-                        "(default: %(default)s)")
-    p.add_argument("--dynamic-prompt-len", type=_positive_int, default=defaults.dynamic_prompt_len, metavar="N",
-                   help="last N local tokens appended to every chunk; at most --local-window (default: %(default)s)")
-    p.add_argument("--aggregation", choices=AGGREGATIONS, default=defaults.aggregation,
-                   help="how the chunks' candidates decide each token; see the README's Configuration table "
-                        "(default: %(default)s)")
-    p.add_argument("--native-window", type=_positive_int, default=None, metavar="N",
-                   help="pretend the model's window is N tokens (forces chunking of shorter prompts)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=max_new_tokens, metavar="N",
-                   help="longest answer in tokens (default: %(default)s)")
-    p.add_argument("--temperature", type=_non_negative_float, default=0.0,
-                   help="sampling temperature; 0 = greedy (default: %(default)s)")
+    adapter.add_argument(
+        "--adapter",
+        default=None,
+        type=Path,
+        metavar="DIR",
+        help="trained candidate projections (from `focusllm train`); makes auto aggregation kv",
+    )
+    adapter.add_argument(
+        "--no-adapter",
+        action="store_true",
+        help="load no adapter: a package that ships one for the default model would otherwise "
+        "load it (this one ships none, so auto aggregation is entropy either way)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=defaults.chunk_size,
+        metavar="N",
+        help="tokens per memory chunk (default: %(default)s)",
+    )
+    p.add_argument(
+        "--local-window",
+        type=_positive_int,
+        default=defaults.local_window,
+        metavar="N",
+        help="the prompt's last N tokens, which hold the question, stay local context (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dynamic-prompt-len",
+        type=_positive_int,
+        default=defaults.dynamic_prompt_len,
+        metavar="N",
+        help="last N local tokens appended to every chunk; at most --local-window (default: %(default)s)",
+    )
+    p.add_argument(
+        "--aggregation",
+        choices=AGGREGATIONS,
+        default=defaults.aggregation,
+        help="how the chunks' candidates decide each token; see the README's Configuration table "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--native-window",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="pretend the model's window is N tokens (forces chunking of shorter prompts)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=max_new_tokens,
+        metavar="N",
+        help="longest answer in tokens (default: %(default)s)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=_non_negative_float,
+        default=0.0,
+        help="sampling temperature; 0 = greedy (default: %(default)s)",
+    )
     p.add_argument("--seed", type=_non_negative_int, default=None, help="random seed for sampling")
 
 
@@ -274,17 +415,27 @@ def _config(args: argparse.Namespace) -> FocusConfig:
     try:
         return _make_config(args, stop)
     except FocusConfigError as err:
-        text = re.sub(r"\b(chunk_size|local_window|dynamic_prompt_len|max_new_tokens|native_window|stop|temperature"
-                      r"|seed|aggregation)\b", lambda m: "--" + m.group(1).replace("_", "-"), _one_line(err))
+        text = re.sub(
+            r"\b(chunk_size|local_window|dynamic_prompt_len|max_new_tokens|native_window|stop|temperature"
+            r"|seed|aggregation)\b",
+            lambda m: "--" + m.group(1).replace("_", "-"),
+            _one_line(err),
+        )
         raise UserError(text) from err
 
 
 def _make_config(args: argparse.Namespace, stop: list[str] | None) -> FocusConfig:
     return FocusConfig(
         stop=("\n\n",) if stop is None and args.command == "ask" else (stop or ()),
-        chunk_size=args.chunk_size, local_window=args.local_window, dynamic_prompt_len=args.dynamic_prompt_len,
-        aggregation=args.aggregation, native_window=args.native_window, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, seed=args.seed, progress=False if args.quiet or not is_main_process() else None,
+        chunk_size=args.chunk_size,
+        local_window=args.local_window,
+        dynamic_prompt_len=args.dynamic_prompt_len,
+        aggregation=args.aggregation,
+        native_window=args.native_window,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        progress=False if args.quiet or not is_main_process() else None,
     )
 
 
@@ -293,8 +444,15 @@ def _engine(args: argparse.Namespace, config: FocusConfig) -> FocusEngine:
     if device is None and dist.is_initialized() and torch.cuda.is_available():
         device = f"cuda:{torch.cuda.current_device()}"
     adapter = False if args.no_adapter else args.adapter
-    return FocusEngine.from_pretrained(args.model, config, adapter=adapter, dtype=args.dtype, device=device,
-                                       gguf_file=args.gguf_file, progress=False if args.quiet else None)
+    return FocusEngine.from_pretrained(
+        args.model,
+        config,
+        adapter=adapter,
+        dtype=args.dtype,
+        device=device,
+        gguf_file=args.gguf_file,
+        progress=False if args.quiet else None,
+    )
 
 
 def _say(line: str) -> None:
@@ -323,13 +481,19 @@ def run_ask(args: argparse.Namespace) -> int:
     if not documents:
         names = ", ".join(str(f) for f, _ in inputs[:3]) + (", ..." if len(inputs) > 3 else "")
         raise UserError(f"no text to read: {names} {'is' if len(inputs) == 1 else 'are'} empty")
-    _log(args, f"read {len(inputs)} file{'s' if len(inputs) != 1 else ''}: {len(documents):,} characters "
-               f"({time.perf_counter() - start:.1f} s)")
+    _log(
+        args,
+        f"read {len(inputs)} file{'s' if len(inputs) != 1 else ''}: {len(documents):,} characters "
+        f"({time.perf_counter() - start:.1f} s)",
+    )
     start = time.perf_counter()
     engine = _engine(args, config)
     weight = next(engine.model.parameters())
-    _log(args, f"loaded {engine.model_name} ({str(weight.dtype).removeprefix('torch.')}, {weight.device}; native "
-               f"window {engine.native_window:,} tokens) in {time.perf_counter() - start:.1f} s")
+    _log(
+        args,
+        f"loaded {engine.model_name} ({str(weight.dtype).removeprefix('torch.')}, {weight.device}; native "
+        f"window {engine.native_window:,} tokens) in {time.perf_counter() - start:.1f} s",
+    )
     if args.chat:
         prompt = engine.apply_chat_template([{"role": "user", "content": f"{documents}\n\n{question}"}])
         prompt += args.answer_prefix
@@ -337,10 +501,15 @@ def run_ask(args: argparse.Namespace) -> int:
         prefix = f" {args.answer_prefix.strip()}" if args.answer_prefix.strip() else ""
         prompt = ASK_TEMPLATE.format(documents=documents, question=question, answer_prefix=prefix)
     tokens = engine.count_tokens(prompt)
-    _log(args, f"prompt: {tokens:,} tokens, "
-               + ("fits the native window, read as-is" if tokens + config.max_new_tokens <= engine.native_window
-                  else f"{tokens / engine.native_window:.1f}x the native window, read in chunks of "
-                       f"{config.chunk_size:,}"))
+    _log(
+        args,
+        f"prompt: {tokens:,} tokens, "
+        + (
+            "fits the native window, read as-is"
+            if tokens + config.max_new_tokens <= engine.native_window
+            else f"{tokens / engine.native_window:.1f}x the native window, read in chunks of {config.chunk_size:,}"
+        ),
+    )
     before = _stats(engine)
     start = time.perf_counter()
     show_bar = is_main_process() and not args.quiet and sys.stderr.isatty()
@@ -353,9 +522,12 @@ def run_ask(args: argparse.Namespace) -> int:
                 first = time.perf_counter()
                 after = _stats(engine)
                 encoded, reused = after[0] - before[0], after[2] - before[2]
-                chunks = (f"encoded {encoded} chunk{'s' if encoded != 1 else ''} ({after[1] - before[1]:,} tokens, "
-                          f"{after[3] - before[3]:.1f} s), reused {reused} from the cache; "
-                          if encoded or reused else "no chunks (the prompt fits); ")
+                chunks = (
+                    f"encoded {encoded} chunk{'s' if encoded != 1 else ''} ({after[1] - before[1]:,} tokens, "
+                    f"{after[3] - before[3]:.1f} s), reused {reused} from the cache; "
+                    if encoded or reused
+                    else "no chunks (the prompt fits); "
+                )
                 _log(args, f"{chunks}first token after {first - start:.1f} s")
             if is_main_process():
                 writer.write(piece)
@@ -367,8 +539,10 @@ def run_ask(args: argparse.Namespace) -> int:
     else:
         n = writer.tokens
         rate = (n - 1) / (end - first) if n > 1 and end > first else 0.0
-        _log(args, f"decoded {n} token{'s' if n != 1 else ''} in {end - start:.1f} s ({rate:.1f} tokens/s after "
-                   f"the first)")
+        _log(
+            args,
+            f"decoded {n} token{'s' if n != 1 else ''} in {end - start:.1f} s ({rate:.1f} tokens/s after the first)",
+        )
     return 0
 
 
@@ -394,8 +568,14 @@ class _AnswerWriter:
             if self.bar is None:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=self.max_new_tokens, desc="decoding", unit="tok", file=sys.stderr,
-                                leave=False, dynamic_ncols=True)
+                self.bar = tqdm(
+                    total=self.max_new_tokens,
+                    desc="decoding",
+                    unit="tok",
+                    file=sys.stderr,
+                    leave=False,
+                    dynamic_ncols=True,
+                )
             self.bar.update(min(self.tokens, self.max_new_tokens) - self.bar.n)
         if not self.shared_terminal:
             print(piece, end="", flush=True)
@@ -422,8 +602,10 @@ def run_passkey(args: argparse.Namespace) -> int:
         answer = engine.generate(case.prompt)
         ok = case.is_correct(answer)
         correct += ok
-        _say(f"seed {seed} depth {depth:.2f} tokens {engine.count_tokens(case.prompt)}: expected {case.passkey}, "
-             f"got {answer.strip()!r} ({'ok' if ok else 'wrong'}, {time.perf_counter() - t:.1f} s)")
+        _say(
+            f"seed {seed} depth {depth:.2f} tokens {engine.count_tokens(case.prompt)}: expected {case.passkey}, "
+            f"got {answer.strip()!r} ({'ok' if ok else 'wrong'}, {time.perf_counter() - t:.1f} s)"
+        )
     processes = engine.group.world if engine.group else 1
     _say(f"{time.perf_counter() - start:.1f} s on {processes} process{'es' if processes > 1 else ''}")
     _say(f"passkey@{args.tokens}: {correct}/{args.seeds} correct")
@@ -432,21 +614,39 @@ def run_passkey(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     config = TrainingConfig(
-        steps=args.steps, chunk_sizes=tuple(args.chunk_sizes), memory_tokens=args.memory_tokens,
-        local_tokens=args.local_tokens, dynamic_prompt_len=args.dynamic_prompt_len, target_tokens=args.target_tokens,
-        losses=tuple(args.losses), rank=args.rank or None, learning_rate=args.lr, warmup_steps=args.warmup_steps,
-        grad_accum=args.grad_accum, eval_every=args.eval_every, eval_examples=args.eval_examples,
-        save_every=args.save_every, seed=args.seed,
+        steps=args.steps,
+        chunk_sizes=tuple(args.chunk_sizes),
+        memory_tokens=args.memory_tokens,
+        local_tokens=args.local_tokens,
+        dynamic_prompt_len=args.dynamic_prompt_len,
+        target_tokens=args.target_tokens,
+        losses=tuple(args.losses),
+        rank=args.rank or None,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup_steps,
+        grad_accum=args.grad_accum,
+        eval_every=args.eval_every,
+        eval_examples=args.eval_examples,
+        save_every=args.save_every,
+        seed=args.seed,
     )
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, gguf_file=args.gguf_file,
-                                  progress=False if args.quiet else None)
+    model, tokenizer = load_model(
+        args.model,
+        dtype=args.dtype,
+        device=args.device,
+        gguf_file=args.gguf_file,
+        progress=False if args.quiet else None,
+    )
     stream = TokenStream(tokenizer, read_documents(args.data))
     print(f"training text: {len(stream.train)} tokens, held out: {len(stream.eval)}", flush=True)
-    state = train(model, tokenizer, stream, args.output, config, resume=args.resume,
-                  progress=False if args.quiet else None)
+    state = train(
+        model, tokenizer, stream, args.output, config, resume=args.resume, progress=False if args.quiet else None
+    )
     evals = state["evaluations"]
-    print(f"adapter written to {args.output}: {state['step']} steps, {state['tokens']} tokens, "
-          f"{state['seconds']:.0f} s; held-out loss {evals[0]['loss']:.4f} -> {evals[-1]['loss']:.4f}")
+    print(
+        f"adapter written to {args.output}: {state['step']} steps, {state['tokens']} tokens, "
+        f"{state['seconds']:.0f} s; held-out loss {evals[0]['loss']:.4f} -> {evals[-1]['loss']:.4f}"
+    )
     return 0
 
 
@@ -462,8 +662,10 @@ def run_cache(args: argparse.Namespace) -> int:
         what = "  (the installed default model)" if e.current else ""
         print(f"  {e.path.name}  {format_bytes(e.size)}{what}")
     if entries:
-        print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {format_bytes(total)}; "
-              "`focusllm cache --clear` empties the cache (the next load dequantizes again, ~20 s)")
+        print(
+            f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {format_bytes(total)}; "
+            "`focusllm cache --clear` empties the cache (the next load dequantizes again, ~20 s)"
+        )
     else:
         print("empty (the first load of the default model fills it, ~20 s)")
     return 0

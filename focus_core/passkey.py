@@ -13,8 +13,10 @@ import random
 import re
 from dataclasses import dataclass
 
-HEADER = ("There is an important piece of information hidden inside a lot of irrelevant text. "
-          "Find it and memorize it. I will quiz you about it.\n\n")
+HEADER = (
+    "There is an important piece of information hidden inside a lot of irrelevant text. "
+    "Find it and memorize it. I will quiz you about it.\n\n"
+)
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 QUESTION = "\n\nWhat is the pass key? The pass key is "
 

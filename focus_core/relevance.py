@@ -34,8 +34,9 @@ class ChunkScore:
     text: str
 
 
-def select(scores: torch.Tensor, lengths: list[int], *, max_chunks: int, max_tokens: int,
-           pinned: tuple[int, ...] = ()) -> list[int]:
+def select(
+    scores: torch.Tensor, lengths: list[int], *, max_chunks: int, max_tokens: int, pinned: tuple[int, ...] = ()
+) -> list[int]:
     """Indices (in document order) of the chunks decoding reads: the ``pinned`` ones, then the most
     relevant by falling score (the earlier chunk first on ties), at most ``max_chunks`` chunks and
     ``max_tokens`` tokens in all."""

@@ -9,7 +9,7 @@ positions are explicit per row.
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -138,7 +138,11 @@ class SequenceBatch:
         self.next_positions = width - pad
 
     def append(
-        self, tokens: torch.Tensor, *, candidate_last: bool = False, max_batch_tokens: int | None = None,
+        self,
+        tokens: torch.Tensor,
+        *,
+        candidate_last: bool = False,
+        max_batch_tokens: int | None = None,
         loglik: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Append ``tokens`` ([rows, t], or [t] for the same tokens in every row) to every row.

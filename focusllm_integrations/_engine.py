@@ -3,8 +3,9 @@ generation overrides. All real work stays in focus_core."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -31,8 +32,9 @@ class FocusFields(BaseModel):
 GENERATION_FIELDS: tuple[str, ...] = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
 
 
-def resolve_engine(engine: FocusEngine | None, model_id: str | None, model_kwargs: dict[str, Any] | None,
-                   settings: dict[str, Any]) -> FocusEngine:
+def resolve_engine(
+    engine: FocusEngine | None, model_id: str | None, model_kwargs: dict[str, Any] | None, settings: dict[str, Any]
+) -> FocusEngine:
     """The given engine, or one loading ``model_id`` (None: the embedded default) with ``model_kwargs``
     for :func:`focus_core.load_model` and the non-None FocusConfig ``settings`` (``progress`` also decides
     whether loading shows transformers' bars: None = only on a terminal)."""
@@ -48,7 +50,9 @@ def resolve_engine(engine: FocusEngine | None, model_id: str | None, model_kwarg
     return FocusEngine.from_pretrained(model_id, FocusConfig(**chosen), **load_kwargs)
 
 
-def generation_overrides(defaults: dict[str, Any], call_kwargs: dict[str, Any], stop: list[str] | None) -> dict[str, Any]:
+def generation_overrides(
+    defaults: dict[str, Any], call_kwargs: dict[str, Any], stop: list[str] | None
+) -> dict[str, Any]:
     """Per-call settings: the wrapper's generation fields, then the call's keyword arguments and stop."""
     overrides = {k: v for k, v in defaults.items() if v is not None}
     overrides.update(call_kwargs)

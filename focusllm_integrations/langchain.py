@@ -4,16 +4,24 @@ retrieval-free question-answering chain. Field names follow ``langchain-huggingf
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel, BaseLLM, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ChatMessage, HumanMessage, SystemMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation, GenerationChunk, LLMResult
+from langchain_core.outputs import (
+    ChatGeneration,
+    ChatGenerationChunk,
+    ChatResult,
+    Generation,
+    GenerationChunk,
+    LLMResult,
+)
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from focus_core import FocusEngine, FocusInputError, FocusInputTypeError
 
@@ -52,8 +60,13 @@ class FocusLLM(BaseLLM, FocusFields):
         return self
 
     @classmethod
-    def from_model_id(cls, model_id: str | None = None, model_kwargs: dict[str, Any] | None = None,
-                      pipeline_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> FocusLLM:
+    def from_model_id(
+        cls,
+        model_id: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        pipeline_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> FocusLLM:
         """Same as the constructor; mirrors ``HuggingFacePipeline.from_model_id``."""
         return cls(model_id=model_id, model_kwargs=model_kwargs, pipeline_kwargs=pipeline_kwargs, **kwargs)
 
@@ -64,9 +77,11 @@ class FocusLLM(BaseLLM, FocusFields):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         cfg = self.engine.config
-        return {"model": self.engine.model_name,
-                **{k: getattr(cfg, k) for k in FocusFields.model_fields if k != "progress"},
-                **self._settings()}
+        return {
+            "model": self.engine.model_name,
+            **{k: getattr(cfg, k) for k in FocusFields.model_fields if k != "progress"},
+            **self._settings(),
+        }
 
     def _settings(self, **call_kwargs: Any) -> dict[str, Any]:
         """Per-call overrides: generation fields, then pipeline_kwargs, then the call's."""
@@ -84,8 +99,13 @@ class FocusLLM(BaseLLM, FocusFields):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return _ls_params(self, "llm", self._settings(**_standard_names(kwargs)), stop, kwargs)
 
-    def _generate(self, prompts: list[str], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
         settings = generation_overrides(self._settings(**kwargs), {}, stop)
         streams = [self.engine.stream(p, **settings) for p in prompts]  # validates every prompt up front
         with ThreadPoolExecutor(max_workers=min(self.batch_size, len(prompts))) as pool:
@@ -94,8 +114,13 @@ class FocusLLM(BaseLLM, FocusFields):
         generations = [[Generation(text=t, generation_info={"sources": g.sources})] for t, g in zip(texts, streams)]
         return LLMResult(generations=generations, llm_output={"model_name": self.model_name})
 
-    def _stream(self, prompt: str, stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
         settings = generation_overrides(self._settings(**kwargs), {}, stop)
         for piece in self.engine.stream(prompt, **settings):
             chunk = GenerationChunk(text=piece)
@@ -156,8 +181,13 @@ class ChatFocusLLM(BaseChatModel):
         return {**{k: v for k, v in own.items() if v is not None}, **_standard_names(kwargs)}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        return _ls_params(self.llm, "chat", self.llm._settings(**self._call_settings(kwargs)),
-                          stop if stop is not None else self.stop, kwargs)
+        return _ls_params(
+            self.llm,
+            "chat",
+            self.llm._settings(**self._call_settings(kwargs)),
+            stop if stop is not None else self.stop,
+            kwargs,
+        )
 
     def get_num_tokens(self, text: str) -> int:
         return self.llm.get_num_tokens(text)
@@ -171,17 +201,28 @@ class ChatFocusLLM(BaseChatModel):
         inputs, outputs = engine.count_tokens(prompt), len(engine.tokenizer(text, add_special_tokens=False).input_ids)
         return {"input_tokens": inputs, "output_tokens": outputs, "total_tokens": inputs + outputs}
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         prompt = self.render(messages)
         stop = stop if stop is not None else self.stop
         text = self.llm._generate([prompt], stop=stop, **self._call_settings(kwargs)).generations[0][0].text
-        message = AIMessage(content=text, usage_metadata=self._usage(prompt, text),
-                            response_metadata={"model_name": self.model_name})
+        message = AIMessage(
+            content=text, usage_metadata=self._usage(prompt, text), response_metadata={"model_name": self.model_name}
+        )
         return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"model_name": self.model_name})
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         prompt = self.render(messages)
         stop = stop if stop is not None else self.stop
         text = ""
@@ -192,9 +233,14 @@ class ChatFocusLLM(BaseChatModel):
                 run_manager.on_llm_new_token(piece.text, chunk=chunk)
             yield chunk
         # the last chunk carries what belongs to the whole reply: token usage and the model's name
-        yield ChatGenerationChunk(message=AIMessageChunk(
-            content="", usage_metadata=self._usage(prompt, text), response_metadata={"model_name": self.model_name},
-            chunk_position="last"))
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=self._usage(prompt, text),
+                response_metadata={"model_name": self.model_name},
+                chunk_position="last",
+            )
+        )
 
 
 def _standard_names(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -205,14 +251,17 @@ def _standard_names(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ls_params(llm: FocusLLM, model_type: str, settings: dict[str, Any], stop: list[str] | None,
-               kwargs: dict[str, Any]) -> LangSmithParams:
+def _ls_params(
+    llm: FocusLLM, model_type: str, settings: dict[str, Any], stop: list[str] | None, kwargs: dict[str, Any]
+) -> LangSmithParams:
     """LangSmith's standard tracing parameters: provider, model (a call's ``model=`` wins), settings."""
     config = llm.engine.config
     model = kwargs.get("model")
     params = LangSmithParams(
-        ls_provider="focusllm", ls_model_name=model if isinstance(model, str) and model else llm.model_name,
-        ls_model_type=model_type, ls_temperature=float(settings.get("temperature", config.temperature)),
+        ls_provider="focusllm",
+        ls_model_name=model if isinstance(model, str) and model else llm.model_name,
+        ls_model_type=model_type,
+        ls_temperature=float(settings.get("temperature", config.temperature)),
         ls_max_tokens=int(settings.get("max_new_tokens", config.max_new_tokens)),
     )
     if stop:
@@ -220,8 +269,9 @@ def _ls_params(llm: FocusLLM, model_type: str, settings: dict[str, Any], stop: l
     return params
 
 
-def create_focus_qa_chain(llm: FocusLLM | Runnable | None = None, prompt_template: str = DEFAULT_QA_TEMPLATE,
-                          return_sources: bool = False) -> Runnable:
+def create_focus_qa_chain(
+    llm: FocusLLM | Runnable | None = None, prompt_template: str = DEFAULT_QA_TEMPLATE, return_sources: bool = False
+) -> Runnable:
     """A Runnable answering ``{"documents": list[Document] | str, "question": str}`` over all the text.
 
     ``llm`` is a :class:`FocusLLM` (default: ``FocusLLM()``) or one with bound settings
@@ -244,20 +294,27 @@ def create_focus_qa_chain(llm: FocusLLM | Runnable | None = None, prompt_templat
     def build_prompt(inputs: dict[str, Any]) -> str:
         if not isinstance(inputs, dict) or "documents" not in inputs or "question" not in inputs:
             raise FocusInputTypeError('the chain takes {"documents": ..., "question": ...}')
-        return prompt_template.format(documents="\n\n".join(t for _, t in _document_texts(inputs["documents"])),
-                                      question=_question_text(inputs["question"]))
+        return prompt_template.format(
+            documents="\n\n".join(t for _, t in _document_texts(inputs["documents"])),
+            question=_question_text(inputs["question"]),
+        )
 
     if not return_sources:
         return (RunnableLambda(build_prompt) | model).with_config(run_name="FocusQAChain")
     base, bound = (model.bound, model.kwargs) if isinstance(model, RunnableBinding) else (model, {})
     if not isinstance(base, FocusLLM):
-        raise FocusInputTypeError(f"return_sources needs a FocusLLM (or one with bound settings), got {type(base).__name__}")
+        raise FocusInputTypeError(
+            f"return_sources needs a FocusLLM (or one with bound settings), got {type(base).__name__}"
+        )
 
     def answer_with_sources(inputs: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
         prompt, documents = build_prompt(inputs), _document_texts(inputs["documents"])
         result = base.generate([prompt], callbacks=config.get("callbacks"), **bound).generations[0][0]
         passages = source_passages(result.generation_info["sources"], prompt, [t for _, t in documents])
-        return {"answer": result.text, "sources": [_passage_document(inputs["documents"], documents, p) for p in passages]}
+        return {
+            "answer": result.text,
+            "sources": [_passage_document(inputs["documents"], documents, p) for p in passages],
+        }
 
     return RunnableLambda(answer_with_sources).with_config(run_name="FocusQAChain")
 
@@ -265,8 +322,9 @@ def create_focus_qa_chain(llm: FocusLLM | Runnable | None = None, prompt_templat
 def _passage_document(given: Any, documents: list[tuple[int, str]], passage: Passage) -> Document:
     index = documents[passage.document][0]
     metadata = dict(given[index].metadata) if isinstance(given, (list, tuple)) else {}
-    return Document(page_content=passage.text,
-                    metadata={**metadata, "relevance": passage.score, "start_index": passage.start})
+    return Document(
+        page_content=passage.text, metadata={**metadata, "relevance": passage.score, "start_index": passage.start}
+    )
 
 
 def _document_texts(documents: Any) -> list[tuple[int, str]]:

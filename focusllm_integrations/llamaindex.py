@@ -5,12 +5,13 @@ answers over all the text of its documents with no retrieval. Field names follow
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+from llama_index.core import Settings
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.llms.types import ChatMessage, CompletionResponse, CompletionResponseGen, LLMMetadata
 from llama_index.core.base.response.schema import Response, StreamingResponse
-from llama_index.core import Settings
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.synthesis import SynthesizeEndEvent, SynthesizeStartEvent
@@ -120,9 +121,14 @@ class FocusQueryEngine(BaseQueryEngine):
     ``Settings.callback_manager``, which the LLM then shares, as in LlamaIndex's query engines.
     """
 
-    def __init__(self, nodes: Sequence[BaseNode], llm: FocusLLM | None = None,
-                 prompt_template: BasePromptTemplate | str | None = None, streaming: bool = False,
-                 callback_manager: CallbackManager | None = None):
+    def __init__(
+        self,
+        nodes: Sequence[BaseNode],
+        llm: FocusLLM | None = None,
+        prompt_template: BasePromptTemplate | str | None = None,
+        streaming: bool = False,
+        callback_manager: CallbackManager | None = None,
+    ):
         nodes = list(nodes)
         if not nodes or not all(isinstance(n, BaseNode) for n in nodes):
             raise FocusInputTypeError("FocusQueryEngine needs a non-empty list of LlamaIndex documents or nodes")
@@ -134,8 +140,9 @@ class FocusQueryEngine(BaseQueryEngine):
         self._context = "\n\n".join(t for _, t in self._texts)
         self._llm = llm if llm is not None else _settings_llm()
         if not isinstance(self._llm, FocusLLM):
-            raise FocusInputTypeError(f"FocusQueryEngine needs a focusllm_integrations.llamaindex.FocusLLM, got "
-                                      f"{type(self._llm).__name__}")
+            raise FocusInputTypeError(
+                f"FocusQueryEngine needs a focusllm_integrations.llamaindex.FocusLLM, got {type(self._llm).__name__}"
+            )
         self._prompt = _as_prompt(prompt_template or DEFAULT_QA_TEMPLATE)
         self._streaming = streaming
         # As LlamaIndex's own query engines do: Settings' callback manager by default, shared with the LLM.
@@ -144,8 +151,13 @@ class FocusQueryEngine(BaseQueryEngine):
         super().__init__(callback_manager=callback_manager)
 
     @classmethod
-    def from_documents(cls, documents: Sequence[BaseNode], llm: FocusLLM | None = None,
-                       prompt_template: BasePromptTemplate | str | None = None, **kwargs: Any) -> FocusQueryEngine:
+    def from_documents(
+        cls,
+        documents: Sequence[BaseNode],
+        llm: FocusLLM | None = None,
+        prompt_template: BasePromptTemplate | str | None = None,
+        **kwargs: Any,
+    ) -> FocusQueryEngine:
         """A query engine over whole ``documents`` (``Document`` or any node), in the given order.
 
         ``llm``: the :class:`FocusLLM` to answer with; ``None`` takes ``Settings.llm`` when that is a
@@ -183,9 +195,13 @@ class FocusQueryEngine(BaseQueryEngine):
 
     def _passage_node(self, passage: Passage) -> TextNode:
         node = self._texts[passage.document][0]
-        return TextNode(text=passage.text, metadata=dict(node.metadata),
-                        relationships={NodeRelationship.SOURCE: node.as_related_node_info()},
-                        start_char_idx=passage.start, end_char_idx=passage.end)
+        return TextNode(
+            text=passage.text,
+            metadata=dict(node.metadata),
+            relationships={NodeRelationship.SOURCE: node.as_related_node_info()},
+            start_char_idx=passage.start,
+            end_char_idx=passage.end,
+        )
 
     def _query(self, query_bundle: QueryBundle) -> Response | StreamingResponse:
         """One LLM call over all the text, inside QUERY and SYNTHESIZE events as LlamaIndex's
@@ -194,24 +210,29 @@ class FocusQueryEngine(BaseQueryEngine):
         prompt = self._prompt.format(context_str=self._context, query_str=question)
         with self.callback_manager.event(CBEventType.QUERY, payload={EventPayload.QUERY_STR: question}) as query_event:
             dispatcher.event(SynthesizeStartEvent(query=query_bundle))
-            with self.callback_manager.event(CBEventType.SYNTHESIZE,
-                                             payload={EventPayload.QUERY_STR: question}) as synthesize_event:
+            with self.callback_manager.event(
+                CBEventType.SYNTHESIZE, payload={EventPayload.QUERY_STR: question}
+            ) as synthesize_event:
                 if self._streaming:
                     pieces = self._llm.stream_complete(prompt, formatted=True)  # the LLM event ends with the stream
                     source_nodes: list[NodeWithScore] = []  # filled once the documents are read
                     response: Response | StreamingResponse = StreamingResponse(
-                        response_gen=self._stream_filling(pieces, prompt, source_nodes), source_nodes=source_nodes)
+                        response_gen=self._stream_filling(pieces, prompt, source_nodes), source_nodes=source_nodes
+                    )
                 else:
                     completion = self._llm.complete(prompt, formatted=True)
-                    response = Response(response=completion.text, source_nodes=self._source_nodes(
-                        prompt, completion.additional_kwargs["sources"]))
+                    response = Response(
+                        response=completion.text,
+                        source_nodes=self._source_nodes(prompt, completion.additional_kwargs["sources"]),
+                    )
                 synthesize_event.on_end(payload={EventPayload.RESPONSE: response})
             dispatcher.event(SynthesizeEndEvent(query=query_bundle, response=response))
             query_event.on_end(payload={EventPayload.RESPONSE: response})
         return response
 
-    def _stream_filling(self, pieces: CompletionResponseGen, prompt: str,
-                        source_nodes: list[NodeWithScore]) -> Iterator[str]:
+    def _stream_filling(
+        self, pieces: CompletionResponseGen, prompt: str, source_nodes: list[NodeWithScore]
+    ) -> Iterator[str]:
         """The text deltas; ``source_nodes`` is filled in place when the first one arrives."""
         for i, response in enumerate(pieces):
             if i == 0:
@@ -233,7 +254,8 @@ def _settings_llm() -> FocusLLM:
         raise FocusInputTypeError(
             f"Settings.llm is a {type(current).__name__}, not a focusllm_integrations.llamaindex.FocusLLM: "
             "FocusQueryEngine reads whole documents with FocusLLM only; pass llm=FocusLLM(...) or set "
-            "Settings.llm = FocusLLM(...)")
+            "Settings.llm = FocusLLM(...)"
+        )
     return current
 
 

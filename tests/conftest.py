@@ -19,13 +19,32 @@ def tiny_model(model_type: str, *, seed: int = 0, window: int = 512, init_std: f
     Weights are drawn wider than usual (std 0.3) so that the next token depends on the context.
     """
     if model_type == "gpt2":
-        config = AutoConfig.for_model("gpt2", vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=window,
-                                      bos_token_id=1, eos_token_id=2, initializer_range=0.3)
+        config = AutoConfig.for_model(
+            "gpt2",
+            vocab_size=VOCAB,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=window,
+            bos_token_id=1,
+            eos_token_id=2,
+            initializer_range=0.3,
+        )
     else:
         config = AutoConfig.for_model(
-            model_type, vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=window,
-            bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True, initializer_range=init_std,
+            model_type,
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=window,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=2,
+            tie_word_embeddings=True,
+            initializer_range=init_std,
         )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
@@ -37,8 +56,9 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(_embedded_checkpoint())
 
 
-TINY_CONFIG = FocusConfig(chunk_size=32, local_window=24, dynamic_prompt_len=8, max_new_tokens=6,
-                          native_window=128, progress=False)
+TINY_CONFIG = FocusConfig(
+    chunk_size=32, local_window=24, dynamic_prompt_len=8, max_new_tokens=6, native_window=128, progress=False
+)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.haystack import NEEDLES, needle_case, passkey_case
+from benchmarks.haystack import NEEDLES, needle_case
 from benchmarks.run import SUITES, Suite, run_suite
 from focus_core import FocusConfig, FocusEngine
 
@@ -28,11 +28,31 @@ def test_needle_cases_hide_the_fact_at_the_depth_with_a_differently_worded_quest
 @pytest.mark.slow
 def test_quick_suite_runs_end_to_end_at_tiny_sizes(embedded, tmp_path):
     model, tokenizer = embedded
-    config = FocusConfig(chunk_size=256, local_window=128, dynamic_prompt_len=32, max_new_tokens=8,
-                         native_window=1024, stop=("\n",), progress=False)
-    suite = Suite("tiny", passkey_lengths=[2048], needle_lengths=[2048], depths=[0.5], needle_depths=[0.5], speed_lengths=[2048],
-                  full_attention_speed_lengths=[512], reuse_tokens=2048, perplexity_lengths=[2048],
-                  perplexity_samples=1, continuation_tokens=16, rag_top_k=(2,), config=config, speed_new_tokens=4)
+    config = FocusConfig(
+        chunk_size=256,
+        local_window=128,
+        dynamic_prompt_len=32,
+        max_new_tokens=8,
+        native_window=1024,
+        stop=("\n",),
+        progress=False,
+    )
+    suite = Suite(
+        "tiny",
+        passkey_lengths=[2048],
+        needle_lengths=[2048],
+        depths=[0.5],
+        needle_depths=[0.5],
+        speed_lengths=[2048],
+        full_attention_speed_lengths=[512],
+        reuse_tokens=2048,
+        perplexity_lengths=[2048],
+        perplexity_samples=1,
+        continuation_tokens=16,
+        rag_top_k=(2,),
+        config=config,
+        speed_new_tokens=4,
+    )
     engine = FocusEngine(model, tokenizer, config)
     run_suite(suite, engine, tmp_path / "results", tmp_path / "docs")
 

@@ -14,8 +14,9 @@ def test_chunks_are_counted_from_the_start_of_memory():
 def test_shared_document_gives_the_same_leading_chunks():
     doc = list(range(1000, 1100))
     a = plan_chunks(doc + [5, 6, 7], chunk_size=16, local_window=10, dynamic_prompt_len=4, bos_token_id=None)
-    b = plan_chunks(doc + [8, 9, 10, 11, 12, 13], chunk_size=16, local_window=10, dynamic_prompt_len=4,
-                    bos_token_id=None)
+    b = plan_chunks(
+        doc + [8, 9, 10, 11, 12, 13], chunk_size=16, local_window=10, dynamic_prompt_len=4, bos_token_id=None
+    )
     assert a.chunks[:5] == b.chunks[:5]
     assert a.chunks[-1] != b.chunks[-1]
 

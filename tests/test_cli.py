@@ -21,13 +21,25 @@ import termios
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_model
+
 from focus_core import cli, loading
 
 ROOT = Path(__file__).parent.parent
-TINY = ["--dtype", "float32", "--native-window", "128", "--chunk-size", "32", "--local-window", "24",
-        "--dynamic-prompt-len", "8", "--max-new-tokens", "6"]
+TINY = [
+    "--dtype",
+    "float32",
+    "--native-window",
+    "128",
+    "--chunk-size",
+    "32",
+    "--local-window",
+    "24",
+    "--dynamic-prompt-len",
+    "8",
+    "--max-new-tokens",
+    "6",
+]
 WORDS = "The keeper of the lighthouse kept a log of every ship that passed the cape. " * 12
 
 
@@ -64,8 +76,14 @@ def run_main(capsys, *argv):
 
 def run_module(*argv, env=None, cwd=ROOT, timeout=300):
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "focus_core", *map(str, argv)], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "focus_core", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def assert_user_error(code: int, err: str, *fragments: str) -> None:
@@ -86,8 +104,10 @@ def test_folders_are_read_recursively_skipping_hidden_and_non_text(docs):
     found = cli.read_inputs([docs], note=notes.append)
     assert [p.relative_to(docs).as_posix() for p, _ in found] == ["a.txt", "sub/b.md", "sub/deeper/c.py"]
     assert found[0][1].startswith("Alpha.")
-    assert sorted(notes) == [f"skipped {docs / 'image.png'}: binary file, not text",
-                             f"skipped {docs / 'latin1.txt'}: not UTF-8 text (byte 0xe9 at offset 3)"]
+    assert sorted(notes) == [
+        f"skipped {docs / 'image.png'}: binary file, not text",
+        f"skipped {docs / 'latin1.txt'}: not UTF-8 text (byte 0xe9 at offset 3)",
+    ]
 
 
 def test_files_keep_their_order_and_are_read_once(docs):
@@ -95,11 +115,14 @@ def test_files_keep_their_order_and_are_read_once(docs):
     assert [p.name for p, _ in found] == ["b.md", "a.txt", "c.py"]
 
 
-@pytest.mark.parametrize("name, message", [
-    ("image.png", "image.png: binary file, not text"),
-    ("latin1.txt", "latin1.txt: not UTF-8 text (byte 0xe9 at offset 3)"),
-    ("missing.txt", "missing.txt: no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("image.png", "image.png: binary file, not text"),
+        ("latin1.txt", "latin1.txt: not UTF-8 text (byte 0xe9 at offset 3)"),
+        ("missing.txt", "missing.txt: no such file or folder"),
+    ],
+)
 def test_a_file_named_explicitly_that_is_not_text_is_an_error(capsys, docs, name, message):
     code, out, err = run_main(capsys, "ask", docs / name, "-q", "What?")
     assert_user_error(code, err, message)
@@ -153,10 +176,23 @@ def test_a_folder_that_is_not_a_model(capsys, docs):
 
 
 def test_a_hub_id_offline_fails_at_once(docs):
-    out = run_module("ask", docs / "a.txt", "-q", "What?", "--model", "no-such-org/no-such-model",
-                     env={"HF_HUB_OFFLINE": "1"}, timeout=120)
-    assert_user_error(out.returncode, out.stderr, "'no-such-org/no-such-model'", "not in the Hugging Face cache",
-                      "HF_HUB_OFFLINE is set")
+    out = run_module(
+        "ask",
+        docs / "a.txt",
+        "-q",
+        "What?",
+        "--model",
+        "no-such-org/no-such-model",
+        env={"HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+    assert_user_error(
+        out.returncode,
+        out.stderr,
+        "'no-such-org/no-such-model'",
+        "not in the Hugging Face cache",
+        "HF_HUB_OFFLINE is set",
+    )
 
 
 def test_a_hub_id_with_the_hub_unreachable(capsys, docs, monkeypatch):
@@ -168,8 +204,9 @@ def test_a_hub_id_with_the_hub_unreachable(capsys, docs, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
     code, _, err = run_main(capsys, "ask", docs / "a.txt", "-q", "What?", "--model", "no-such-org/no-such-model")
-    assert_user_error(code, err, "'no-such-org/no-such-model'", "the Hugging Face hub cannot be reached",
-                      "Name or service not known")
+    assert_user_error(
+        code, err, "'no-such-org/no-such-model'", "the Hugging Face hub cannot be reached", "Name or service not known"
+    )
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
@@ -179,8 +216,10 @@ def test_a_device_this_machine_does_not_have(docs):
     assert out.stdout == ""
 
 
-@pytest.mark.parametrize("device, message", [("gpu", "unknown device 'gpu'"), ("cuda:7", "device 'cuda:7'"),
-                                             ("mps", "device 'mps' is not available")])
+@pytest.mark.parametrize(
+    "device, message",
+    [("gpu", "unknown device 'gpu'"), ("cuda:7", "device 'cuda:7'"), ("mps", "device 'mps' is not available")],
+)
 def test_unknown_or_absent_devices(capsys, docs, device, message):
     if device == "mps" and loading.torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
@@ -190,22 +229,28 @@ def test_unknown_or_absent_devices(capsys, docs, device, message):
     assert_user_error(code, err, message)
 
 
-@pytest.mark.parametrize("option, message", [
-    (["--dynamic-prompt-len", "600"], "--dynamic-prompt-len (600) must not exceed --local-window (512)"),
-    (["--stop", ""], "--stop sequences must be non-empty"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--dynamic-prompt-len", "600"], "--dynamic-prompt-len (600) must not exceed --local-window (512)"),
+        (["--stop", ""], "--stop sequences must be non-empty"),
+    ],
+)
 def test_inconsistent_settings_name_the_options(capsys, docs, option, message):
     code, _, err = run_main(capsys, "ask", docs / "a.txt", "-q", "What?", *option)
     assert_user_error(code, err, message)
 
 
-@pytest.mark.parametrize("option, message", [
-    (["--chunk-size", "0"], "argument --chunk-size: must be at least 1, got 0"),
-    (["--max-new-tokens", "many"], "argument --max-new-tokens: not a whole number: 'many'"),
-    (["--temperature", "-1"], "argument --temperature: must be >= 0"),
-    (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
-    (["--adapter", "x", "--no-adapter"], "argument --no-adapter: not allowed with argument --adapter"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--chunk-size", "0"], "argument --chunk-size: must be at least 1, got 0"),
+        (["--max-new-tokens", "many"], "argument --max-new-tokens: not a whole number: 'many'"),
+        (["--temperature", "-1"], "argument --temperature: must be >= 0"),
+        (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+        (["--adapter", "x", "--no-adapter"], "argument --no-adapter: not allowed with argument --adapter"),
+    ],
+)
 def test_bad_option_values(capsys, docs, option, message):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["ask", str(docs / "a.txt"), "-q", "What?", *option])
@@ -234,11 +279,17 @@ def test_verbose_prints_one_line_per_phase_and_no_bars_when_piped(tiny_dir, docs
     phases = [line for line in lines if not line.startswith("focusllm: skipped")]
     assert len(phases) == 5, out.stderr
     assert re.fullmatch(r"focusllm: read 3 files: [\d,]+ characters \(\d+\.\d s\)", phases[0])
-    assert re.fullmatch(rf"focusllm: loaded {re.escape(str(tiny_dir))} \(float32, cpu; native window 128 tokens\) "
-                        r"in \d+\.\d s", phases[1])
+    assert re.fullmatch(
+        rf"focusllm: loaded {re.escape(str(tiny_dir))} \(float32, cpu; native window 128 tokens\) "
+        r"in \d+\.\d s",
+        phases[1],
+    )
     assert re.fullmatch(r"focusllm: prompt: [\d,]+ tokens, \d+\.\dx the native window, read in chunks of 32", phases[2])
-    match = re.fullmatch(r"focusllm: encoded (\d+) chunks \([\d,]+ tokens, \d+\.\d s\), reused 0 from the cache; "
-                         r"first token after \d+\.\d s", phases[3])
+    match = re.fullmatch(
+        r"focusllm: encoded (\d+) chunks \([\d,]+ tokens, \d+\.\d s\), reused 0 from the cache; "
+        r"first token after \d+\.\d s",
+        phases[3],
+    )
     assert match and int(match.group(1)) > 5, phases[3]
     assert re.fullmatch(r"focusllm: decoded \d tokens? in \d+\.\d s \(\d+\.\d tokens/s after the first\)", phases[4])
     assert "it/s" not in out.stderr and "%|" not in out.stderr  # no progress bars off a terminal
@@ -255,8 +306,7 @@ def _run_on_terminal(*argv: str) -> tuple[int, str, str]:
     """Run the CLI with stderr on a pseudo-terminal and stdout piped: (status, stdout, terminal output)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # 40 rows x 120 columns
-    proc = subprocess.Popen([sys.executable, "-m", "focus_core", *argv], stdout=subprocess.PIPE, stderr=slave,
-                            cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "focus_core", *argv], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT)
     os.close(slave)
     seen = b""
     while True:
@@ -277,8 +327,9 @@ def _run_on_terminal(*argv: str) -> tuple[int, str, str]:
 
 
 def test_on_a_terminal_loading_encoding_and_decoding_show_progress(tiny_dir, docs):
-    code, stdout, terminal = _run_on_terminal("ask", str(docs), "-q", "Who kept the log?", "--model", str(tiny_dir),
-                                              *TINY, "--stop", "never stop here")
+    code, stdout, terminal = _run_on_terminal(
+        "ask", str(docs), "-q", "Who kept the log?", "--model", str(tiny_dir), *TINY, "--stop", "never stop here"
+    )
     assert code == 0, terminal
     assert "Loading weights" in terminal, terminal
     assert re.search(r"\d+/\d+ \[[^]]*chunk/s\]", terminal), terminal  # the engine's chunk-encoding bar
@@ -287,8 +338,9 @@ def test_on_a_terminal_loading_encoding_and_decoding_show_progress(tiny_dir, doc
 
 
 def test_quiet_on_a_terminal_draws_no_bar(tiny_dir, docs):
-    code, stdout, terminal = _run_on_terminal("ask", str(docs / "a.txt"), "-q", "Who kept the log?", "--model",
-                                              str(tiny_dir), *TINY, "--quiet")
+    code, stdout, terminal = _run_on_terminal(
+        "ask", str(docs / "a.txt"), "-q", "Who kept the log?", "--model", str(tiny_dir), *TINY, "--quiet"
+    )
     assert code == 0, terminal
     assert terminal.strip() == "", terminal
 
@@ -330,7 +382,8 @@ def test_cache_command_shows_and_clears(tmp_path, monkeypatch, capsys):
     code, out, _ = run_main(capsys, "cache")
     assert code == 0 and out.splitlines() == [
         f"cache of dequantized weights: {tmp_path} (set FOCUSLLM_CACHE to move it)",
-        "empty (the first load of the default model fills it, ~20 s)"]
+        "empty (the first load of the default model fills it, ~20 s)",
+    ]
     current = tmp_path / loading.content_key(loading.embedded_gguf())
     old = tmp_path / "SmolLM2-135M-Instruct.Q4_1-98362432-1700000000"  # the older mtime key
     for folder, size in ((current, 3 << 20), (old, 1 << 20)):
@@ -343,7 +396,8 @@ def test_cache_command_shows_and_clears(tmp_path, monkeypatch, capsys):
         f"cache of dequantized weights: {tmp_path} (set FOCUSLLM_CACHE to move it)",
         f"  {old.name}  1.0 MiB",
         f"  {current.name}  3.0 MiB  (the installed default model)",
-        "2 entries, 4.0 MiB; `focusllm cache --clear` empties the cache (the next load dequantizes again, ~20 s)"]
+        "2 entries, 4.0 MiB; `focusllm cache --clear` empties the cache (the next load dequantizes again, ~20 s)",
+    ]
     code, out, _ = run_main(capsys, "cache", "--clear")
     assert code == 0 and out.strip() == f"cleared {tmp_path}: 2 entries, 4.0 MiB freed"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-ours", "notes.txt"]

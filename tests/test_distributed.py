@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import TINY_CONFIG, random_ids, tiny_model
 from transformers import AutoTokenizer
 
-from conftest import TINY_CONFIG, random_ids, tiny_model
 from focus_core import FocusEngine
 from focus_core.distributed import ChunkGroup
 from focus_core.loading import _embedded_checkpoint
@@ -42,8 +42,15 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         dist.all_gather_object(gathered, tokens)
         if rank == 0:
             with open(out_file, "w") as f:
-                json.dump({"tokens": tokens, "relevance": relevance, "all_ranks_agree": all(g == tokens for g in gathered),
-                           "chunks_encoded": engine.stats.chunks_encoded}, f)
+                json.dump(
+                    {
+                        "tokens": tokens,
+                        "relevance": relevance,
+                        "all_ranks_agree": all(g == tokens for g in gathered),
+                        "chunks_encoded": engine.stats.chunks_encoded,
+                    },
+                    f,
+                )
     finally:
         dist.destroy_process_group()
 

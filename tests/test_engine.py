@@ -6,9 +6,9 @@ import threading
 
 import pytest
 import torch
+from conftest import TINY_ARCHS, random_ids, tiny_model
 from transformers import DynamicCache
 
-from conftest import TINY_ARCHS, random_ids, tiny_model
 from focus_core import FocusEngine, UnsupportedModelError
 from focus_core.aggregation import EntropyAggregation, PlainDecoding, entropy
 from focus_core.candidates import reposition_keys
@@ -19,7 +19,7 @@ LONG = 300  # tokens: well past the tiny engines' native window of 128
 
 def plain_greedy(model, ids: list[int], max_new_tokens: int) -> list[int]:
     out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=2)
-    new = out[0, len(ids):].tolist()
+    new = out[0, len(ids) :].tolist()
     return new[: new.index(2)] if 2 in new else new
 
 
@@ -48,13 +48,14 @@ def _score(engine: FocusEngine, ids: list[int], batch_tokens: int):
 def _with_prompt(engine: FocusEngine, plan, scored, candidate: bool = False):
     prefixes = [scored.kept[i] for i in range(len(plan.chunks))]
     with torch.inference_mode():
-        return engine.encoder.with_prompt(prefixes, plan.dynamic_prompt, extra_slots=4, candidate=candidate,
-                                          batch_tokens=10_000)
+        return engine.encoder.with_prompt(
+            prefixes, plan.dynamic_prompt, extra_slots=4, candidate=candidate, batch_tokens=10_000
+        )
 
 
 def _loglik(model, context: list[int], continuation: list[int]) -> float:
     """log p(continuation[1:] | context + continuation[:1] ...), from one plain forward."""
-    logits = model(torch.tensor([context + continuation])).logits[0, len(context):-1].float()
+    logits = model(torch.tensor([context + continuation])).logits[0, len(context) : -1].float()
     return float(torch.log_softmax(logits, -1).gather(1, torch.tensor(continuation[1:])[:, None]).sum())
 
 
@@ -196,17 +197,19 @@ def test_reposition_keys_equals_rotating_at_the_target_position():
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-    for rope in ({"rope_type": "default", "rope_theta": 10000.0},
-                 {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64}):
+    for rope in (
+        {"rope_type": "default", "rope_theta": 10000.0},
+        {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64},
+    ):
         config = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=256, rope_parameters=rope)
         rotary = LlamaRotaryEmbedding(config)
         raw = torch.randn(5, 2, 16)  # [n, kv_heads, head_dim]
         src, dst = torch.tensor([40, 7, 100, 3, 64]), torch.tensor([0, 1, 2, 3, 4])
 
-        def rope_at(pos):
+        def rope_at(pos, rotary=rotary, raw=raw):
             cos, sin = rotary(raw, pos[None])
-            return apply_rotary_pos_emb(raw.transpose(0, 1)[None], raw.transpose(0, 1)[None],
-                                        cos, sin)[1][0].transpose(0, 1)
+            heads_first = raw.transpose(0, 1)[None]
+            return apply_rotary_pos_emb(heads_first, heads_first, cos, sin)[1][0].transpose(0, 1)
 
         moved = reposition_keys(rope_at(src), dst - src, rotary)
         torch.testing.assert_close(moved, rope_at(dst), atol=1e-5, rtol=1e-5)
@@ -235,8 +238,9 @@ def test_concurrent_kv_calls_equal_sequential_calls(make_engine):
     prompts = [random_ids(LONG, seed=30 + i) for i in range(4)]
     sequential = [engine.generate_ids(p) for p in prompts]
     results: list = [None] * 4
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, engine.generate_ids(prompts[i])))
-               for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, engine.generate_ids(prompts[i]))) for i in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -16,8 +16,9 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 def run_example(name: str) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=900,
-                         cwd=EXAMPLES, env=env)
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=900, cwd=EXAMPLES, env=env
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     print(out.stdout)
     return out.stdout

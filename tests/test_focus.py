@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY_ARCHS, random_ids
+
 from focus_core import FocusConfig, FocusEngine
 from focus_core.aggregation import focus_decoding
 from focus_core.passkey import make_case
@@ -21,8 +21,9 @@ def _prefixes(engine: FocusEngine, chunks: list[tuple[int, ...]]):
 
 def _focus_logits(engine: FocusEngine, chunks, local, rotary) -> torch.Tensor:
     with torch.inference_mode():
-        state = focus_decoding(engine.runner, rotary, chunks, _prefixes(engine, chunks), engine.encoder.bos,
-                               local, extra_slots=1)
+        state = focus_decoding(
+            engine.runner, rotary, chunks, _prefixes(engine, chunks), engine.encoder.bos, local, extra_slots=1
+        )
         return state.next_logits()
 
 
@@ -60,12 +61,12 @@ def test_reused_chunk_kv_equals_its_block_masked_reencoding(make_engine, arch):
     b = torch.tensor(block)
     causal = torch.ones(n, n).tril().bool()
     same_chunk = (b[:, None] == b[None, :]) & (b[:, None] >= 0)
-    first_bos_of_later_chunks = torch.tensor([b[k] > 0 and tokens[k] == 1 and (k == 0 or b[k - 1] != b[k])
-                                              for k in range(n)])
+    first_bos_of_later_chunks = torch.tensor(
+        [b[k] > 0 and tokens[k] == 1 and (k == 0 or b[k - 1] != b[k]) for k in range(n)]
+    )
     local_sees = (b[:, None] == -1) & ~first_bos_of_later_chunks[None, :]
     mask = causal & (same_chunk | local_sees)
-    out = engine.model(torch.tensor([tokens]), position_ids=torch.tensor([positions]),
-                       attention_mask=mask[None, None])
+    out = engine.model(torch.tensor([tokens]), position_ids=torch.tensor([positions]), attention_mask=mask[None, None])
     torch.testing.assert_close(got, out.logits[0, -1].float(), atol=1e-4, rtol=1e-4)
 
 
@@ -80,8 +81,13 @@ def test_focus_reads_the_first_chunk_and_the_most_relevant_within_the_window(mak
     chosen = sorted(s.index for s in generation.sources)
     assert 0 in chosen and sum(len(range(*relevance[i].token_span)) for i in chosen) <= room
     scores = torch.tensor([s.score for s in relevance])
-    assert chosen == select(scores, [s.token_span[1] - s.token_span[0] for s in relevance],
-                            max_chunks=room // engine.config.chunk_size, max_tokens=room, pinned=(0,))
+    assert chosen == select(
+        scores,
+        [s.token_span[1] - s.token_span[0] for s in relevance],
+        max_chunks=room // engine.config.chunk_size,
+        max_tokens=room,
+        pinned=(0,),
+    )
     assert [s.score for s in generation.sources] == sorted((s.score for s in generation.sources), reverse=True)
 
 
@@ -96,7 +102,7 @@ def test_relevance_spans_tile_the_memory_and_point_into_the_text(make_engine):
         assert a.token_span[1] == b.token_span[0] and a.char_span[1] <= b.char_span[0] + 1
     assert scores[-1].token_span[1] == len(ids) - engine.config.local_window
     for s in scores:
-        assert s.text == prompt[s.char_span[0]:s.char_span[1]]
+        assert s.text == prompt[s.char_span[0] : s.char_span[1]]
         assert engine.tokenizer.decode(ids[slice(*s.token_span)]).strip() == s.text.strip()
     assert engine.relevance(random_ids(50)) == []  # a prompt that fits is read whole
 
@@ -108,7 +114,7 @@ def test_relevance_is_the_gain_over_no_chunk(make_engine):
     d = list(plan.dynamic_prompt)
 
     def loglik(context):
-        logits = engine.model(torch.tensor([context + d])).logits[0, len(context):-1].float()
+        logits = engine.model(torch.tensor([context + d])).logits[0, len(context) : -1].float()
         return float(torch.log_softmax(logits, -1).gather(1, torch.tensor(d[1:])[:, None]).sum())
 
     scores = engine.relevance(ids)
@@ -119,8 +125,9 @@ def test_relevance_is_the_gain_over_no_chunk(make_engine):
 @pytest.mark.slow
 def test_relevance_finds_the_pass_key_chunk_and_focus_answers(embedded):
     model, tokenizer = embedded
-    config = FocusConfig(chunk_size=256, local_window=128, dynamic_prompt_len=32, max_new_tokens=8,
-                         native_window=1024, progress=False)
+    config = FocusConfig(
+        chunk_size=256, local_window=128, dynamic_prompt_len=32, max_new_tokens=8, native_window=1024, progress=False
+    )
     engine = FocusEngine(model, tokenizer, config)
     for depth, seed in ((0.3, 1), (0.7, 2)):
         case = make_case(tokenizer, 3000, depth, seed)

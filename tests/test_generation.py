@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import random_ids
+
 from focus_core import FocusInputError, FocusInputTypeError, MemoryBudgetError
 from focus_core.config import FocusConfig
 from focus_core.sampling import Sampler, TextStream
@@ -70,7 +70,9 @@ def test_empty_prompts_are_refused(make_engine, prompt):
         make_engine().generate(prompt)
 
 
-@pytest.mark.parametrize("prompt", [None, 42, {"text": "hi"}, [1.5, 2.0], [True, 3], torch.zeros(2, 3, dtype=torch.long)])
+@pytest.mark.parametrize(
+    "prompt", [None, 42, {"text": "hi"}, [1.5, 2.0], [True, 3], torch.zeros(2, 3, dtype=torch.long)]
+)
 def test_wrong_prompt_types_are_refused(make_engine, prompt):
     with pytest.raises(FocusInputTypeError):
         make_engine().generate(prompt)
@@ -145,8 +147,9 @@ def test_prefix_cache_eviction_keeps_answers_correct(make_engine):
 def test_count_tokens_and_chat_template(make_engine):
     engine = make_engine()
     assert engine.count_tokens("Hello world") == len(engine.tokenizer("Hello world").input_ids)
-    rendered = engine.apply_chat_template([{"role": "system", "content": "Be brief."},
-                                           {"role": "user", "content": "Hi?"}])
+    rendered = engine.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
+    )
     assert "<|im_start|>system\nBe brief.<|im_end|>" in rendered
     assert rendered.endswith("<|im_start|>assistant\n")
     with pytest.raises(FocusInputTypeError):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import random_ids
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 
-from conftest import random_ids
 from focus_core import FocusInputError, FocusInputTypeError
 from focusllm_integrations import FocusLLM as TopLevelFocusLLM
 from focusllm_integrations.langchain import ChatFocusLLM, FocusLLM, create_focus_qa_chain
@@ -84,12 +84,18 @@ def test_lcel_composition(llm):
 
 def test_chat_model_applies_the_chat_template(llm):
     chat = ChatFocusLLM(llm=llm)
-    messages = [SystemMessage("You answer briefly."), HumanMessage("Name a colour."),
-                AIMessage("Blue."), HumanMessage("Another one?")]
+    messages = [
+        SystemMessage("You answer briefly."),
+        HumanMessage("Name a colour."),
+        AIMessage("Blue."),
+        HumanMessage("Another one?"),
+    ]
     rendered = chat.render(messages)
-    assert rendered == ("<|im_start|>system\nYou answer briefly.<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n"
-                        "<|im_start|>assistant\nBlue.<|im_end|>\n<|im_start|>user\nAnother one?<|im_end|>\n"
-                        "<|im_start|>assistant\n")
+    assert rendered == (
+        "<|im_start|>system\nYou answer briefly.<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n"
+        "<|im_start|>assistant\nBlue.<|im_end|>\n<|im_start|>user\nAnother one?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     reply = chat.invoke(messages)
     assert isinstance(reply, AIMessage) and reply.content == llm.engine.generate(rendered)
     assert reply.usage_metadata["input_tokens"] == llm.engine.count_tokens(rendered)
@@ -121,26 +127,33 @@ def test_qa_chain_returns_the_passages_read_most_relevant_first(llm):
     result = create_focus_qa_chain(bound, return_sources=True).invoke({"documents": documents, "question": "Why?"})
     prompt = "\n\n".join(d.page_content for d in documents) + "\n\nQuestion: Why?\nAnswer:"
     completion = llm.engine.complete(prompt, stop=("\n",))
-    assert result["answer"] == completion.text == create_focus_qa_chain(bound).invoke(
-        {"documents": documents, "question": "Why?"})
+    assert (
+        result["answer"]
+        == completion.text
+        == create_focus_qa_chain(bound).invoke({"documents": documents, "question": "Why?"})
+    )
     sources = result["sources"]
     assert sources and [d.metadata["relevance"] for d in sources] == sorted(
-        (d.metadata["relevance"] for d in sources), reverse=True)
+        (d.metadata["relevance"] for d in sources), reverse=True
+    )
     assert sources[0].metadata["relevance"] == completion.sources[0].score
     for passage in sources:
         original = next(d for d in documents if d.metadata["source"] == passage.metadata["source"])
         start = passage.metadata["start_index"]
-        assert original.page_content[start:start + len(passage.page_content)] == passage.page_content
+        assert original.page_content[start : start + len(passage.page_content)] == passage.page_content
 
 
-@pytest.mark.parametrize("inputs, error", [
-    ({"documents": [], "question": "Why?"}, FocusInputError),
-    ({"documents": "  ", "question": "Why?"}, FocusInputError),
-    ({"documents": "Some text.", "question": 42}, FocusInputTypeError),
-    ({"documents": "Some text.", "question": " "}, FocusInputError),
-    ({"documents": [1, 2], "question": "Why?"}, FocusInputTypeError),
-    ({"question": "Why?"}, FocusInputTypeError),
-])
+@pytest.mark.parametrize(
+    "inputs, error",
+    [
+        ({"documents": [], "question": "Why?"}, FocusInputError),
+        ({"documents": "  ", "question": "Why?"}, FocusInputError),
+        ({"documents": "Some text.", "question": 42}, FocusInputTypeError),
+        ({"documents": "Some text.", "question": " "}, FocusInputError),
+        ({"documents": [1, 2], "question": "Why?"}, FocusInputTypeError),
+        ({"question": "Why?"}, FocusInputTypeError),
+    ],
+)
 def test_qa_chain_rejects_bad_input(llm, inputs, error):
     with pytest.raises(error):
         create_focus_qa_chain(llm).invoke(inputs)
@@ -157,8 +170,9 @@ def test_bad_construction_is_refused(make_engine):
 
 @pytest.mark.slow
 def test_focusllm_settings_reach_the_engine_it_builds():
-    llm = FocusLLM.from_model_id(model_kwargs={"dtype": "float32"}, chunk_size=512, native_window=2048,
-                                 pipeline_kwargs={"max_new_tokens": 4})
+    llm = FocusLLM.from_model_id(
+        model_kwargs={"dtype": "float32"}, chunk_size=512, native_window=2048, pipeline_kwargs={"max_new_tokens": 4}
+    )
     assert llm.engine.config.chunk_size == 512 and llm.engine.native_window == 2048
     assert llm.engine.model.dtype.is_floating_point and str(llm.engine.model.dtype) == "torch.float32"
     assert llm.engine.model_name == "SmolLM2-135M-Instruct"

@@ -11,19 +11,19 @@ response metadata are checked for ``FocusLLM`` at the end of this file.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import pytest
+from conftest import TINY_CONFIG, tiny_model
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from conftest import TINY_CONFIG, tiny_model
 from focus_core import FocusConfig, FocusEngine, load_model
 from focus_core.loading import _embedded_checkpoint
 from focusllm_integrations.langchain import ChatFocusLLM, FocusLLM
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny_llm() -> FocusLLM:
     from transformers import AutoTokenizer
 
@@ -31,7 +31,7 @@ def tiny_llm() -> FocusLLM:
     return FocusLLM(engine=FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG))
 
 
-@lru_cache(maxsize=None)
+@cache
 def embedded_llm() -> FocusLLM:
     model, tokenizer = load_model()
     return FocusLLM(engine=FocusEngine(model, tokenizer, FocusConfig(progress=False)), max_new_tokens=8)
@@ -123,19 +123,35 @@ class TestChatFocusLLMIntegration(_Capabilities, ChatModelIntegrationTests):
 
 def test_llm_standard_tracing_params():
     llm = tiny_llm()
-    assert llm._get_ls_params() == {"ls_provider": "focusllm", "ls_model_name": "LlamaForCausalLM",
-                                    "ls_model_type": "llm", "ls_temperature": 0.0, "ls_max_tokens": 6}
+    assert llm._get_ls_params() == {
+        "ls_provider": "focusllm",
+        "ls_model_name": "LlamaForCausalLM",
+        "ls_model_type": "llm",
+        "ls_temperature": 0.0,
+        "ls_max_tokens": 6,
+    }
     params = llm._get_ls_params(stop=["\n"], max_new_tokens=3, temperature=0.5, model="other")
-    assert params == {"ls_provider": "focusllm", "ls_model_name": "other", "ls_model_type": "llm",
-                      "ls_temperature": 0.5, "ls_max_tokens": 3, "ls_stop": ["\n"]}
+    assert params == {
+        "ls_provider": "focusllm",
+        "ls_model_name": "other",
+        "ls_model_type": "llm",
+        "ls_temperature": 0.5,
+        "ls_max_tokens": 3,
+        "ls_stop": ["\n"],
+    }
     assert FocusLLM(engine=llm.engine, max_new_tokens=4)._get_ls_params()["ls_max_tokens"] == 4
 
 
 def test_chat_standard_params_override_the_llm():
     chat = ChatFocusLLM(llm=tiny_llm(), temperature=0.7, max_tokens=3, stop=["x"])
-    assert chat._get_ls_params() == {"ls_provider": "focusllm", "ls_model_name": "LlamaForCausalLM",
-                                     "ls_model_type": "chat", "ls_temperature": 0.7, "ls_max_tokens": 3,
-                                     "ls_stop": ["x"]}
+    assert chat._get_ls_params() == {
+        "ls_provider": "focusllm",
+        "ls_model_name": "LlamaForCausalLM",
+        "ls_model_type": "chat",
+        "ls_temperature": 0.7,
+        "ls_max_tokens": 3,
+        "ls_stop": ["x"],
+    }
     assert chat._get_ls_params(max_tokens=5)["ls_max_tokens"] == 5
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import random_ids
 from llama_index.core import Document, Settings
-from llama_index.core.callbacks import EventPayload
 from llama_index.core.base.response.schema import StreamingResponse
+from llama_index.core.callbacks import EventPayload
 from llama_index.core.llms import ChatMessage
 from llama_index.core.schema import TextNode
 
-from conftest import random_ids
 from focus_core import FocusConfig, FocusEngine, FocusInputError, FocusInputTypeError
 from focus_core.passkey import FILLER
 from focusllm_integrations.llamaindex import FocusLLM, FocusQueryEngine
@@ -78,7 +78,7 @@ def test_query_engine_answers_from_all_nodes(llm):
         assert scores == sorted(scores, reverse=True) and set(scores) <= {c.score for c in completion.sources}
         for source in result.source_nodes:
             node = next(n for n in nodes if n.node_id == source.node.source_node.node_id)
-            assert node.get_content()[source.node.start_char_idx:source.node.end_char_idx] == source.node.text
+            assert node.get_content()[source.node.start_char_idx : source.node.end_char_idx] == source.node.text
     best = completion.sources[0]
     assert response.source_nodes[0].score == best.score and response.source_nodes[0].node.text in best.text
 
@@ -143,16 +143,20 @@ def test_query_engine_fires_query_synthesize_and_llm_events(llm, clean_settings,
     manager = CallbackManager([handler])
     if where == "settings":
         clean_settings.callback_manager = manager
-    engine = FocusQueryEngine.from_documents([Document(text="Some text.")], llm=llm, streaming=streaming,
-                                             prompt_template="{context_str} {query_str}",
-                                             callback_manager=manager if where == "argument" else None)
+    engine = FocusQueryEngine.from_documents(
+        [Document(text="Some text.")],
+        llm=llm,
+        streaming=streaming,
+        prompt_template="{context_str} {query_str}",
+        callback_manager=manager if where == "argument" else None,
+    )
     response = engine.query("Why?")
     text = "".join(response.response_gen) if streaming else response.response
     assert text == llm.engine.generate("Some text. Why?")
     kinds = [e.event_type for e in handler.get_events()]
     assert kinds[:3] == [CBEventType.QUERY, CBEventType.SYNTHESIZE, CBEventType.LLM], kinds  # started in this order
     assert sorted(kinds, key=str) == sorted([CBEventType.QUERY, CBEventType.SYNTHESIZE, CBEventType.LLM] * 2, key=str)
-    (start, end), = handler.get_llm_inputs_outputs()
+    ((start, end),) = handler.get_llm_inputs_outputs()
     assert start.payload[EventPayload.PROMPT] == "Some text. Why?"
     assert end.payload[EventPayload.COMPLETION].text == text
     query_end = [e for e in handler.get_event_pairs(CBEventType.QUERY)][0][1]
@@ -163,11 +167,14 @@ def test_query_engine_fires_query_synthesize_and_llm_events(llm, clean_settings,
 def test_query_engine_finds_a_pass_key_past_the_native_window(embedded):
     model, tokenizer = embedded
     llm = FocusLLM(engine=FocusEngine(model, tokenizer, FocusConfig(progress=False)), max_new_tokens=8)
-    documents = [Document(text=FILLER * 120), Document(text=FILLER * 60 + "The pass key is 73519. Remember it. "
-                                                       "73519 is the pass key. " + FILLER * 60),
-                 Document(text=FILLER * 120)]
+    documents = [
+        Document(text=FILLER * 120),
+        Document(text=FILLER * 60 + "The pass key is 73519. Remember it. 73519 is the pass key. " + FILLER * 60),
+        Document(text=FILLER * 120),
+    ]
     engine = FocusQueryEngine.from_documents(
-        documents, llm=llm, prompt_template="{context_str}\n\n{query_str} The pass key is ")
+        documents, llm=llm, prompt_template="{context_str}\n\n{query_str} The pass key is "
+    )
     total = sum(llm.engine.count_tokens(d.text) for d in documents)
     assert total > llm.engine.native_window
     response = engine.query("What is the pass key?")

@@ -18,8 +18,12 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 EXPECTED = [["Lighthouse"], ["Okonkwo", "Paris"], ["Okonkwo", "Lighthouse"]]
 
 
-BASH_LINES = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S)
-              for line in block.splitlines() if line.strip()]
+BASH_LINES = [
+    line.split("  #")[0].strip()
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    for line in block.splitlines()
+    if line.strip()
+]
 
 
 def _cli(line: str) -> list[str] | None:
@@ -28,7 +32,7 @@ def _cli(line: str) -> list[str] | None:
     words = shlex.split(line.split("&& ")[-1])
     for i, word in enumerate(words):
         if word.endswith("focusllm") or (word == "focus_core" and words[i - 1] == "-m"):
-            return words[i + 1:]
+            return words[i + 1 :]
     return None
 
 
@@ -45,8 +49,10 @@ def test_every_readme_command_line_is_valid():
     commands = [(line, args) for line, args in commands if args is not None]
     assert len(commands) >= 8
     parser = build_parser()
-    options = {command: {o for a in sub._actions for o in a.option_strings}
-               for command, sub in parser._subparsers._group_actions[0].choices.items()}
+    options = {
+        command: {o for a in sub._actions for o in a.option_strings}
+        for command, sub in parser._subparsers._group_actions[0].choices.items()
+    }
     for line, args in commands:
         if any("[" in a or a in ("...", "FILE", "PATH") for a in args):  # a synopsis
             named = set(re.findall(r"--[a-z-]+", line))
@@ -66,8 +72,9 @@ def test_readme_first_command_answers():
 
 def test_readme_cache_command_runs():
     line = next(line for line in BASH_LINES if _cli(line) == ["cache"])
-    out = subprocess.run([sys.executable, "-m", "focus_core", *_cli(line)], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "focus_core", *_cli(line)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("cache of dequantized weights: "), out.stdout
 
@@ -79,8 +86,9 @@ def test_ci_runs_the_readme_test_command():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block, expected", list(zip(BLOCKS, EXPECTED, strict=True)),
-                         ids=[f"block{i}" for i in range(len(BLOCKS))])
+@pytest.mark.parametrize(
+    "block, expected", list(zip(BLOCKS, EXPECTED, strict=True)), ids=[f"block{i}" for i in range(len(BLOCKS))]
+)
 def test_readme_python_block_runs(block, expected):
     out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -42,31 +42,44 @@ def test_templates_and_answer_prefixes_are_rulers_word_for_word(samples):
     assert single.context.startswith(
         "A special magic number is hidden within the following text. Make sure to memorize it. I will quiz you "
         "about the number afterwards.\nThe grass is green. The sky is blue. The sun is yellow. Here we go. There "
-        "and back again.\n")
-    assert single.query == (f"\nWhat is the special magic number for {key} mentioned in the provided text? "
-                            f"The special magic number for {key} mentioned in the provided text is")
+        "and back again.\n"
+    )
+    assert single.query == (
+        f"\nWhat is the special magic number for {key} mentioned in the provided text? "
+        f"The special magic number for {key} mentioned in the provided text is"
+    )
     assert samples["niah_single_3", 2048].context.startswith("A special magic uuid is hidden")
     multi = samples["niah_multivalue", 2048]
     key = NEEDLE_LINE.search(multi.needle).group(1)
-    assert multi.context.startswith("Some special magic numbers are hidden within the following text. Make sure to "
-                                    "memorize it. I will quiz you about the numbers afterwards.\n")
-    assert multi.query == (f"\nWhat are all the special magic numbers for {key} mentioned in the provided text? "
-                           f"The special magic numbers for {key} mentioned in the provided text are")
+    assert multi.context.startswith(
+        "Some special magic numbers are hidden within the following text. Make sure to "
+        "memorize it. I will quiz you about the numbers afterwards.\n"
+    )
+    assert multi.query == (
+        f"\nWhat are all the special magic numbers for {key} mentioned in the provided text? "
+        f"The special magic numbers for {key} mentioned in the provided text are"
+    )
     vt = samples["vt", 2048]
     value = vt.needles[0].split(" = ")[1]
-    assert vt.query == (f"\nQuestion: Find all variables that are assigned the value {value} in the text above. "
-                        "Answer: According to the chain(s) of variable assignment in the text above, 5 variables are "
-                        f"assigned the value {value}, they are: ")
+    assert vt.query == (
+        f"\nQuestion: Find all variables that are assigned the value {value} in the text above. "
+        "Answer: According to the chain(s) of variable assignment in the text above, 5 variables are "
+        f"assigned the value {value}, they are: "
+    )
     assert "\n\nMemorize and track the chain(s) of variable assignment hidden in the following text.\n\n" in vt.context
-    assert samples["cwe", 2048].query == ("\nQuestion: What are the 10 most common words in the above list? Answer: "
-                                          "The top 10 words that appear most often in the list are:")
+    assert samples["cwe", 2048].query == (
+        "\nQuestion: What are the 10 most common words in the above list? Answer: "
+        "The top 10 words that appear most often in the list are:"
+    )
     assert samples["fwe", 2048].context.startswith(
         "Read the following coded text and track the frequency of each coded word. Find the three most frequently "
-        "appeared coded words. ")
+        "appeared coded words. "
+    )
     assert samples["fwe", 2048].query == (
         "\nQuestion: Do not provide any explanation. Please ignore the dots '....'. What are the three most "
         "frequently appeared words in the above coded text? Answer: According to the coded text above, the three "
-        "most frequently appeared words are:")
+        "most frequently appeared words are:"
+    )
 
 
 @pytest.mark.parametrize("task", [t for t in TASKS if t.startswith("niah")])
@@ -82,8 +95,10 @@ def test_niah_needles_hold_the_references_once_and_the_question_asks_their_keys(
         keys.append(key)
     assert len(set(keys)) == cfg.num_q  # multivalue: one key for four values; multiquery: four keys
     if cfg.value_type == "uuids":
-        assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", v)
-                   for v in sample.outputs)
+        assert all(
+            re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", v)
+            for v in sample.outputs
+        )
     else:
         assert all(re.fullmatch(r"[1-9]\d{6}", v) for v in sample.outputs)
     other_keys = [k for k, _ in NEEDLE_LINE.findall(sample.context) if k not in keys]
@@ -161,8 +176,17 @@ def test_fwe_answers_are_the_three_most_frequent_coded_words(samples):
 
 
 def test_string_match_all_scores_the_fraction_of_references_found_ignoring_case():
-    sample = Sample(task="niah_multivalue", context="", query="", question="", outputs=("1234567", "ab12-CD"),
-                    needles=(), length=0, tokens=0, seed=0)
+    sample = Sample(
+        task="niah_multivalue",
+        context="",
+        query="",
+        question="",
+        outputs=("1234567", "ab12-CD"),
+        needles=(),
+        length=0,
+        tokens=0,
+        seed=0,
+    )
     assert sample.score("They are 1234567 and AB12-cd.") == 1.0 and sample.is_correct("1234567 ab12-cd")
     assert sample.score("1234567, and nothing else") == 0.5 and not sample.is_correct("1234567")
     assert sample.score("123456 ab12") == 0.0
@@ -206,23 +230,32 @@ class Fixed(Method):
 
     def answer(self, engine, case):
         self.calls.append((case.task, case.length, case.seed))
-        reply = self.reply if self.reply is not None else " ".join(case.outputs[:self.answers])
+        reply = self.reply if self.reply is not None else " ".join(case.outputs[: self.answers])
         return {"reply": reply, "correct": case.is_correct(reply), "seconds": 0.5, "prompt_tokens": case.tokens}
 
 
 def test_runner_writes_records_summary_and_heatmap_and_resume_skips_done_cases(make_engine, tmp_path):
     engine = make_engine()  # tiny random model: nothing is generated, the fake methods answer
-    methods = [Fixed("oracle"), Fixed("half", answers=2), Fixed("wrong", reply="no idea"),
-               FullAttention("full attention")]
+    methods = [
+        Fixed("oracle"),
+        Fixed("half", answers=2),
+        Fixed("wrong", reply="no idea"),
+        FullAttention("full attention"),
+    ]
     results, figure = tmp_path / "ruler.json", tmp_path / "ruler.png"
     ruler.run_suite(engine, ["niah_multivalue"], [1024], 1, methods, results, figure)
     out = json.loads(results.read_text())
     assert [(r["method"], r["score"]) for r in out["records"]] == [
-        ("oracle", 1.0), ("half", 0.5), ("wrong", 0.0), ("full attention", None)]  # 1K does not fit 128 tokens
+        ("oracle", 1.0),
+        ("half", 0.5),
+        ("wrong", 0.0),
+        ("full attention", None),
+    ]  # 1K does not fit 128 tokens
     assert out["records"][0]["reply"] == " ".join(out["records"][0]["outputs"])
     summary = out["summary"]
     assert summary["half"]["by_task"] == {"niah_multivalue": {"1024": 50.0}} and summary["half"]["ruler_mean"] == {
-        "1024": 50.0}
+        "1024": 50.0
+    }
     assert summary["oracle"]["ruler_mean"] == {"1024": 100.0} and summary["wrong"]["ruler_mean"] == {"1024": 0.0}
     assert summary["full attention"]["by_task"] == {} and summary["oracle"]["mean_seconds"] == 0.5
     assert out["settings"]["methods"] == ["oracle", "half", "wrong", "full attention"] and out["machine"]["torch"]
@@ -274,8 +307,10 @@ class FakeRelevance:
         starts = range(0, len(prompt) - self.local_chars, self.chunk_chars)
         spans = [(s, min(s + self.chunk_chars, len(prompt) - self.local_chars)) for s in starts]
         signal = overrides.get("relevance", getattr(self.config, "relevance", "likelihood"))
-        return [SimpleNamespace(index=i, score=self.score(signal, span, prompt), token_span=(0, 0),
-                                char_span=span) for i, span in enumerate(spans)]
+        return [
+            SimpleNamespace(index=i, score=self.score(signal, span, prompt), token_span=(0, 0), char_span=span)
+            for i, span in enumerate(spans)
+        ]
 
 
 def _needle_overlap(case):
@@ -308,8 +343,12 @@ def test_recall_counts_each_needle_and_either_half_of_a_split_needle(tokenizer):
     case = make_sample("niah_single_1", tokenizer, 2048, 0)
     start = case.prompt.index(case.needle)
     middle = start + len(case.needle) // 2
-    engine = FakeRelevance(tokenizer, lambda signal, span, prompt: float(span[0] == middle), chunk_chars=middle,
-                           local_chars=len(case.prompt) - middle - 100)  # two chunks, split in the needle
+    engine = FakeRelevance(
+        tokenizer,
+        lambda signal, span, prompt: float(span[0] == middle),
+        chunk_chars=middle,
+        local_chars=len(case.prompt) - middle - 100,
+    )  # two chunks, split in the needle
     first, second = engine.relevance(case.prompt, relevance="s")
     assert first.char_span[1] == second.char_span[0] == middle and second.char_span[1] > start + len(case.needle)
     assert answer_chunk_recall(engine, case, ks=(1,), signals=("s",))["s"]["recall@1"] == 1.0
@@ -319,15 +358,27 @@ def test_a_needle_in_the_local_context_is_left_out_of_recall(tokenizer):
     case = make_sample("niah_single_1", tokenizer, 2048, 0)
     engine = FakeRelevance(tokenizer, lambda *_: 0.0, local_chars=len(case.prompt) - case.prompt.index(case.needle))
     assert answer_chunk_recall(engine, case, signals=("s",))["s"] == {
-        "recall@1": None, "recall@3": None, "needles": 1, "outside": 1}
+        "recall@1": None,
+        "recall@3": None,
+        "needles": 1,
+        "outside": 1,
+    }
 
 
 def test_recall_report_covers_ruler_needle_tasks_needle_and_passkey_cases_and_resumes(tokenizer, tmp_path):
-    needle = re.compile("|".join([r"One of the special magic", r"pass key is \d", r"VAR [A-Z]{5} =",
-                                  *(re.escape(n.sentence[:24]) for n in NEEDLES)]))
+    needle = re.compile(
+        "|".join(
+            [
+                r"One of the special magic",
+                r"pass key is \d",
+                r"VAR [A-Z]{5} =",
+                *(re.escape(n.sentence[:24]) for n in NEEDLES),
+            ]
+        )
+    )
 
     def score(signal, span, prompt):
-        return float(bool(needle.search(prompt[span[0]:span[1]])))
+        return float(bool(needle.search(prompt[span[0] : span[1]])))
 
     engine = FakeRelevance(tokenizer, score, chunk_chars=600)
     path = tmp_path / "relevance_recall.json"

@@ -6,16 +6,28 @@ import random
 
 import pytest
 import torch
-
 from conftest import TINY_CONFIG, random_ids, tiny_model
+
 from focus_core import AdapterError, FocusEngine
 from focus_core.candidates import CandidateProjections
 from focus_core.training import CandidateObjective, TokenStream, TrainingConfig, make_example, read_documents, train
 
 C, L, P, K = 32, 24, 8, 5
-TINY_TRAINING = TrainingConfig(steps=30, chunk_sizes=(16, 32), memory_tokens=64, local_tokens=16,
-                               dynamic_prompt_len=4, target_tokens=4, rank=4, learning_rate=2e-2, warmup_steps=2,
-                               grad_accum=1, eval_every=10, eval_examples=4, save_every=10)
+TINY_TRAINING = TrainingConfig(
+    steps=30,
+    chunk_sizes=(16, 32),
+    memory_tokens=64,
+    local_tokens=16,
+    dynamic_prompt_len=4,
+    target_tokens=4,
+    rank=4,
+    learning_rate=2e-2,
+    warmup_steps=2,
+    grad_accum=1,
+    eval_every=10,
+    eval_examples=4,
+    save_every=10,
+)
 
 
 def learnable_model() -> torch.nn.Module:
@@ -85,8 +97,9 @@ def test_only_candidate_parameters_receive_gradients(tokenizer):
 
 
 def test_adapter_save_load_gives_identical_outputs_and_auto_uses_kv(tokenizer, tmp_path):
-    train(learnable_model(), tokenizer, _Stream(), tmp_path / "adapter", TINY_TRAINING.replace(steps=10),
-          progress=False)
+    train(
+        learnable_model(), tokenizer, _Stream(), tmp_path / "adapter", TINY_TRAINING.replace(steps=10), progress=False
+    )
     ids, continuation = random_ids(300, seed=9), random_ids(6, seed=11)
     a = FocusEngine(learnable_model(), tokenizer, TINY_CONFIG)
     a.load_adapter(tmp_path / "adapter")
@@ -110,8 +123,9 @@ def test_adapter_save_load_gives_identical_outputs_and_auto_uses_kv(tokenizer, t
 
 
 def test_mismatched_or_corrupt_adapters_are_refused_and_change_nothing(tokenizer, tmp_path):
-    train(tiny_model("llama"), tokenizer, _Stream(), tmp_path / "adapter", TINY_TRAINING.replace(steps=2),
-          progress=False)
+    train(
+        tiny_model("llama"), tokenizer, _Stream(), tmp_path / "adapter", TINY_TRAINING.replace(steps=2), progress=False
+    )
     ids = random_ids(300, seed=10)
     for other in (tiny_model("llama", seed=1), tiny_model("qwen2")):
         engine = FocusEngine(other, tokenizer, TINY_CONFIG)
@@ -130,8 +144,9 @@ def test_mismatched_or_corrupt_adapters_are_refused_and_change_nothing(tokenizer
 def test_training_resumes_from_its_checkpoint(tokenizer, tmp_path):
     cfg = TINY_TRAINING.replace(steps=4, save_every=2, eval_every=100)
     train(tiny_model("llama"), tokenizer, _Stream(), tmp_path, cfg, progress=False)
-    state = train(tiny_model("llama"), tokenizer, _Stream(), tmp_path, cfg.replace(steps=6), resume=True,
-                  progress=False)
+    state = train(
+        tiny_model("llama"), tokenizer, _Stream(), tmp_path, cfg.replace(steps=6), resume=True, progress=False
+    )
     assert [h["step"] for h in state["history"]] == [1, 2, 3, 4, 5, 6]
 
 
@@ -142,7 +157,7 @@ def test_training_data_reads_files_folders_and_jsonl(tokenizer, tmp_path):
     (tmp_path / "c.jsonl").write_text('{"text": "third"}\n\n{"text": "fourth"}\n')
     assert read_documents([tmp_path]) == ["first document", "third", "fourth", "second document"]
     (tmp_path / "bad.jsonl").write_text('{"body": 1}\n')
-    with pytest.raises(Exception, match="no \"text\""):
+    with pytest.raises(Exception, match='no "text"'):
         read_documents([tmp_path / "bad.jsonl"])
     with pytest.raises(Exception, match="does not exist"):
         read_documents([tmp_path / "missing"])

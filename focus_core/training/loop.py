@@ -69,15 +69,24 @@ def draw_example(stream: TokenStream, cfg: TrainingConfig, rng: random.Random, h
     return make_example(window, kind, chunk_size, cfg.local_tokens, cfg.target_tokens, rng)
 
 
-def train(model, tokenizer, stream: TokenStream, output_dir: str | Path, cfg: TrainingConfig = TrainingConfig(),
-          resume: bool = False, progress: bool | None = None) -> dict:
+def train(
+    model,
+    tokenizer,
+    stream: TokenStream,
+    output_dir: str | Path,
+    cfg: TrainingConfig = TrainingConfig(),
+    resume: bool = False,
+    progress: bool | None = None,
+) -> dict:
     """Train candidate projections for the frozen ``model``; write the adapter to ``output_dir``.
 
     Returns the history (loss per step, held-out loss per evaluation, tokens, seconds).
     """
     output_dir = Path(output_dir)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no",
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = Accelerator(
+        mixed_precision="bf16" if torch.cuda.is_available() else "no",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
     model.requires_grad_(False).eval().to(accelerator.device)
     projections = CandidateProjections(model, rank=cfg.rank, dtype=torch.float32)
     projections.attach()
@@ -89,8 +98,10 @@ def train(model, tokenizer, stream: TokenStream, output_dir: str | Path, cfg: Tr
     state = {"step": 0, "history": [], "evaluations": [], "tokens": 0, "seconds": 0.0}
     if resume and (output_dir / CHECKPOINT / STATE).is_file():
         state = _restore(output_dir / CHECKPOINT, projections, optimizer, scheduler)
-    eval_set = [draw_example(stream, cfg, random.Random(f"eval-{cfg.seed}-{i}"), held_out=True)
-                for i in range(cfg.eval_examples)]
+    eval_set = [
+        draw_example(stream, cfg, random.Random(f"eval-{cfg.seed}-{i}"), held_out=True)
+        for i in range(cfg.eval_examples)
+    ]
     if not state["evaluations"]:
         state["evaluations"].append({"step": 0, "loss": evaluate(objective, eval_set, accelerator)})
 
@@ -126,9 +137,14 @@ def train(model, tokenizer, stream: TokenStream, output_dir: str | Path, cfg: Tr
                 _checkpoint(output_dir / CHECKPOINT, projections, optimizer, scheduler, state)
     bar.close()
     if accelerator.is_main_process:
-        training = {"config": dataclasses.asdict(cfg), "steps": state["step"], "tokens": state["tokens"],
-                    "seconds": state["seconds"], "evaluations": state["evaluations"],
-                    "processes": accelerator.num_processes}
+        training = {
+            "config": dataclasses.asdict(cfg),
+            "steps": state["step"],
+            "tokens": state["tokens"],
+            "seconds": state["seconds"],
+            "evaluations": state["evaluations"],
+            "processes": accelerator.num_processes,
+        }
         save_adapter(projections, model, output_dir, training)
         (output_dir / "history.json").write_text(json.dumps(state, indent=1) + "\n")
     projections.detach()
@@ -153,8 +169,10 @@ def _lr_factor(step: int, cfg: TrainingConfig) -> float:
 def _checkpoint(folder: Path, projections: CandidateProjections, optimizer, scheduler, state: dict) -> None:
     """Candidate weights, optimizer and schedule, and the step: all a resumed run needs (not the base)."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()},
-              str(folder / "candidates.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()},
+        str(folder / "candidates.safetensors"),
+    )
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, folder / "optimizer.pt")
     (folder / STATE).write_text(json.dumps(state) + "\n")
 

@@ -40,8 +40,9 @@ class Example:
     kind: str  # "continuation" or "repetition"
 
 
-def make_example(window: list[int], kind: str, chunk_size: int, local_tokens: int, target_tokens: int,
-                 rng: random.Random) -> Example:
+def make_example(
+    window: list[int], kind: str, chunk_size: int, local_tokens: int, target_tokens: int, rng: random.Random
+) -> Example:
     """Lay out a token window (``example_length`` tokens) as an example of the given loss."""
     if kind == "continuation":
         memory_len = len(window) - local_tokens - target_tokens
@@ -56,8 +57,12 @@ def make_example(window: list[int], kind: str, chunk_size: int, local_tokens: in
     else:
         raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
     n = len(memory) // chunk_size
-    return Example(chunks=torch.tensor(memory[: n * chunk_size]).view(n, chunk_size), local=torch.tensor(local),
-                   targets=torch.tensor(targets), kind=kind)
+    return Example(
+        chunks=torch.tensor(memory[: n * chunk_size]).view(n, chunk_size),
+        local=torch.tensor(local),
+        targets=torch.tensor(targets),
+        kind=kind,
+    )
 
 
 def example_length(kind: str, memory_tokens: int, local_tokens: int, target_tokens: int) -> int:
@@ -67,8 +72,9 @@ def example_length(kind: str, memory_tokens: int, local_tokens: int, target_toke
 class CandidateObjective(nn.Module):
     """Frozen causal LM + trainable :class:`CandidateProjections`; ``forward(example)`` is the loss."""
 
-    def __init__(self, model: nn.Module, projections: CandidateProjections, bos_token_id: int | None,
-                 dynamic_prompt_len: int):
+    def __init__(
+        self, model: nn.Module, projections: CandidateProjections, bos_token_id: int | None, dynamic_prompt_len: int
+    ):
         super().__init__()
         self.model, self.projections = model, projections
         self.bos = [] if bos_token_id is None else [bos_token_id]
@@ -85,8 +91,9 @@ class CandidateObjective(nn.Module):
         d = local[-self.dynamic_prompt_len :]
         base = self.model.base_model
         with torch.no_grad():  # 1. chunk prefixes and the ordinary dynamic-prompt tokens
-            prefix = torch.cat([torch.tensor(self.bos, device=device).expand(n, -1), chunks,
-                                d[:-1].expand(n, -1)], dim=1)
+            prefix = torch.cat(
+                [torch.tensor(self.bos, device=device).expand(n, -1), chunks, d[:-1].expand(n, -1)], dim=1
+            )
             cache = DynamicCache(config=self.model.config)
             base(input_ids=prefix, past_key_values=cache, use_cache=True)
         # 2. the candidate tokens of the k decoding steps, in every chunk, with gradients
