@@ -19,16 +19,10 @@ from torch import nn
 from .candidates import CandidateProjections, attention_modules
 from .errors import AdapterError
 
-SHIPPED = Path(__file__).parent / "adapter_weights" / "smollm2-135m-instruct"
 WEIGHTS = "candidates.safetensors"
 CONFIG = "adapter_config.json"
 FORMAT = "focusllm-candidate-projections"
 VERSION = 1
-
-
-def shipped_adapter() -> Path | None:
-    """The adapter that ships with the package for the embedded default model, if there is one."""
-    return SHIPPED if (SHIPPED / CONFIG).is_file() else None
 
 
 def model_identity(model: nn.Module) -> dict[str, Any]:

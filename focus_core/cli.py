@@ -275,19 +275,12 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 def _add_common(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     defaults = FocusConfig()
     _add_model(p)
-    adapter = p.add_mutually_exclusive_group()
-    adapter.add_argument(
+    p.add_argument(
         "--adapter",
         default=None,
         type=Path,
         metavar="DIR",
         help="trained candidate projections (from `focusllm train`); makes auto aggregation kv",
-    )
-    adapter.add_argument(
-        "--no-adapter",
-        action="store_true",
-        help="load no adapter: a package that ships one for the default model would otherwise "
-        "load it (this one ships none, so auto aggregation is entropy either way)",
     )
     p.add_argument(
         "--chunk-size",
@@ -443,11 +436,10 @@ def _engine(args: argparse.Namespace, config: FocusConfig) -> FocusEngine:
     device = args.device
     if device is None and dist.is_initialized() and torch.cuda.is_available():
         device = f"cuda:{torch.cuda.current_device()}"
-    adapter = False if args.no_adapter else args.adapter
     return FocusEngine.from_pretrained(
         args.model,
         config,
-        adapter=adapter,
+        adapter=args.adapter,
         dtype=args.dtype,
         device=device,
         gguf_file=args.gguf_file,

@@ -13,19 +13,23 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import FocusConfigError
+from .memory import GiB
 
 Aggregation = Literal["auto", "focus", "entropy", "kv"]
 AGGREGATIONS: tuple[str, ...] = ("auto", "focus", "entropy", "kv")
 FocusKV = Literal["reuse", "reencode"]
 FOCUS_KV: tuple[str, ...] = ("reuse", "reencode")
-GiB = 2**30
+# Settings of what the engine holds across calls; a per-call override of them is refused.
+ENGINE_SETTINGS: tuple[str, ...] = ("native_window", "prefix_cache_bytes")
 
 
 @dataclass(frozen=True)
 class FocusConfig:
     """Everything that decides what FocusLLM computes and how much memory it may use.
 
-    Generation settings (``max_new_tokens`` … ``stop``) can be overridden per call.
+    Every setting can be overridden per call (``engine.generate(prompt, max_new_tokens=8)``) except
+    :data:`ENGINE_SETTINGS`, which size what the engine holds across calls (its window, its prefix
+    cache): those are refused per call, and set in the engine's own ``FocusConfig``.
     """
 
     chunk_size: int = 1024

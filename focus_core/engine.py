@@ -25,7 +25,7 @@ from . import adapters
 from .aggregation import EntropyAggregation, KVAggregation, PlainDecoding, focus_decoding
 from .candidates import CandidateProjections
 from .chunking import ChunkPlan, plan_chunks
-from .config import FocusConfig
+from .config import ENGINE_SETTINGS, FocusConfig
 from .distributed import ChunkGroup
 from .encoding import ChunkEncoder, EncodingStats
 from .errors import FocusConfigError, FocusInputError, FocusInputTypeError
@@ -125,18 +125,16 @@ class FocusEngine:
         name_or_path: str | None = None,
         config: FocusConfig | None = None,
         *,
-        adapter: str | os.PathLike | bool | None = None,
+        adapter: str | os.PathLike | None = None,
         **load_kwargs: Any,
     ) -> FocusEngine:
         """Load a model (``None``: the embedded default) with :func:`load_model` and wrap it.
 
         ``adapter``: a directory written by :meth:`save_adapter` to load trained candidate projections
-        from; ``None`` loads the adapter shipped for the embedded default model (if any); ``False`` none.
+        from (none ships with the package: see the README's training section).
         """
         model, tokenizer = load_model(name_or_path, **load_kwargs)
         engine = cls(model, tokenizer, config)
-        if adapter is None and name_or_path is None:
-            adapter = adapters.shipped_adapter()
         if adapter:
             engine.load_adapter(adapter)
         return engine
@@ -297,9 +295,13 @@ class FocusEngine:
     # ----------------------------------------------------------------- internals
 
     def _settings(self, overrides: dict[str, Any]) -> FocusConfig:
+        fixed = sorted(set(overrides) & set(ENGINE_SETTINGS))
+        if fixed:
+            raise FocusConfigError(
+                f"{', '.join(fixed)} belong(s) to the engine and cannot change per call; build an engine with "
+                f"FocusConfig({fixed[0]}=...)"
+            )
         cfg = self.config.replace(**overrides) if overrides else self.config
-        if cfg.native_window is not None and cfg.native_window != self.native_window:
-            raise FocusConfigError("native_window is fixed per engine; set it in the engine's FocusConfig")
         self._check_window(cfg)
         return cfg
 
@@ -337,7 +339,7 @@ class FocusEngine:
         options = []
         if cfg.prefix_cache_bytes > 0:
             need = self._estimate(ids, cfg.replace(prefix_cache_bytes=0)).total
-            options.append(f"prefix_cache_bytes=0 ({format_bytes(need)})")
+            options.append(f"an engine with FocusConfig(prefix_cache_bytes=0) ({format_bytes(need)})")
         low, high = 0, len(ids)  # the longest prefix of this prompt that fits: low fits, high does not
         while high - low > 1:
             mid = (low + high) // 2

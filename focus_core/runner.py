@@ -18,6 +18,12 @@ from .candidates import CandidateProjections, candidate_positions
 from .kv_cache import KVBuffer
 
 
+def cache_argument(model: nn.Module) -> str:
+    """The name under which ``model.base_model`` takes a KV cache: transformers renamed
+    ``past_key_values`` to ``cache``; use whichever this version's model takes."""
+    return "cache" if "cache" in inspect.signature(model.base_model.forward).parameters else "past_key_values"
+
+
 class ModelRunner:
     """Thin adapter over a `transformers` causal LM: one forward with explicit positions and cache."""
 
@@ -32,9 +38,7 @@ class ModelRunner:
         self.intermediate_size: int = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
         self.vocab_size: int = config.vocab_size
         self.candidates: CandidateProjections | None = None  # applied where a forward's candidate mask is set
-        # transformers renamed ``past_key_values`` to ``cache``; use whichever this version's model takes
-        takes_cache = "cache" in inspect.signature(model.base_model.forward).parameters
-        self._cache_argument = "cache" if takes_cache else "past_key_values"
+        self._cache_argument = cache_argument(model)
 
     @property
     def device(self) -> torch.device:

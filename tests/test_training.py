@@ -58,7 +58,8 @@ def test_the_training_objective_equals_kv_decoding_of_the_same_layout(tokenizer,
     with torch.no_grad():  # move away from the base weights so that the candidates matter
         for p in projections.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    engine = FocusEngine(model, tokenizer, TINY_CONFIG.replace(aggregation="kv"))
+    # the objective trains on every chunk's candidates: the engine reads them all too
+    engine = FocusEngine(model, tokenizer, TINY_CONFIG.replace(aggregation="kv", top_chunks=8))
     engine.set_candidates(projections, trained=True)
     objective = CandidateObjective(model, projections, tokenizer.bos_token_id, P)
     for kind in ("continuation", "repetition"):
@@ -132,7 +133,7 @@ def test_mismatched_or_corrupt_adapters_are_refused_and_change_nothing(tokenizer
         before = engine.generate_ids(ids, aggregation="kv")
         with pytest.raises(AdapterError, match="different model"):
             engine.load_adapter(tmp_path / "adapter")
-        assert engine.aggregation_for() == "entropy" and engine.generate_ids(ids, aggregation="kv") == before
+        assert engine.aggregation_for() == "focus" and engine.generate_ids(ids, aggregation="kv") == before
     weights = tmp_path / "adapter" / "candidates.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(AdapterError, match="cannot be read"):

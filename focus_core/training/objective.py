@@ -28,6 +28,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..candidates import CandidateProjections, candidate_positions, reposition_keys
+from ..runner import cache_argument
 
 LOSSES = ("continuation", "repetition")
 
@@ -79,6 +80,7 @@ class CandidateObjective(nn.Module):
         self.model, self.projections = model, projections
         self.bos = [] if bos_token_id is None else [bos_token_id]
         self.dynamic_prompt_len = dynamic_prompt_len
+        self._cache = cache_argument(model)
 
     def forward(self, example: Example) -> torch.Tensor:
         return -self.logprobs(example).mean()
@@ -95,13 +97,13 @@ class CandidateObjective(nn.Module):
                 [torch.tensor(self.bos, device=device).expand(n, -1), chunks, d[:-1].expand(n, -1)], dim=1
             )
             cache = DynamicCache(config=self.model.config)
-            base(input_ids=prefix, past_key_values=cache, use_cache=True)
+            base(input_ids=prefix, use_cache=True, **{self._cache: cache})
         # 2. the candidate tokens of the k decoding steps, in every chunk, with gradients
         first = prefix.shape[1]  # the position of d[-1]
         steps = torch.cat([d[-1:], targets[:-1]]).expand(n, -1)  # [n, k]
         positions = torch.arange(first, first + k, device=device).expand(n, -1)
         with candidate_positions(torch.ones(n, k, dtype=torch.bool, device=device), self.projections):
-            base(input_ids=steps, position_ids=positions, past_key_values=cache, use_cache=True)
+            base(input_ids=steps, position_ids=positions, use_cache=True, **{self._cache: cache})
         # 3. one local pass per step, behind that step's n candidate entries
         rotary = self.model.get_decoder().rotary_emb
         shift = (torch.arange(n, device=device)[None, :] - positions[0][:, None]).reshape(-1)  # [k * n]
@@ -114,7 +116,7 @@ class CandidateObjective(nn.Module):
             memory.update(keys, values.permute(2, 1, 0, 3), idx)  # [k, kv_heads, n, head_dim]
         rows = torch.cat([local, targets[:-1]]).expand(k, -1)  # [k, L + k - 1]
         row_positions = torch.arange(n, n + rows.shape[1], device=device).expand(k, -1)
-        hidden = base(input_ids=rows, position_ids=row_positions, past_key_values=memory).last_hidden_state
+        hidden = base(input_ids=rows, position_ids=row_positions, **{self._cache: memory}).last_hidden_state
         last = hidden[torch.arange(k, device=device), local.numel() - 1 + torch.arange(k, device=device)]  # [k, H]
         logits = self.model.get_output_embeddings()(last).float()
         return torch.log_softmax(logits, dim=-1)[torch.arange(k, device=device), targets]
