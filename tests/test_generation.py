@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import random_ids
 
-from focus_core import FocusInputError, FocusInputTypeError, MemoryBudgetError
+from focus_core import FocusConfigError, FocusInputError, FocusInputTypeError, MemoryBudgetError
 from focus_core.config import FocusConfig
 from focus_core.sampling import Sampler, TextStream
 
@@ -193,3 +193,11 @@ def test_score_of_a_long_input_follows_the_aggregated_decoding(make_engine, aggr
 def test_score_refuses_an_empty_continuation(make_engine):
     with pytest.raises(FocusInputError):
         make_engine().score(random_ids(40), "")
+
+
+@pytest.mark.parametrize("setting, value", [("prefix_cache_bytes", 0), ("native_window", 64)])
+def test_engine_settings_are_refused_per_call(make_engine, setting, value):
+    engine = make_engine()
+    with pytest.raises(FocusConfigError, match=f"{setting} belong"):
+        engine.generate_ids(random_ids(300), **{setting: value})
+    assert engine.stats.chunks_encoded == 0
