@@ -178,11 +178,11 @@ def test_entropy_mode_serves_models_without_rope(tokenizer):
         engine.generate_ids(random_ids(LONG), aggregation="kv")
 
 
-def test_auto_is_focus_without_trained_candidates(make_engine):
+def test_auto_is_entropy_without_trained_candidates(make_engine):
     engine = make_engine()
-    assert engine.aggregation_for() == "focus"
+    assert engine.aggregation_for() == "entropy"
     ids = random_ids(LONG, seed=10)
-    assert engine.generate_ids(ids) == engine.generate_ids(ids, aggregation="focus")
+    assert engine.generate_ids(ids) == engine.generate_ids(ids, aggregation="entropy")
 
 
 def test_entropy_aggregation_picks_the_most_confident_distribution():

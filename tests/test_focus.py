@@ -71,7 +71,7 @@ def test_reused_chunk_kv_equals_its_block_masked_reencoding(make_engine, arch):
 
 
 def test_focus_reads_the_first_chunk_and_the_most_relevant_within_the_window(make_engine):
-    engine = make_engine()
+    engine = make_engine(aggregation="focus")
     ids = random_ids(LONG * 3, seed=12)
     generation = engine.stream(ids)
     assert generation.relevance == []  # nothing is read before the first piece is asked for
@@ -123,16 +123,16 @@ def test_relevance_is_the_gain_over_no_chunk(make_engine):
 
 
 @pytest.mark.slow
-def test_relevance_finds_the_pass_key_chunk_and_focus_answers(embedded):
+@pytest.mark.parametrize("aggregation", ["focus", "entropy"])
+def test_relevance_finds_the_pass_key_chunk_and_the_answer_follows(embedded, aggregation):
     model, tokenizer = embedded
     config = FocusConfig(
         chunk_size=256, local_window=128, dynamic_prompt_len=32, max_new_tokens=8, native_window=1024, progress=False
     )
-    engine = FocusEngine(model, tokenizer, config)
+    engine = FocusEngine(model, tokenizer, config.replace(aggregation=aggregation))
     for depth, seed in ((0.3, 1), (0.7, 2)):
         case = make_case(tokenizer, 3000, depth, seed)
         completion = engine.complete(case.prompt)
         best = max(completion.relevance, key=lambda s: s.score)
-        assert case.passkey in best.text
-        assert 0 in [s.index for s in completion.sources] and best in completion.sources
+        assert case.passkey in best.text and completion.sources[0] == best
         assert case.is_correct(completion.text)

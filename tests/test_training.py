@@ -133,7 +133,7 @@ def test_mismatched_or_corrupt_adapters_are_refused_and_change_nothing(tokenizer
         before = engine.generate_ids(ids, aggregation="kv")
         with pytest.raises(AdapterError, match="different model"):
             engine.load_adapter(tmp_path / "adapter")
-        assert engine.aggregation_for() == "focus" and engine.generate_ids(ids, aggregation="kv") == before
+        assert engine.aggregation_for() == "entropy" and engine.generate_ids(ids, aggregation="kv") == before
     weights = tmp_path / "adapter" / "candidates.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(AdapterError, match="cannot be read"):
