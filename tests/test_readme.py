@@ -15,7 +15,7 @@ ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 # What each block must print: the facts it asks about, read from past the model's window.
-EXPECTED = [["Lighthouse"], ["Okonkwo", "Paris"], ["Okonkwo", "Lighthouse"]]
+EXPECTED = [["Lighthouse", "the answer is in a source: True"], ["Okonkwo", "Paris"], ["Okonkwo", "Lighthouse"]]
 
 
 BASH_LINES = [
