@@ -62,7 +62,13 @@ def test_quick_suite_runs_end_to_end_at_tiny_sizes(embedded, tmp_path):
     for figure in ("passkey", "needle", "peers", "speed", "perplexity"):
         assert (tmp_path / "docs" / f"{figure}.png").stat().st_size > 10_000
     passkey = json.loads((tmp_path / "results" / "passkey.json").read_text())
-    assert set(passkey["summary"]) == {"FocusLLM (entropy)", "full attention", "truncation", "RAG top-2 x 256"}
+    assert set(passkey["summary"]) == {
+        "FocusLLM (focus)",
+        "FocusLLM (entropy)",
+        "full attention",
+        "truncation",
+        "RAG top-2 x 256",
+    }
     assert passkey["results"]["full attention"]["2048"] == [None]  # 2K tokens do not fit a 1K window
     assert passkey["summary"]["FocusLLM (entropy)"]["accuracy"] == 1.0  # the engine retrieves a pass key at 2K
     speed = json.loads((tmp_path / "results" / "speed.json").read_text())
