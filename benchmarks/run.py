@@ -147,10 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--methods", nargs="+", default=None, help=f"FocusLLM aggregations and peers ({', '.join(PEERS)}); default: all"
     )
+    parser.add_argument("--lengths", type=int, nargs="+", default=None, help="prompt lengths of both grids")
     parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--docs", type=Path, default=None)
     args = parser.parse_args(argv)
     suite = SUITES[args.suite]
+    if args.lengths:
+        suite = dataclasses.replace(suite, passkey_lengths=args.lengths, needle_lengths=args.lengths)
     sub = "" if suite.name == "full" else suite.name
     load = {"adapter": args.adapter} if args.adapter else {}
     engine = FocusEngine.from_pretrained(None, suite.config.replace(prefix_cache_bytes=8 * 2**30), **load)
