@@ -40,7 +40,7 @@ def focus_point(engine: FocusEngine, n_tokens: int, new_tokens: int, **overrides
     total = time.perf_counter() - start
     encode_s = engine.stats.encode_seconds - before_s
     tokens = engine.stats.tokens_encoded - before_tokens
-    plan = engine._plan(engine.tokenize(prompt), engine.config)
+    plan = engine.plan(prompt)
     flops = forward_flops(engine.model, [len(engine.encoder.bos) + len(c) for c in plan.chunks])
     return {
         "tokens": engine.count_tokens(prompt),

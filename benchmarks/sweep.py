@@ -33,7 +33,7 @@ def run(tokens: int, seeds: int, grid: list[tuple[str, int]]) -> dict:
             for seed, depth in enumerate(spread_depths(seeds)):
                 engine.prefix_cache.clear()
                 case = make_case(tokenizer, tokens, depth, seed)
-                plan = engine._plan(engine.tokenize(case.prompt), engine.config)
+                plan = engine.plan(case.prompt)
                 flops += forward_flops(model, [1 + len(c) for c in plan.chunks])
                 start = time.perf_counter()
                 answer = engine.generate(case.prompt)

@@ -52,7 +52,7 @@ def main() -> None:
     print(f"question: {QUESTION}")
     print(f"the answer's chunk is ranked {rank} of {chunks} by the retriever (top-{TOP_K} is used)")
     print(f"vector RAG (top-{TOP_K} of {chunks} chunks): {rag_answer!r}  ({rag_s:.1f} s)")
-    print(f"FocusLLM (all {llm.engine.count_tokens(focus._context)} tokens): {focus_answer!r}  ({focus_s:.1f} s)")
+    print(f"FocusLLM (all {llm.engine.count_tokens(focus.context)} tokens): {focus_answer!r}  ({focus_s:.1f} s)")
 
 
 if __name__ == "__main__":

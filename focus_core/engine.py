@@ -237,6 +237,10 @@ class FocusEngine:
             return list(prompt)
         raise FocusInputTypeError(f"prompt must be a str, a list of token ids or a tensor, got {type(prompt).__name__}")
 
+    def plan(self, prompt: Prompt, **overrides: Any) -> ChunkPlan:
+        """How ``prompt`` is laid out: its memory chunks, local context and dynamic prompt."""
+        return self._plan(self.tokenize(prompt), self._settings(overrides))
+
     def count_tokens(self, text: str) -> int:
         if not isinstance(text, str):
             raise FocusInputTypeError(f"count_tokens takes a str, got {type(text).__name__}")

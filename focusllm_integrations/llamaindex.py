@@ -168,6 +168,11 @@ class FocusQueryEngine(BaseQueryEngine):
     def llm(self) -> FocusLLM:
         return self._llm
 
+    @property
+    def context(self) -> str:
+        """All the text of the documents, as it goes into every prompt."""
+        return self._context
+
     def query(self, str_or_query_bundle: str | QueryBundle) -> Response | StreamingResponse:
         return super().query(_checked_query(str_or_query_bundle))
 
