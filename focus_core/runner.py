@@ -87,19 +87,6 @@ class ModelRunner:
         softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
         return out if softcap is None else torch.tanh(out / softcap) * softcap
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor,
-        cache,
-        attention_mask: torch.Tensor | None,
-        candidate_mask: torch.Tensor | None = None,
-        logits: bool = True,
-    ) -> torch.Tensor | None:
-        """Logits ``[batch, vocab]`` (fp32) of the last position of every row, or None if not wanted."""
-        hidden = self.hidden_states(input_ids, position_ids, cache, attention_mask, candidate_mask)
-        return self.logits(hidden[:, -1]) if logits else None
-
     def token_loglik(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``log p(targets[r, i] | hidden[r, i])`` summed over ``i``: ``[rows]`` fp32.
 
@@ -137,7 +124,7 @@ class SequenceBatch:
         valid = slots >= pad[:, None]  # [rows, width]
         positions = (slots - pad[:, None]).clamp(min=0)
         mask = None if bool(valid.all()) else valid
-        self.runner.forward(ids, positions, self.kv.cache(), mask, logits=False)
+        self.runner.hidden_states(ids, positions, self.kv.cache(), mask)
         self.kv.advance(width, valid)
         self.next_positions = width - pad
 
