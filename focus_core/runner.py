@@ -79,12 +79,16 @@ class ModelRunner:
             ).last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """fp32 next-token logits of hidden states ``[n, hidden]``, with the model's own final soft-capping.
+        """fp32 next-token logits of hidden states ``[n, hidden]``, with the model's own output transforms:
+        Granite's ``logits_scaling`` (a divisor) and Gemma's ``final_logit_softcapping``.
 
         The head runs as a 2-D matmul: on CPU a 3-D one copies the head weight once per row.
         """
+        config = self.model.config.get_text_config()
         out = self.model.get_output_embeddings()(hidden.contiguous()).float()
-        softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        scaling = getattr(config, "logits_scaling", None)
+        out = out if scaling is None else out / scaling
+        softcap = getattr(config, "final_logit_softcapping", None)
         return out if softcap is None else torch.tanh(out / softcap) * softcap
 
     def token_loglik(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

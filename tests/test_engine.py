@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from conftest import TINY_ARCHS, random_ids, tiny_model
+from conftest import TINY_ARCHS, TINY_CONFIG, VOCAB, random_ids, tiny_model
 from transformers import DynamicCache
 
 from focus_core import FocusEngine, UnsupportedModelError
@@ -170,7 +170,6 @@ def test_long_input_generates_in_every_mode(make_engine, arch, aggregation):
 
 
 def test_entropy_mode_serves_models_without_rope(tokenizer):
-    from conftest import TINY_CONFIG
 
     engine = FocusEngine(tiny_model("gpt2"), tokenizer, TINY_CONFIG)
     assert len(engine.generate_ids(random_ids(LONG))) == TINY_CONFIG.max_new_tokens
@@ -259,3 +258,21 @@ def test_prefix_cache_evicts_least_recently_used():
     cache.put("c", entry)
     assert cache.get("b") is None and cache.get("a") is entry and cache.get("c") is entry
     assert cache.nbytes == 640
+
+
+def test_logits_follow_the_model_own_output_scaling(tokenizer):
+    """Granite divides its logits by ``logits_scaling``: the engine's logits equal the model's."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "granite", vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, logits_scaling=4.0,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32).eval()
+    engine = FocusEngine(model, tokenizer, TINY_CONFIG)
+    ids = random_ids(40)
+    assert engine.generate_ids(ids, max_new_tokens=6) == plain_greedy(model, ids, 6)
+    expected = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    torch.testing.assert_close(engine.score(ids[:-1] + ids[-1:], [5])[0], expected[5], atol=1e-4, rtol=1e-4)
