@@ -32,10 +32,13 @@ def main() -> None:
     for question in QUESTIONS:
         start = time.perf_counter()
         response = engine.query(question)
+        top = response.source_nodes[0]  # the most relevant passage the answer was read from
         print(
             f"{question.splitlines()[0]}\n  -> {response.response.strip()}  "
-            f"({time.perf_counter() - start:.1f} s, {len(response.source_nodes)} documents, "
-            f"chunks encoded so far: {llm.engine.stats.chunks_encoded}, reused: {llm.engine.stats.chunks_reused})"
+            f"({time.perf_counter() - start:.1f} s, {len(response.source_nodes)} source passages, "
+            f"chunks encoded so far: {llm.engine.stats.chunks_encoded}, reused: {llm.engine.stats.chunks_reused})\n"
+            f"  top source: {top.node.metadata['file_name']}, relevance {top.score:.1f}: "
+            f"{top.node.text[:80]!r}..."
         )
 
 

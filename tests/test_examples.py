@@ -40,8 +40,9 @@ def test_langchain_chat_streams_an_answer():
 
 def test_llamaindex_query_engine_reuses_the_encoded_documents():
     out = run_example("llamaindex_query_engine.py")
-    first, second = re.findall(r"-> (.*)  \((\d+\.\d) s, 3 documents, chunks encoded so far: (\d+)", out)
+    first, second = re.findall(r"-> (.*)  \((\d+\.\d) s, \d+ source passages, chunks encoded so far: (\d+)", out)
     assert "Okonkwo" in first[0] and "Lighthouse" in second[0]
+    assert out.count("top source: part") == 2  # passages with their document's metadata
     assert float(second[1]) < float(first[1]) / 3
     assert int(second[2]) - int(first[2]) <= 2  # only the tail chunk(s) holding the new question
 
