@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from .config import AGGREGATIONS, FocusConfig
-from .distributed import init_from_environment, is_main_process
+from .distributed import is_main_process, launched_group
 from .engine import FocusEngine
 from .errors import FocusConfigError, FocusError
 from .loading import cache_entries, cache_root, clear_cache, load_model
@@ -444,6 +444,7 @@ def _engine(args: argparse.Namespace, config: FocusConfig) -> FocusEngine:
         device=device,
         gguf_file=args.gguf_file,
         progress=False if args.quiet else None,
+        group=args.group,
     )
 
 
@@ -628,6 +629,7 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
         gguf_file=args.gguf_file,
         progress=False if args.quiet else None,
+        group=args.group,
     )
     stream = TokenStream(tokenizer, read_documents(args.data))
     print(f"training text: {len(stream.train)} tokens, held out: {len(stream.eval)}", flush=True)
@@ -671,8 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "verbose", False):
         hf_logging.set_verbosity_error()  # transformers' advice to library users (e.g. GGUF dtypes) is noise here
     try:
-        if args.command in ("ask", "passkey"):  # training joins its process group through accelerate
-            init_from_environment()
+        # under torchrun the chunks shard over the launched processes; training joins through accelerate
+        args.group = launched_group() if args.command in ("ask", "passkey") else None
         return {"ask": run_ask, "passkey": run_passkey, "train": run_train, "cache": run_cache}[args.command](args)
     except (UserError, FocusError, OSError) as err:
         print(f"focusllm: error: {_one_line(err)}", file=sys.stderr, flush=True)

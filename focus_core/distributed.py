@@ -5,6 +5,9 @@ their prefix caches) and encodes and scores only those. The relevance scores are
 chunks' prefix KV is sent by the processes holding them, and every process then decodes the same small
 state; the token sampled on rank 0 is broadcast so that all stay in lockstep. Launch with ``torchrun`` /
 ``accelerate launch``: gloo on CPU, NCCL on GPU.
+
+Sharding is never implicit: an engine shards only when built with ``group=`` (a :class:`ChunkGroup`, or a
+``torch.distributed`` process group); the CLI passes :func:`launched_group` when run under a launcher.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from .errors import FocusConfigError
 from .kv_cache import PrefixKV
 
 
@@ -21,6 +25,9 @@ class ChunkGroup:
     """The processes sharing one prompt's chunks, and the few collectives the engine needs."""
 
     def __init__(self, group: dist.ProcessGroup | None = None):
+        """``group``: the processes to shard over; ``None`` is the default (world) process group."""
+        if not (dist.is_available() and dist.is_initialized()):
+            raise FocusConfigError("a ChunkGroup needs torch.distributed initialised (init_process_group) first")
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
@@ -32,11 +39,13 @@ class ChunkGroup:
         )
 
     @classmethod
-    def detect(cls) -> ChunkGroup | None:
-        """The default process group when there is one with more than one process, else ``None``."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            return cls()
-        return None
+    def of(cls, group: ChunkGroup | dist.ProcessGroup | None) -> ChunkGroup | None:
+        """``group`` as a :class:`ChunkGroup`; ``None`` (no sharding) stays ``None``."""
+        if group is None or isinstance(group, ChunkGroup):
+            return group
+        if isinstance(group, dist.ProcessGroup):
+            return cls(group)
+        raise FocusConfigError(f"group must be a ChunkGroup or a torch.distributed ProcessGroup, got {group!r}")
 
     def sizes(self, n: int) -> list[int]:
         """How many of ``n`` chunks each rank holds (contiguous blocks, the first ranks one more)."""
@@ -79,18 +88,16 @@ class ChunkGroup:
         return int(t)
 
 
-def init_from_environment() -> bool:
-    """Join the process group a launcher (``torchrun``, ``accelerate launch``) described in the environment.
-
-    Returns whether this is a multi-process run. NCCL when CUDA is available, gloo otherwise.
-    """
+def launched_group() -> ChunkGroup | None:
+    """The group of the processes a launcher (``torchrun``, ``accelerate launch``) started, joined now
+    (NCCL when CUDA is available, gloo otherwise); ``None`` for a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
+        return None
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True
+    return ChunkGroup()
 
 
 def is_main_process() -> bool:

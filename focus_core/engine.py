@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import adapters
@@ -101,8 +102,14 @@ class FocusEngine:
         tokenizer: PreTrainedTokenizerBase,
         config: FocusConfig | None = None,
         prefix_cache: PrefixCache | None = None,
+        group: ChunkGroup | dist.ProcessGroup | None = None,
     ):
-        """``prefix_cache``: share another engine's cache of encoded chunks (same model and dtype only)."""
+        """``prefix_cache``: share another engine's cache of encoded chunks (same model and dtype only).
+
+        ``group``: shard the chunks over these processes (a :class:`ChunkGroup` or a ``torch.distributed``
+        process group; every process then makes the same calls). ``None``, the default, reads every
+        chunk in this process, whether or not a process group exists.
+        """
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config if config is not None else FocusConfig()
@@ -117,7 +124,7 @@ class FocusEngine:
         self._candidates: CandidateProjections | None = None
         self._candidates_trained = False
         self._lock = threading.Lock()
-        self.group = ChunkGroup.detect()  # chunk-parallel across processes when run in a process group
+        self.group = ChunkGroup.of(group)
 
     @classmethod
     def from_pretrained(
@@ -126,15 +133,16 @@ class FocusEngine:
         config: FocusConfig | None = None,
         *,
         adapter: str | os.PathLike | None = None,
+        group: ChunkGroup | dist.ProcessGroup | None = None,
         **load_kwargs: Any,
     ) -> FocusEngine:
         """Load a model (``None``: the embedded default) with :func:`load_model` and wrap it.
 
         ``adapter``: a directory written by :meth:`save_adapter` to load trained candidate projections
-        from (none ships with the package: see the README's training section).
+        from (none ships with the package: see the README's training section). ``group``: see ``__init__``.
         """
         model, tokenizer = load_model(name_or_path, **load_kwargs)
-        engine = cls(model, tokenizer, config)
+        engine = cls(model, tokenizer, config, group=group)
         if adapter:
             engine.load_adapter(adapter)
         return engine

@@ -35,7 +35,8 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         tokenizer = AutoTokenizer.from_pretrained(_embedded_checkpoint())
-        engine = FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG)
+        assert FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG).group is None  # sharding is never implicit
+        engine = FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG, group=dist.group.WORLD)
         assert engine.group is not None and engine.group.world == world
         tokens, relevance = _generate_all(engine)
         gathered = [None] * world
