@@ -29,9 +29,9 @@ from .errors import FocusConfigError, FocusError
 from .loading import cache_entries, cache_root, clear_cache, load_model
 from .memory import format_bytes
 from .passkey import make_case, spread_depths
+from .prompts import qa_prompt
 from .training import LOSSES, TokenStream, TrainingConfig, read_documents, train
 
-ASK_TEMPLATE = "{documents}\n\nQuestion: {question}\nAnswer:{answer_prefix}"
 EXIT_USAGE = 2  # argparse's status for bad options; every user error here uses it too
 
 
@@ -491,8 +491,7 @@ def run_ask(args: argparse.Namespace) -> int:
         prompt = engine.apply_chat_template([{"role": "user", "content": f"{documents}\n\n{question}"}])
         prompt += args.answer_prefix
     else:
-        prefix = f" {args.answer_prefix.strip()}" if args.answer_prefix.strip() else ""
-        prompt = ASK_TEMPLATE.format(documents=documents, question=question, answer_prefix=prefix)
+        prompt = qa_prompt(documents, question, args.answer_prefix)
     tokens = engine.count_tokens(prompt)
     _log(
         args,

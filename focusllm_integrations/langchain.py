@@ -24,10 +24,11 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, 
 from pydantic import ConfigDict, Field, model_validator
 
 from focus_core import FocusEngine, FocusInputError, FocusInputTypeError
+from focus_core.prompts import qa_template
 
 from ._engine import GENERATION_FIELDS, FocusFields, Passage, generation_overrides, resolve_engine, source_passages
 
-DEFAULT_QA_TEMPLATE = "{documents}\n\nQuestion: {question}\nAnswer:"
+DEFAULT_QA_TEMPLATE = qa_template("documents", "question")
 
 
 class FocusLLM(BaseLLM, FocusFields):

@@ -22,14 +22,13 @@ from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, No
 from pydantic import Field, PrivateAttr
 
 from focus_core import ChunkScore, FocusEngine, FocusInputError, FocusInputTypeError
+from focus_core.prompts import qa_template
 
 from ._engine import FocusFields, Passage, generation_overrides, resolve_engine, source_passages
 
 dispatcher = get_dispatcher(__name__)
 
-# Completion style, which small instruct models follow; the trailing space keeps SmolLM2 from ending
-# the answer at once (it emits end-of-turn right after "Answer:" on short contexts).
-DEFAULT_QA_TEMPLATE = "{context_str}\n\nQuestion: {query_str}\nAnswer: "
+DEFAULT_QA_TEMPLATE = qa_template("context_str", "query_str")
 
 
 class FocusLLM(CustomLLM, FocusFields):
