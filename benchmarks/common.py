@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import torch
 import transformers
+
+from focus_core import FocusEngine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,10 +55,31 @@ def forward_flops(model, chunk_lengths: list[int]) -> float:
     return 2 * non_embedding_params(model) * sum(chunk_lengths) + attention
 
 
-def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **payload}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+def result_header(benchmark: str, engine: FocusEngine | None = None) -> dict:
+    """What every result file opens with: the benchmark, when and where it ran and, given the engine,
+    on which model, dtype and settings."""
+    header = {"benchmark": benchmark, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
+    if engine is not None:
+        header |= {
+            "model": engine.model_name,
+            "dtype": str(engine.runner.dtype),
+            "native_window": engine.native_window,
+            "engine_config": dataclasses.asdict(engine.config),
+        }
+    return header
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """Write ``payload`` atomically: an interrupted run leaves the last complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    partial.replace(path)
+    return path
+
+
+def write_result(name: str, payload: dict, engine: FocusEngine | None = None) -> Path:
+    """``results/<name>.json``: the header, then ``payload``."""
+    path = write_json(RESULTS / f"{name}.json", {**result_header(name, engine), **payload})
     print(f"wrote {path}")
     return path

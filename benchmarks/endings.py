@@ -13,7 +13,6 @@ Writes ``benchmarks/results/endings.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 from focus_core import FocusConfig, FocusEngine
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     config = FocusConfig(max_new_tokens=16, stop=("\n",), progress=False)
     engine = FocusEngine.from_pretrained(None, config)
     result = run(engine, args.tokens, args.full_attention_tokens, args.seeds, args.aggregations)
-    write_result("endings", {"engine_config": dataclasses.asdict(config), **result})
+    write_result("endings", result, engine)
 
 
 if __name__ == "__main__":

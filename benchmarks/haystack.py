@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from focus_core.passkey import make_case
+from focus_core.passkey import QUESTION, answers_passkey, make_case
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,13 @@ class Case:
 
     def is_correct(self, reply: str) -> bool:
         if self.kind == "passkey":
-            found = re.search(r"\d+", reply)
-            return found is not None and found.group() == self.answers[0]
+            return answers_passkey(reply, self.answers[0])
         return any(a.lower() in reply.lower() for a in self.answers)
 
 
 def passkey_case(tokenizer, n_tokens: int, depth: float, seed: int) -> Case:
     case = make_case(tokenizer, n_tokens, depth, seed)
-    cut = case.prompt.rindex("\n\nWhat is the pass key?")
+    cut = case.prompt.rindex(QUESTION)
     return Case(
         context=case.prompt[:cut],
         query=case.prompt[cut:],

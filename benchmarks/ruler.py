@@ -64,7 +64,7 @@ from typing import Any
 from focus_core import FocusConfig, FocusEngine
 
 from . import haystack
-from .common import machine
+from .common import result_header, write_json
 from .methods import FocusMethod, FullAttention, Method, Truncation, VectorRAG
 from .plots import plt, save_figure
 
@@ -751,15 +751,7 @@ def _settings(method: Method) -> dict:
 
 
 def _header(engine, settings: dict, benchmark: str) -> dict:
-    return {
-        "benchmark": benchmark,
-        "model": engine.model_name,
-        "dtype": str(engine.runner.dtype),
-        "native_window": engine.native_window,
-        "engine_config": dataclasses.asdict(engine.config),
-        "machine": machine(),
-        "settings": settings,
-    }
+    return {**result_header(benchmark, engine), "settings": settings}
 
 
 def _load_records(path: Path, resume: bool) -> list[dict]:
@@ -767,12 +759,8 @@ def _load_records(path: Path, resume: bool) -> list[dict]:
 
 
 def _save(path: Path, header: dict, records: list[dict], summary: dict) -> dict:
-    """Write the results atomically (an interrupted run leaves the last complete file)."""
     payload = {**header, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "summary": summary, "records": records}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial_path = path.with_suffix(".partial")
-    partial_path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    partial_path.replace(path)
+    write_json(path, payload)
     return payload
 
 

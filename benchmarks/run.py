@@ -23,7 +23,7 @@ from focus_core import FocusConfig, FocusEngine
 
 from . import plots
 from .accuracy import run_grid
-from .common import machine
+from .common import result_header, write_json
 from .methods import PEERS, peers
 from .perplexity import run_perplexity
 from .speed import run_speed
@@ -125,17 +125,10 @@ def run_suite(
             if k in out or (results / f"{k}.json").is_file()
         ]
         plots.peer_bars(grids, docs / "peers.png")
-    settings = {
-        "suite": dataclasses.asdict(suite),
-        "engine_config": dataclasses.asdict(engine.config),
-        "model": engine.model_name,
-        "dtype": str(engine.runner.dtype),
-        "native_window": engine.native_window,
-        "machine": machine(),
-    }
     for part, payload in out.items():
-        payload = {"benchmark": part, "date": time.strftime("%Y-%m-%d %H:%M:%S"), **settings, **payload}
-        (results / f"{part}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        write_json(
+            results / f"{part}.json", {**result_header(part, engine), "suite": dataclasses.asdict(suite), **payload}
+        )
     return out
 
 

@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .common import machine  # noqa: E402
+from .common import result_header, write_json  # noqa: E402
 from .plots import save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,9 +136,7 @@ def main() -> None:
     at_max = [curve[-1]] + [run_child(longest, s, s / args.seeds_at_max) for s in range(1, args.seeds_at_max)]
     full = [run_child(n, 0, 0.5, full_attention=True) for n in args.full_attention_lengths]
     result = {
-        "benchmark": "scale",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": machine(),
+        **result_header("scale"),
         "curve": curve,
         "full_attention": full,
         "at_max": {
@@ -149,7 +147,7 @@ def main() -> None:
         },
         "processes": processes(args.process_tokens, 1),
     }
-    (ROOT / "benchmarks" / "results" / "scale.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(ROOT / "benchmarks" / "results" / "scale.json", result)
     plot(result, ROOT / "docs" / "scale.png")
     print(json.dumps({k: result["at_max"][k] for k in ("accuracy", "max_peak_over_estimate")}))
     print(json.dumps({k: v for k, v in result["processes"].items() if k != "runs"}))

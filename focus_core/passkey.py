@@ -28,9 +28,13 @@ class PasskeyCase:
     depth: float  # where the needle sits, as a fraction of the filler
 
     def is_correct(self, answer: str) -> bool:
-        """Whether the first number in ``answer`` is the pass key."""
-        found = re.search(r"\d+", answer)
-        return found is not None and found.group() == self.passkey
+        return answers_passkey(answer, self.passkey)
+
+
+def answers_passkey(answer: str, passkey: str) -> bool:
+    """Whether the first number in ``answer`` is ``passkey``."""
+    found = re.search(r"\d+", answer)
+    return found is not None and found.group() == passkey
 
 
 def make_case(tokenizer, n_tokens: int, depth: float, seed: int) -> PasskeyCase:
