@@ -499,7 +499,8 @@ def run_ask(args: argparse.Namespace) -> int:
         + (
             "fits the native window, read as-is"
             if tokens + config.max_new_tokens <= engine.native_window
-            else f"{tokens / engine.native_window:.1f}x the native window, read in chunks of {config.chunk_size:,}"
+            else f"{tokens / engine.native_window:.1f}x the native window, read in chunks of {config.chunk_size:,} "
+            f"with {engine.aggregation_for(config)} aggregation"
         ),
     )
     before = _stats(engine)
@@ -599,7 +600,10 @@ def run_passkey(args: argparse.Namespace) -> int:
             f"got {answer.strip()!r} ({'ok' if ok else 'wrong'}, {time.perf_counter() - t:.1f} s)"
         )
     processes = engine.group.world if engine.group else 1
-    _say(f"{time.perf_counter() - start:.1f} s on {processes} process{'es' if processes > 1 else ''}")
+    _say(
+        f"{engine.aggregation_for()} aggregation: {time.perf_counter() - start:.1f} s on {processes} "
+        f"process{'es' if processes > 1 else ''}"
+    )
     _say(f"passkey@{args.tokens}: {correct}/{args.seeds} correct")
     return 0
 
@@ -628,7 +632,6 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
         gguf_file=args.gguf_file,
         progress=False if args.quiet else None,
-        group=args.group,
     )
     stream = TokenStream(tokenizer, read_documents(args.data))
     print(f"training text: {len(stream.train)} tokens, held out: {len(stream.eval)}", flush=True)

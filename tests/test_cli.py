@@ -283,7 +283,10 @@ def test_verbose_prints_one_line_per_phase_and_no_bars_when_piped(tiny_dir, docs
         r"in \d+\.\d s",
         phases[1],
     )
-    assert re.fullmatch(r"focusllm: prompt: [\d,]+ tokens, \d+\.\dx the native window, read in chunks of 32", phases[2])
+    assert re.fullmatch(
+        r"focusllm: prompt: [\d,]+ tokens, \d+\.\dx the native window, read in chunks of 32 with entropy aggregation",
+        phases[2],
+    )
     match = re.fullmatch(
         r"focusllm: encoded (\d+) chunks \([\d,]+ tokens, \d+\.\d s\), reused 0 from the cache; "
         r"first token after \d+\.\d s",

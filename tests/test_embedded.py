@@ -158,6 +158,7 @@ def test_cli_train_writes_an_adapter_that_passkey_and_ask_load(tmp_path):
         "--quiet",
     )
     assert out.strip().splitlines()[-1].startswith("passkey@1500: ")
+    assert out.strip().splitlines()[-2].startswith("kv aggregation: ")  # the adapter's candidates decoded
     bad = subprocess.run(
         [sys.executable, "-m", "focus_core", "passkey", "--tokens", "1500", "--adapter", str(tmp_path)],
         capture_output=True,
