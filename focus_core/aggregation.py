@@ -48,7 +48,7 @@ def focus_decoding(
     prefixes: list[PrefixKV],
     bos: tuple[int, ...],
     local: list[int],
-    extra_slots: int,
+    capacity: int,
 ) -> PlainDecoding:
     """Ordinary attention over ``[BOS] + the chosen chunks (document order) + local``.
 
@@ -56,11 +56,12 @@ def focus_decoding(
     rotary embedding the cached KV is reused: each chunk's keys are rotated to the
     positions it takes in the joint sequence and the chunks' own BOS entries are dropped (one BOS
     leads). Without one (absolute position embeddings) the chunks are encoded again, together.
-    Chunk tokens then see their own chunk only, while the local context sees all of them.
+    Chunk tokens then see their own chunk only, while the local context sees all of them. ``capacity``:
+    the slots of the sequence (the new tokens included).
     """
     device = runner.device
     total = len(bos) + sum(len(c) for c in chunks)
-    sequence = SequenceBatch(runner, rows=1, capacity=total + len(local) + extra_slots)
+    sequence = SequenceBatch(runner, rows=1, capacity=capacity)
     if rotary_emb is None:
         ids = list(bos) + [t for c in chunks for t in c] + local
         return PlainDecoding(sequence, sequence.append(torch.tensor(ids, device=device)))

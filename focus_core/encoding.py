@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .chunking import ChunkPlan
 from .kv_cache import PrefixCache, PrefixKV, prefix_key
+from .memory import Layout
 from .relevance import top_indices
 from .runner import ModelRunner, SequenceBatch
 
@@ -64,30 +65,23 @@ class ChunkEncoder:
         # on an accelerator, cached prefixes wait in host memory (offloaded) and are copied back when reused
         self.store_device = torch.device("cpu")
 
-    def prefix_slots(self, plan: ChunkPlan) -> int:
-        return len(self.bos) + max(len(c) for c in plan.chunks)
-
-    def group_rows(self, plan: ChunkPlan, batch_tokens: int) -> int:
-        """Chunks encoded per micro-batch."""
-        return max(1, batch_tokens // self.prefix_slots(plan))
-
     def score(
-        self, plan: ChunkPlan, *, keep: int, batch_tokens: int, progress: bool, pinned: tuple[int, ...] = ()
+        self, plan: ChunkPlan, *, keep: int, layout: Layout, progress: bool, pinned: tuple[int, ...] = ()
     ) -> ScoredChunks:
-        """Run ``[BOS] + m_i + d`` for every chunk, a micro-batch at a time, and keep only the prefix KV
-        of the ``pinned`` and the best-scoring chunks, ``keep`` in all: memory beyond the prefix cache does
-        not grow with the prompt."""
+        """Run ``[BOS] + m_i + d`` for every chunk, a micro-batch at a time (``layout.encode`` and
+        ``layout.score`` size the buffers), and keep only the prefix KV of the ``pinned`` and the
+        best-scoring chunks, ``keep`` in all: memory beyond the prefix cache does not grow with the prompt."""
         loglik = torch.empty(len(plan.chunks))
         kept: dict[int, PrefixKV] = {}
         if not plan.chunks:  # a process of a group that holds none
             return ScoredChunks(loglik, kept)
         d = torch.tensor(plan.dynamic_prompt, device=self.runner.device)
-        rows_per_step = self.group_rows(plan, batch_tokens)
+        rows_per_step = layout.score.rows
         with tqdm(total=len(plan.chunks), desc="reading chunks", unit="chunk", disable=not progress) as bar:
             for start in range(0, len(plan.chunks), rows_per_step):
                 rows = list(range(start, min(start + rows_per_step, len(plan.chunks))))
-                prefixes = self.prefixes([self.bos + plan.chunks[i] for i in rows])
-                batch = self.batch(prefixes, extra_slots=len(d))
+                prefixes = self.prefixes([self.bos + plan.chunks[i] for i in rows], slots=layout.encode.slots)
+                batch = self.batch(prefixes, slots=layout.score.slots, extra_slots=len(d))
                 _, loglik[rows] = batch.append(d, loglik=True)
                 kept.update(zip(rows, prefixes))
                 for i in set(kept) - set(top_indices(loglik, list(kept), keep, pinned)):
@@ -102,15 +96,17 @@ class ChunkEncoder:
             batch.append(torch.tensor(self.bos, device=self.runner.device))
         return float(batch.append(torch.tensor(dynamic_prompt, device=self.runner.device), loglik=True)[1][0])
 
-    def prefixes(self, sequences: list[tuple[int, ...]]) -> list[PrefixKV]:
-        """The prefix KV of each ``[BOS] + chunk``: from the cache, or encoded in one batch and cached."""
+    def prefixes(self, sequences: list[tuple[int, ...]], slots: int | None = None) -> list[PrefixKV]:
+        """The prefix KV of each ``[BOS] + chunk``: from the cache, or encoded in one batch (of ``slots``
+        slots per row; default: the longest) and cached."""
         keys = [prefix_key(s, self.runner.dtype) for s in sequences]
         entries = [self.prefix_cache.get(k) for k in keys]
         missing = [i for i, e in enumerate(entries) if e is None]
         self.stats.add(reused=len(sequences) - len(missing))
         if missing:
             began = time.perf_counter()
-            group = SequenceBatch(self.runner, rows=len(missing), capacity=max(len(sequences[i]) for i in missing))
+            longest = max(len(sequences[i]) for i in missing)
+            group = SequenceBatch(self.runner, rows=len(missing), capacity=slots or longest)
             group.start_padded([sequences[i] for i in missing])
             for row, i in enumerate(missing):
                 k, v = group.kv.read_prefix(row)
@@ -123,10 +119,13 @@ class ChunkEncoder:
             )
         return entries
 
-    def batch(self, prefixes: list[PrefixKV], *, extra_slots: int) -> SequenceBatch:
-        """A batch holding ``prefixes`` right-aligned (left-padded), with room for ``extra_slots`` more."""
-        width = max(p.keys.shape[2] for p in prefixes)
-        batch = SequenceBatch(self.runner, rows=len(prefixes), capacity=width + extra_slots)
+    def batch(self, prefixes: list[PrefixKV], *, slots: int, extra_slots: int) -> SequenceBatch:
+        """A batch of ``slots`` slots per row: ``prefixes`` right-aligned (left-padded) in the first
+        ``slots - extra_slots``, then room for ``extra_slots`` more tokens."""
+        width = slots - extra_slots
+        if max(p.keys.shape[2] for p in prefixes) > width:
+            raise ValueError(f"a prefix is longer than the {width} slots the batch holds for them")
+        batch = SequenceBatch(self.runner, rows=len(prefixes), capacity=slots)
         batch.kv.skip(width)
         for row, p in enumerate(prefixes):
             batch.kv.write_prefix(row, p.keys.to(self.runner.device), p.values.to(self.runner.device))
@@ -138,12 +137,13 @@ class ChunkEncoder:
         prefixes: list[PrefixKV],
         dynamic_prompt: tuple[int, ...],
         *,
-        extra_slots: int,
+        slots: int,
         candidate: bool,
         batch_tokens: int,
     ) -> tuple[SequenceBatch, torch.Tensor]:
-        """The decoding batch: ``prefixes`` with ``d`` appended (room for ``extra_slots`` more tokens per
-        row), and the logits ``[rows, vocab]`` at each row's candidate position."""
+        """The decoding batch (``slots`` per row): ``prefixes`` with ``d`` appended and room for the new
+        tokens after it, and the logits ``[rows, vocab]`` at each row's candidate position."""
         d = torch.tensor(dynamic_prompt, device=self.runner.device)
-        batch = self.batch(prefixes, extra_slots=len(d) + extra_slots)
+        longest = max(p.keys.shape[2] for p in prefixes)
+        batch = self.batch(prefixes, slots=slots, extra_slots=slots - longest)
         return batch, batch.append(d, candidate_last=candidate, max_batch_tokens=batch_tokens)

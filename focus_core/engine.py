@@ -32,7 +32,7 @@ from .encoding import ChunkEncoder, EncodingStats
 from .errors import FocusConfigError, FocusInputError, FocusInputTypeError
 from .kv_cache import PrefixCache, PrefixKV
 from .loading import load_model
-from .memory import MemoryEstimate, available_bytes, check_fits, format_bytes
+from .memory import Layout, MemoryEstimate, available_bytes, check_fits, chunked_layout, format_bytes, plain_layout
 from .relevance import ChunkScore, select
 from .runner import ModelRunner, SequenceBatch
 from .sampling import Sampler, TextStream
@@ -190,7 +190,7 @@ class FocusEngine:
         cfg, ids = self._prepare(prompt, overrides)
         if self._fits(ids, cfg):
             return []
-        return self._chunk_scores(prompt, self._read(ids, cfg, keep=0))
+        return self._chunk_scores(prompt, self._read(ids, cfg, self._layout(ids, cfg, keep=0)))
 
     def generate_ids(self, prompt: Prompt, **overrides: Any) -> list[int]:
         """The generated token ids (EOS excluded, stop strings not applied)."""
@@ -379,40 +379,60 @@ class FocusEngine:
             bos_token_id=self.tokenizer.bos_token_id,
         )
 
-    def _estimate(self, ids: list[int], cfg: FocusConfig) -> MemoryEstimate:
-        """Peak bytes of one call: the decoding state's KV, the largest transient allocation (a micro-batch
-        of the parallel pass, or the first local pass) and what the prefix cache may grow by."""
-        per_token, runner = self.runner.kv_bytes_per_token(), self.runner
+    def _focus_room(self, plan: ChunkPlan, cfg: FocusConfig) -> int:
+        """Chunk tokens ``focus`` can read beside [BOS], the local context and the answer."""
+        return self.native_window - len(self.encoder.bos) - len(plan.local) - cfg.max_new_tokens
+
+    def _layout(self, ids: list[int], cfg: FocusConfig, keep: int | None = None) -> Layout:
+        """The KV buffers this call allocates; ``keep``: chunks kept for decoding (default: what the
+        aggregation reads)."""
         if self._fits(ids, cfg):
-            n = len(ids)
-            return MemoryEstimate(per_token * (n + cfg.max_new_tokens), runner.activation_bytes(1, n, n), 0)
+            return plain_layout(len(ids), cfg.max_new_tokens)
+        plan, mode, bos = self._plan(ids, cfg), self.aggregation_for(cfg), len(self.encoder.bos)
+        read = min(cfg.chunks_read(self.native_window, mode) if keep is None else keep, len(plan.chunks))
+        longest = max(len(c) for c in plan.chunks)
+        return chunked_layout(
+            mode,
+            chunks=len(self._my_chunks(plan).chunks),
+            prefix_slots=bos + longest,
+            read=read,
+            read_tokens=min(read * longest, self._focus_room(plan, cfg)),
+            dynamic_prompt=len(plan.dynamic_prompt),
+            local=len(plan.local),
+            bos=bos,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_tokens=cfg.encode_batch_tokens,
+        )
+
+    def _estimate(self, ids: list[int], cfg: FocusConfig) -> MemoryEstimate:
+        """Peak bytes of one call, from its :class:`Layout`: the decoding state's KV, the largest transient
+        allocation (a micro-batch of the parallel pass, or the first decoding pass) and what the prefix
+        cache may grow by."""
+        per_token, runner = self.runner.kv_bytes_per_token(), self.runner
+        layout = self._layout(ids, cfg)
+        state = sum(block.nbytes(per_token) for block in layout.state)
+        if layout.encode is None:  # the prompt fits: one forward over it
+            return MemoryEstimate(state, runner.activation_bytes(1, len(ids), len(ids)), 0)
         plan = self._plan(ids, cfg)
-        mode = self.aggregation_for(cfg)
-        width, p = self.encoder.prefix_slots(plan), len(plan.dynamic_prompt)
-        own = max(1, len(self._my_chunks(plan).chunks))
-        read = min(cfg.chunks_read(self.native_window, mode), len(plan.chunks))
-        group = min(own, self.encoder.group_rows(plan, cfg.encode_batch_tokens))
-        kept = per_token * read * width  # prefixes of the best chunks so far, held through the pass
+        p, width, group = len(plan.dynamic_prompt), layout.encode.slots, layout.encode.rows
         scoring = (
-            per_token * group * (2 * width + p)
+            layout.encode.nbytes(per_token)
+            + layout.score.nbytes(per_token)
             + runner.activation_bytes(group, width, width)
             + 2 * p * runner.vocab_size * 4
-        )  # encode buffer + scoring batch + activations + logits
-        local = len(self.encoder.bos) + len(plan.local) + cfg.max_new_tokens
-        if mode == "focus":
-            sequence = min(self.native_window, len(self.encoder.bos) + read * width + local)
-            state, first_pass = per_token * sequence, runner.activation_bytes(1, len(plan.local), sequence)
+        )  # buffers + activations + the dynamic prompt's logits
+        if self.aggregation_for(cfg) == "focus":
+            first_pass = runner.activation_bytes(1, len(plan.local), layout.state[0].slots)
         else:
-            state = per_token * read * (width + p + cfg.max_new_tokens)  # the chosen chunks' rows
-            first_pass = runner.activation_bytes(read, p, width + p)
-            if mode == "entropy":  # the local context decoded beside them
-                state += per_token * local
-            else:  # kv: the local pass behind the candidate entries, rebuilt every step
-                first_pass += per_token * (read + local)
+            first_pass = runner.activation_bytes(layout.kept.rows, p, width + p)
+        if layout.step is not None:
+            first_pass += layout.step.nbytes(per_token)
         # prefixes are cached in host memory: they count against the budget only when that is host memory too
-        host = runner.device.type == "cpu"
-        new_prefixes = min(per_token * own * width, cfg.prefix_cache_bytes) if host else 0
-        return MemoryEstimate(state, kept + max(scoring, first_pass), new_prefixes)
+        new_prefixes = 0
+        if runner.device.type == "cpu":
+            own = self._my_chunks(plan).chunks
+            new_prefixes = min(per_token * sum(len(self.encoder.bos) + len(c) for c in own), cfg.prefix_cache_bytes)
+        return MemoryEstimate(state, layout.kept.nbytes(per_token) + max(scoring, first_pass), new_prefixes)
 
     def _candidate_projections(self) -> CandidateProjections:
         with self._lock:
@@ -427,12 +447,12 @@ class FocusEngine:
         self, ids: list[int], cfg: FocusConfig, on_read: Callable[[Reading], None] | None = None
     ) -> DecodingState:
         """Read the prompt and build the decoding state of the configured aggregation."""
-        device = self.runner.device
+        device, layout = self.runner.device, self._layout(ids, cfg)
         if self._fits(ids, cfg):
-            sequence = SequenceBatch(self.runner, rows=1, capacity=len(ids) + cfg.max_new_tokens)
+            sequence = SequenceBatch(self.runner, rows=1, capacity=layout.state[0].slots)
             return PlainDecoding(sequence, sequence.append(torch.tensor(ids, device=device)))
         mode = self.aggregation_for(cfg)
-        reading = self._read(ids, cfg, keep=cfg.chunks_read(self.native_window, mode))
+        reading = self._read(ids, cfg, layout)
         if on_read is not None:
             on_read(reading)
         plan, bos = reading.plan, self.encoder.bos
@@ -440,40 +460,40 @@ class FocusEngine:
             rotary = getattr(self.model.get_decoder(), "rotary_emb", None) if cfg.focus_kv == "reuse" else None
             chunks = [plan.chunks[i] for i in reading.chosen]
             return focus_decoding(
-                self.runner, rotary, chunks, reading.prefixes, bos, list(plan.local), cfg.max_new_tokens
+                self.runner, rotary, chunks, reading.prefixes, bos, list(plan.local), layout.state[0].slots
             )
         chunks, chunk_logits = self.encoder.with_prompt(
             reading.prefixes,
             plan.dynamic_prompt,
-            extra_slots=cfg.max_new_tokens,
+            slots=layout.state[0].slots,
             candidate=mode == "kv",
             batch_tokens=cfg.encode_batch_tokens,
         )
         if mode == "kv":
             return KVAggregation(self.runner, self.model.get_decoder().rotary_emb, chunks, list(plan.local))
-        local = SequenceBatch(self.runner, rows=1, capacity=len(bos) + len(plan.local) + cfg.max_new_tokens)
+        local = SequenceBatch(self.runner, rows=1, capacity=layout.state[1].slots)
         local_logits = local.append(torch.tensor(bos + plan.local, device=device))
         return EntropyAggregation(PlainDecoding(local, local_logits), chunks, chunk_logits)
 
-    def _read(self, ids: list[int], cfg: FocusConfig, keep: int) -> Reading:
-        """The parallel pass: score every chunk, choose the ``keep`` most relevant (within the window in
-        ``focus``) and gather their prefix KV (from the processes holding them, in a process group)."""
-        plan = self._plan(ids, cfg)
+    def _read(self, ids: list[int], cfg: FocusConfig, layout: Layout) -> Reading:
+        """The parallel pass: score every chunk, choose the most relevant (``layout.kept.rows``, within the
+        window in ``focus``) and gather their prefix KV (from the processes holding them, in a process group)."""
+        plan, keep = self._plan(ids, cfg), layout.kept.rows
         mine, offset = self._my_chunks(plan), self.group.share(len(plan.chunks)).start if self.group else 0
         focus = self.aggregation_for(cfg) == "focus"
         pinned = (0,) if focus and keep else ()  # focus always reads the prompt's opening (instructions)
         scored = self.encoder.score(
             mine,
             keep=keep,
-            batch_tokens=cfg.encode_batch_tokens,
+            layout=layout,
             progress=self._progress(cfg),
             pinned=pinned if offset == 0 else (),
         )
         loglik = scored.loglik if self.group is None else self.group.gather_rows(scored.loglik, len(plan.chunks))
         relevance = loglik - self.encoder.baseline(plan.dynamic_prompt)
         lengths = [len(c) for c in plan.chunks]
-        room = self.native_window - len(self.encoder.bos) - len(plan.local) - cfg.max_new_tokens
-        chosen = select(relevance, lengths, max_chunks=keep, max_tokens=room if focus else sum(lengths), pinned=pinned)
+        room = self._focus_room(plan, cfg) if focus else sum(lengths)
+        chosen = select(relevance, lengths, max_chunks=keep, max_tokens=room, pinned=pinned)
         if self.group is None:
             prefixes = [scored.kept[i] for i in chosen]
         else:

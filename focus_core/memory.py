@@ -26,6 +26,69 @@ class MemoryEstimate:
         return self.kv_bytes + self.transient_bytes + self.prefix_cache_bytes
 
 
+@dataclass(frozen=True)
+class KVBlock:
+    """A KV buffer: ``rows`` sequences of ``slots`` token slots, keys and values of every layer."""
+
+    rows: int
+    slots: int
+
+    def nbytes(self, bytes_per_token: int) -> int:
+        return self.rows * self.slots * bytes_per_token
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The KV buffers one call allocates, stage by stage (docs/design.md, "Memory plan").
+
+    The single declaration of those shapes: the encoder and the decoding states allocate their buffers
+    from it, and the memory estimate adds it up.
+    """
+
+    state: tuple[KVBlock, ...]  # the decoding state, held until the last token
+    encode: KVBlock | None = None  # one micro-batch of chunk prefixes being encoded
+    score: KVBlock | None = None  # the same prefixes with the dynamic prompt appended (relevance)
+    kept: KVBlock | None = None  # the best prefixes so far, held through the parallel pass
+    step: KVBlock | None = None  # rebuilt at every decoding step (kv: the local pass)
+
+
+def plain_layout(prompt_tokens: int, max_new_tokens: int) -> Layout:
+    """A prompt that fits the native window: one sequence."""
+    return Layout(state=(KVBlock(1, prompt_tokens + max_new_tokens),))
+
+
+def chunked_layout(
+    mode: str,
+    *,
+    chunks: int,
+    prefix_slots: int,
+    read: int,
+    read_tokens: int,
+    dynamic_prompt: int,
+    local: int,
+    bos: int,
+    max_new_tokens: int,
+    batch_tokens: int,
+) -> Layout:
+    """A prompt read in chunks: ``chunks`` held by this process, each ``[BOS] + chunk`` in at most
+    ``prefix_slots`` slots; decoding reads ``read`` of them, ``read_tokens`` chunk tokens in all (focus)."""
+    group = max(1, min(chunks, batch_tokens // prefix_slots))  # chunks per micro-batch
+    parallel = {
+        "encode": KVBlock(group, prefix_slots),
+        "score": KVBlock(group, prefix_slots + dynamic_prompt),
+        "kept": KVBlock(read, prefix_slots),
+    }
+    local_slots = bos + local + max_new_tokens
+    if mode == "focus":  # one sequence: [BOS] + the chosen chunks + local
+        return Layout(state=(KVBlock(1, bos + read_tokens + local + max_new_tokens),), **parallel)
+    rows = KVBlock(read, prefix_slots + dynamic_prompt + max_new_tokens)  # each chosen chunk decoding
+    if mode == "entropy":  # the local context decoded beside them
+        return Layout(state=(rows, KVBlock(1, local_slots)), **parallel)
+    # kv: the local pass behind the chunks' candidate entries, rebuilt every step (the last one with
+    # every new token but the last)
+    return Layout(state=(rows,), step=KVBlock(1, read + local + max_new_tokens - 1), **parallel)
+
+
 def available_bytes(device: torch.device) -> int:
     """Free memory on ``device``: free GPU memory for CUDA, MemAvailable of the host otherwise."""
     if device.type == "cuda":

@@ -39,17 +39,20 @@ def test_text_prompt_equals_transformers_generate(make_engine):
 
 
 def _score(engine: FocusEngine, ids: list[int], batch_tokens: int):
-    plan = engine._plan(ids, engine.config)
+    cfg = engine.config.replace(encode_batch_tokens=batch_tokens)
+    plan = engine._plan(ids, cfg)
+    layout = engine._layout(ids, cfg, keep=len(plan.chunks))
     with torch.inference_mode():
-        scored = engine.encoder.score(plan, keep=len(plan.chunks), batch_tokens=batch_tokens, progress=False)
+        scored = engine.encoder.score(plan, keep=len(plan.chunks), layout=layout, progress=False)
     return plan, scored
 
 
 def _with_prompt(engine: FocusEngine, plan, scored, candidate: bool = False):
     prefixes = [scored.kept[i] for i in range(len(plan.chunks))]
+    slots = max(p.keys.shape[2] for p in prefixes) + len(plan.dynamic_prompt) + 4
     with torch.inference_mode():
         return engine.encoder.with_prompt(
-            prefixes, plan.dynamic_prompt, extra_slots=4, candidate=candidate, batch_tokens=10_000
+            prefixes, plan.dynamic_prompt, slots=slots, candidate=candidate, batch_tokens=10_000
         )
 
 
@@ -83,9 +86,12 @@ def test_batched_chunk_scoring_equals_a_per_chunk_loop_and_each_chunk_alone(make
 
 def test_scoring_keeps_only_the_best_chunks_and_the_pinned_one(make_engine):
     engine = make_engine()
-    plan = engine._plan(random_ids(LONG * 3, seed=11), engine.config)
+    ids, cfg = random_ids(LONG * 3, seed=11), engine.config.replace(encode_batch_tokens=64)
+    plan = engine._plan(ids, cfg)
     with torch.inference_mode():
-        scored = engine.encoder.score(plan, keep=3, batch_tokens=64, progress=False, pinned=(0,))
+        scored = engine.encoder.score(
+            plan, keep=3, layout=engine._layout(ids, cfg, keep=3), progress=False, pinned=(0,)
+        )
     best = sorted(range(1, len(plan.chunks)), key=lambda i: -float(scored.loglik[i]))[:2]
     assert sorted(scored.kept) == sorted([0, *best])
 

@@ -21,9 +21,9 @@ def _prefixes(engine: FocusEngine, chunks: list[tuple[int, ...]]):
 
 def _focus_logits(engine: FocusEngine, chunks, local, rotary) -> torch.Tensor:
     with torch.inference_mode():
-        state = focus_decoding(
-            engine.runner, rotary, chunks, _prefixes(engine, chunks), engine.encoder.bos, local, extra_slots=1
-        )
+        bos = engine.encoder.bos
+        capacity = len(bos) + sum(len(c) for c in chunks) + len(local) + 1
+        state = focus_decoding(engine.runner, rotary, chunks, _prefixes(engine, chunks), bos, local, capacity)
         return state.next_logits()
 
 

@@ -8,6 +8,7 @@ from conftest import random_ids
 
 from focus_core import FocusConfigError, FocusInputError, FocusInputTypeError, MemoryBudgetError
 from focus_core.config import FocusConfig
+from focus_core.kv_cache import KVBuffer
 from focus_core.sampling import Sampler, TextStream
 
 
@@ -107,19 +108,40 @@ def test_over_budget_prompt_is_refused_before_allocation(make_engine):
 
 
 @pytest.mark.parametrize("aggregation", ["focus", "entropy", "kv"])
-def test_memory_estimate_matches_the_allocated_caches_within_10_percent(make_engine, aggregation):
+def test_allocations_are_the_declared_layout_and_the_estimate_counts_them(make_engine, aggregation, monkeypatch):
     engine = make_engine(aggregation=aggregation)
     ids = random_ids(3000)
-    estimate = engine.estimate_memory(ids)
+    layout, estimate = engine._layout(ids, engine.config), engine.estimate_memory(ids)
+    allocated = []
+    init = KVBuffer.__init__
+
+    def recording_init(buffer, num_layers, rows, capacity, device, dtype):
+        allocated.append((rows, capacity))
+        init(buffer, num_layers, rows, capacity, device, dtype)
+
+    monkeypatch.setattr(KVBuffer, "__init__", recording_init)
     with torch.inference_mode():
         state = engine._start(ids, engine.config)
-        state.next_logits()
+        for _ in range(3):
+            state.next_logits()
+            state.append(5)
     if aggregation == "focus":
-        kv = state.sequence.kv.nbytes
+        held = [state.sequence.kv]
     else:
-        kv = state.chunks.kv.nbytes + (state.local.sequence.kv.nbytes if aggregation == "entropy" else 0)
-    assert kv <= estimate.kv_bytes <= 1.1 * kv
-    assert engine.prefix_cache.nbytes <= estimate.prefix_cache_bytes <= 1.1 * engine.prefix_cache.nbytes
+        held = [state.chunks.kv] + ([state.local.sequence.kv] if aggregation == "entropy" else [])
+    # the decoding state is exactly the declared blocks, and the estimate counts exactly those bytes
+    assert [(kv.rows, kv.capacity) for kv in held] == [(b.rows, b.slots) for b in layout.state]
+    assert sum(kv.nbytes for kv in held) == estimate.kv_bytes
+    # every other buffer is one of the parallel pass's (no more rows than declared) or the kv step's
+    passes = [layout.encode, layout.score, layout.step]
+    for rows, capacity in allocated:
+        fits = [b for b in passes if b is not None and rows <= b.rows and capacity <= b.slots]
+        assert fits or (rows, capacity) in [(b.rows, b.slots) for b in layout.state], (rows, capacity)
+    assert (layout.encode.rows, layout.encode.slots) in allocated and (
+        layout.score.rows,
+        layout.score.slots,
+    ) in allocated
+    assert engine.prefix_cache.nbytes == estimate.prefix_cache_bytes  # every chunk's prefix, as cached
 
 
 def test_over_budget_refusal_names_settings_that_would_fit(make_engine):
