@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from .candidates import reposition_keys
 from .kv_cache import PrefixKV
@@ -95,6 +96,32 @@ class EntropyAggregation:
         self.chunk_logits = self.chunks.append(torch.tensor([token], device=self.chunks.kv.device))
 
 
+def kv_local_pass(
+    runner: ModelRunner,
+    rotary_emb: nn.Module,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    positions: torch.Tensor,
+    rows: torch.Tensor,
+) -> torch.Tensor:
+    """The local pass of ``kv`` aggregation (docs/design.md, "Aggregation modes"), for ``b`` rows at once.
+
+    Row ``r`` sees its own ``n`` candidate entries re-positioned to ``0 … n-1``, then its tokens at
+    ``n …``. keys, values: per layer ``[b, n, kv_heads, head_dim]``, keys after RoPE at ``positions``
+    ``[b, n]``; rows: ``[b, t]`` token ids. Returns the last hidden states ``[b, t, hidden]``. The engine
+    runs one row per decoding step; training runs one row per teacher-forced step (gradients flow).
+    """
+    b, n = positions.shape
+    shift = (torch.arange(n, device=positions.device)[None, :] - positions).reshape(-1)  # [b * n]
+    memory = DynamicCache(config=runner.model.config)
+    for layer, (k, v) in enumerate(zip(keys, values)):
+        kv_heads, head_dim = k.shape[2], k.shape[3]
+        k = reposition_keys(k.reshape(b * n, kv_heads, head_dim), shift, rotary_emb).view(b, n, kv_heads, head_dim)
+        memory.update(k.transpose(1, 2), v.transpose(1, 2), layer)  # [b, kv_heads, n, head_dim]
+    row_positions = torch.arange(n, n + rows.shape[1], device=rows.device).expand(b, -1)
+    return runner.hidden_states(rows, row_positions, memory, None)
+
+
 class KVAggregation:
     """The local pass over ``[candidate KV of every chunk] + local``, recomputed every step (exact)."""
 
@@ -103,16 +130,13 @@ class KVAggregation:
         self.local = list(local)
 
     def next_logits(self) -> torch.Tensor:
-        keys, values = (torch.stack(t, dim=1) for t in self.chunks.kv.last_slot())  # [n, layers, kv_heads, hd]
-        positions = self.chunks.next_positions - 1
-        n = keys.shape[0]
-        shift = torch.arange(n, device=keys.device) - positions
-        memory_keys = torch.stack([reposition_keys(keys[:, i], shift, self.rotary_emb) for i in range(keys.shape[1])])
-        memory_values = values.transpose(0, 1)  # [layers, n, kv_heads, head_dim]
-        local = SequenceBatch(self.runner, rows=1, capacity=n + len(self.local))
-        local.kv.extend(memory_keys.transpose(1, 2), memory_values.transpose(1, 2))
-        local.next_positions.fill_(n)
-        return local.append(torch.tensor(self.local, device=keys.device))[0]
+        keys, values = self.chunks.kv.last_slot()  # per layer [n, kv_heads, head_dim]
+        positions = (self.chunks.next_positions - 1)[None, :]  # [1, n]
+        rows = torch.tensor([self.local], device=positions.device)
+        hidden = kv_local_pass(
+            self.runner, self.rotary_emb, [k[None] for k in keys], [v[None] for v in values], positions, rows
+        )
+        return self.runner.logits(hidden[0, -1:])[0]
 
     def append(self, token: int) -> None:
         self.chunks.append(torch.tensor([token], device=self.chunks.kv.device), candidate_last=True)

@@ -205,7 +205,19 @@ def _add_train(train: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=LOSSES,
         default=list(t.losses),
-        help="training objectives, drawn per step (default: %(default)s)",
+        help="losses, one drawn per example; repeat a name to weight it (default: %(default)s)",
+    )
+    train.add_argument(
+        "--examples-per-window",
+        type=_positive_int,
+        default=t.examples_per_window,
+        help="consecutive examples over one memory, which reuse its encoded chunks (default: %(default)s)",
+    )
+    train.add_argument(
+        "--synthetic-fraction",
+        type=_non_negative_float,
+        default=t.synthetic_fraction,
+        help="share of memories with recall facts spliced in, in [0, 1] (default: %(default)s)",
     )
     train.add_argument(
         "--lr", type=_non_negative_float, default=t.learning_rate, help="peak learning rate (default: %(default)s)"
@@ -239,6 +251,12 @@ def _add_train(train: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=t.save_every,
         help="steps between checkpoints (default: %(default)s)",
+    )
+    train.add_argument(
+        "--snapshot-every",
+        type=_non_negative_int,
+        default=t.snapshot_every,
+        help="keep an adapter every this many steps in OUTPUT/snapshots, 0 for none (default: %(default)s)",
     )
     train.add_argument("--seed", type=_non_negative_int, default=t.seed, help="random seed (default: %(default)s)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
@@ -617,6 +635,8 @@ def run_train(args: argparse.Namespace) -> int:
         dynamic_prompt_len=args.dynamic_prompt_len,
         target_tokens=args.target_tokens,
         losses=tuple(args.losses),
+        examples_per_window=args.examples_per_window,
+        synthetic_fraction=args.synthetic_fraction,
         rank=args.rank or None,
         learning_rate=args.lr,
         warmup_steps=args.warmup_steps,
@@ -624,6 +644,7 @@ def run_train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         eval_examples=args.eval_examples,
         save_every=args.save_every,
+        snapshot_every=args.snapshot_every,
         seed=args.seed,
     )
     model, tokenizer = load_model(

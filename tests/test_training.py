@@ -7,10 +7,21 @@ import random
 import pytest
 import torch
 from conftest import TINY_CONFIG, random_ids, tiny_model
+from safetensors.torch import load_file
+from transformers import DynamicCache
 
 from focus_core import AdapterError, FocusEngine
-from focus_core.candidates import CandidateProjections
-from focus_core.training import CandidateObjective, TokenStream, TrainingConfig, make_example, read_documents, train
+from focus_core.candidates import CandidateProjections, candidate_positions
+from focus_core.runner import cache_argument
+from focus_core.training import (
+    CandidateObjective,
+    Example,
+    TokenStream,
+    TrainingConfig,
+    make_example,
+    read_documents,
+    train,
+)
 
 C, L, P, K = 32, 24, 8, 5
 TINY_TRAINING = TrainingConfig(
@@ -27,6 +38,9 @@ TINY_TRAINING = TrainingConfig(
     eval_every=10,
     eval_examples=4,
     save_every=10,
+    synthetic_fraction=0.0,
+    examples_per_window=2,
+    losses=("continuation", "repetition"),
 )
 
 
@@ -48,6 +62,7 @@ class _Stream(TokenStream):
             phrase = [g.randrange(100, 164) for _ in range(24)]
             ids += phrase + phrase
         self.train, self.eval = ids[: len(ids) * 9 // 10], ids[len(ids) * 9 // 10 :]
+        self.tokenizer = None
 
 
 @pytest.mark.parametrize("rank", [None, 4])
@@ -68,6 +83,105 @@ def test_the_training_objective_equals_kv_decoding_of_the_same_layout(tokenizer,
         prompt = example.chunks.flatten().tolist() + example.local.tolist()
         expected = engine.score(prompt, example.targets.tolist())
         torch.testing.assert_close(objective.logprobs(example), expected, rtol=1e-4, atol=1e-4)
+
+
+def reference_logprobs(model, projections, example: Example, bos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher and student log-probabilities ``[k, vocab]`` of the target positions, the obvious slow way.
+
+    Teacher: one full-attention forward of ``[BOS] + memory + local + y_<j`` per target ``j``. Student,
+    per step ``j``: each chunk's whole sequence ``[BOS] + chunk + d + y_<j`` is run on its own, shifted so
+    that its candidate (last) token sits at position ``i`` (the chunk's index), with the candidate weights
+    from ``d[-1]`` on (as in generation), which yields the candidate's key at its memory position with no
+    re-positioning; then
+    ``local + y_<j`` runs at positions ``n …`` behind the ``n`` candidates and the LM head gives the logits.
+    """
+    chunks, local, targets = example.chunks, example.local, example.targets
+    n, d, arg = chunks.shape[0], local[-P:], cache_argument(model)
+    teacher, student = [], []
+    for j in range(targets.numel()):
+        full = torch.cat([torch.tensor([bos]), chunks.flatten(), local, targets[:j]])[None]
+        with torch.no_grad():
+            teacher.append(torch.log_softmax(model(input_ids=full).logits[0, -1].float(), dim=-1))
+        memory = [DynamicCache(config=model.config) for _ in range(n)]
+        for i in range(n):
+            ids = torch.cat([torch.tensor([bos]), chunks[i], d, targets[:j]])[None]
+            positions = torch.arange(ids.shape[1])[None] + i - (ids.shape[1] - 1)
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            mask[0, -(j + 1) :] = True  # d[-1] and each generated token were candidates when they were run
+            with candidate_positions(mask, projections):
+                model.model(input_ids=ids, position_ids=positions, use_cache=True, **{arg: memory[i]})
+        cache = DynamicCache(config=model.config)
+        for layer in range(len(memory[0].layers)):
+            keys = torch.cat([m.layers[layer].keys[:, :, -1:] for m in memory], dim=2)  # [1, kv_heads, n, hd]
+            values = torch.cat([m.layers[layer].values[:, :, -1:] for m in memory], dim=2)
+            cache.update(keys, values, layer)
+        row = torch.cat([local, targets[:j]])[None]
+        positions = torch.arange(n, n + row.shape[1])[None]
+        hidden = model.model(input_ids=row, position_ids=positions, use_cache=True, **{arg: cache}).last_hidden_state
+        student.append(torch.log_softmax(model.lm_head(hidden[0, -1]).float(), dim=-1))
+    return torch.stack(teacher), torch.stack(student)
+
+
+def shared_memory_examples() -> list[Example]:
+    """Three examples over one memory, as the data draws them (the later ones reuse the cached prefixes)."""
+    window = random_ids(4 * C + L + K, seed=5)
+    chunks = torch.tensor(window[: 4 * C]).view(4, C)
+    tails = [window[4 * C :], window[10 : 10 + L + K], window[70 : 70 + L + K]]
+    kinds = ["distill", "repetition", "distill"]
+    return [Example(chunks, torch.tensor(t[:L]), torch.tensor(t[L:]), kind) for t, kind in zip(tails, kinds)]
+
+
+def perturbed_projections(model, rank: int | None = 4) -> CandidateProjections:
+    projections = CandidateProjections(model, rank=rank, dtype=torch.float32)
+    with torch.no_grad():  # move away from the base weights so that the candidates matter
+        for p in projections.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    projections.attach()
+    return projections
+
+
+def test_the_distillation_loss_equals_a_reference_computation(tokenizer):
+    """KL(teacher ‖ student) over all K target positions, teacher = full attention over the whole text."""
+    torch.manual_seed(0)
+    model = tiny_model("llama")
+    projections = perturbed_projections(model)
+    objective = CandidateObjective(model, projections, tokenizer.bos_token_id, P)
+    for example in shared_memory_examples():
+        teacher, student = reference_logprobs(model, projections, example, tokenizer.bos_token_id)
+        torch.testing.assert_close(objective.teacher_logprobs(example), teacher, rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            loss = objective(example)
+            if example.kind == "distill":
+                expected = (teacher.exp() * (teacher - student)).sum(-1).mean()  # mean over the K positions
+            else:
+                expected = -student[torch.arange(K), example.targets].mean()
+        assert float(expected) > 1e-3  # the student differs from the teacher: the comparison means something
+        torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rank", [None, 4])
+def test_the_fast_step_gives_the_gradients_of_the_slow_computation(tokenizer, rank):
+    """Cached prefixes, one batched candidate pass and batched local passes == one forward per chunk and
+    step, summed over examples that share their memory."""
+    torch.manual_seed(0)
+    model = tiny_model("llama")
+    projections = perturbed_projections(model, rank)
+    objective = CandidateObjective(model, projections, tokenizer.bos_token_id, P)
+    examples = shared_memory_examples()
+    sum(objective(e) for e in examples).backward()
+    fast = {name: p.grad.clone() for name, p in projections.named_parameters() if p.grad is not None}
+    projections.zero_grad(set_to_none=True)
+    for e in examples:
+        teacher, student = reference_logprobs(model, projections, e, tokenizer.bos_token_id)
+        if e.kind == "distill":
+            loss = (teacher.exp() * (teacher - student)).sum(-1).mean()
+        else:
+            loss = -student[torch.arange(K), e.targets].mean()
+        loss.backward()
+    slow = {name: p.grad for name, p in projections.named_parameters() if p.grad is not None}
+    assert fast.keys() == slow.keys() and len(fast) >= 2 * len(projections.layers)
+    for name in fast:  # fp32 summation order differs: agree to 1e-4 of each gradient's scale (seen: ~1e-5)
+        assert (fast[name] - slow[name]).abs().max() <= 1e-4 * slow[name].abs().max(), name
 
 
 def test_training_lowers_the_loss_touching_only_candidate_weights(tokenizer, tmp_path):
@@ -142,13 +256,23 @@ def test_mismatched_or_corrupt_adapters_are_refused_and_change_nothing(tokenizer
         FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG).load_adapter(tmp_path)
 
 
-def test_training_resumes_from_its_checkpoint(tokenizer, tmp_path):
-    cfg = TINY_TRAINING.replace(steps=4, save_every=2, eval_every=100)
-    train(tiny_model("llama"), tokenizer, _Stream(), tmp_path, cfg, progress=False)
-    state = train(
-        tiny_model("llama"), tokenizer, _Stream(), tmp_path, cfg.replace(steps=6), resume=True, progress=False
+def test_a_resumed_run_continues_exactly(tokenizer, tmp_path, monkeypatch):
+    """6 steps in one go == 3 steps, stop, resume for 3: same step losses, same final weights, and the
+    resumed part runs only the steps left (windows straddle the split: 2 examples per window, 1 per step)."""
+    cfg = TINY_TRAINING.replace(steps=6, save_every=100, eval_every=100, examples_per_window=2, grad_accum=1)
+    whole = train(learnable_model(), tokenizer, _Stream(), tmp_path / "whole", cfg, progress=False)
+    train(learnable_model(), tokenizer, _Stream(), tmp_path / "split", cfg, progress=False, until=3)
+    calls = []
+    forward = CandidateObjective.forward
+    monkeypatch.setattr(CandidateObjective, "forward", lambda self, e: calls.append(e) or forward(self, e))
+    split = train(learnable_model(), tokenizer, _Stream(), tmp_path / "split", cfg, resume=True, progress=False)
+    assert len(calls) == 3 + cfg.eval_examples  # 3 steps left, then the final held-out evaluation
+    assert [h["step"] for h in split["history"]] == [1, 2, 3, 4, 5, 6]
+    torch.testing.assert_close(
+        torch.tensor([h["loss"] for h in split["history"]]), torch.tensor([h["loss"] for h in whole["history"]])
     )
-    assert [h["step"] for h in state["history"]] == [1, 2, 3, 4, 5, 6]
+    a, b = (load_file(str(tmp_path / d / "candidates.safetensors")) for d in ("whole", "split"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_training_data_reads_files_folders_and_jsonl(tokenizer, tmp_path):

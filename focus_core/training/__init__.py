@@ -1,8 +1,9 @@
-"""Training the candidate projections for `kv` (docs/design.md): data, the paper's two losses, the accelerate loop."""
+"""Training the candidate projections for `kv` (docs/design.md): data, the losses (the paper's two and
+distillation from full attention), the accelerate loop."""
 
-from .data import TokenStream, read_documents
+from .data import TokenStream, read_documents, window_examples
 from .loop import TrainingConfig, train
-from .objective import LOSSES, CandidateObjective, Example, make_example
+from .objective import LOSSES, CandidateObjective, Example, kl_divergence, make_example
 
 __all__ = [
     "LOSSES",
@@ -10,7 +11,9 @@ __all__ = [
     "Example",
     "TokenStream",
     "TrainingConfig",
+    "kl_divergence",
     "make_example",
     "read_documents",
     "train",
+    "window_examples",
 ]

@@ -1,5 +1,10 @@
 """The training loop: accelerate-driven (CPU here; one or many GPUs elsewhere, bf16 there), gradient
-accumulation, periodic held-out evaluation, resumable checkpoints, and the adapter at the end."""
+accumulation, periodic held-out evaluation, resumable checkpoints, and the adapter at the end.
+
+The data of step ``s`` depends only on the seed, the process and ``s`` (examples are numbered; example
+``e`` is the ``e % examples_per_window``-th of window ``e // examples_per_window``), so a resumed run
+draws exactly what an uninterrupted one would.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +26,8 @@ from tqdm.auto import tqdm
 from ..adapters import save_adapter
 from ..candidates import CandidateProjections
 from ..errors import FocusConfigError
-from .data import TokenStream
-from .objective import LOSSES, CandidateObjective, Example, example_length, make_example
+from .data import TokenStream, window_examples
+from .objective import LOSSES, CandidateObjective, Example
 
 CHECKPOINT = "checkpoint"
 STATE = "trainer_state.json"
@@ -35,8 +40,10 @@ class TrainingConfig:
     memory_tokens: int = 2048
     local_tokens: int = 128
     dynamic_prompt_len: int = 64
-    target_tokens: int = 8
-    losses: tuple[str, ...] = LOSSES  # one drawn per step
+    target_tokens: int = 16  # positions predicted (and distilled) per example
+    losses: tuple[str, ...] = LOSSES  # one drawn per example; repeat a name to weight it
+    examples_per_window: int = 4  # consecutive examples over one memory (prefixes and teacher KV reused)
+    synthetic_fraction: float = 0.5  # share of memories with recall facts spliced in
     rank: int | None = 16  # None: full copies of q/k/v/o
     learning_rate: float = 1e-3
     warmup_steps: int = 20
@@ -45,17 +52,24 @@ class TrainingConfig:
     eval_every: int = 50
     eval_examples: int = 16
     save_every: int = 100
+    snapshot_every: int = 0  # also keep an adapter every this many steps (0: none), for learning curves
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1 or self.grad_accum < 1 or self.target_tokens < 1 or self.eval_examples < 1:
-            raise FocusConfigError("steps, grad_accum, target_tokens and eval_examples must be positive")
+        if min(self.steps, self.grad_accum, self.target_tokens, self.eval_examples, self.examples_per_window) < 1:
+            raise FocusConfigError(
+                "steps, grad_accum, target_tokens, eval_examples and examples_per_window must be positive"
+            )
+        if not 0.0 <= self.synthetic_fraction <= 1.0:
+            raise FocusConfigError("synthetic_fraction must lie in [0, 1]")
         if not self.chunk_sizes or min(self.chunk_sizes) < 1 or max(self.chunk_sizes) > self.memory_tokens:
             raise FocusConfigError(f"chunk sizes must lie in [1, memory_tokens={self.memory_tokens}]")
         if not 1 <= self.dynamic_prompt_len <= self.local_tokens:
             raise FocusConfigError("dynamic_prompt_len must lie in [1, local_tokens]")
-        if self.local_tokens + self.target_tokens > self.memory_tokens:
-            raise FocusConfigError("local_tokens + target_tokens must not exceed memory_tokens (repetition loss)")
+        if any(self.memory_tokens // c * c < self.local_tokens + self.target_tokens for c in self.chunk_sizes):
+            raise FocusConfigError(
+                "local_tokens + target_tokens must fit in the memory's whole chunks (repetition copies from it)"
+            )
         if not self.losses or set(self.losses) - set(LOSSES):
             raise FocusConfigError(f"losses must be drawn from {LOSSES}, got {self.losses}")
 
@@ -63,10 +77,28 @@ class TrainingConfig:
         return dataclasses.replace(self, **changes)
 
 
-def draw_example(stream: TokenStream, cfg: TrainingConfig, rng: random.Random, held_out: bool = False) -> Example:
-    kind, chunk_size = rng.choice(cfg.losses), rng.choice(cfg.chunk_sizes)
-    window = stream.window(example_length(kind, cfg.memory_tokens, cfg.local_tokens, cfg.target_tokens), rng, held_out)
-    return make_example(window, kind, chunk_size, cfg.local_tokens, cfg.target_tokens, rng)
+class ExampleSource:
+    """Example ``e`` of one process: the ``e % examples_per_window``-th of window ``e // examples_per_window``."""
+
+    def __init__(self, stream: TokenStream, cfg: TrainingConfig, process: int):
+        self.stream, self.cfg, self.process = stream, cfg, process
+        self._window: tuple[int, list[Example]] | None = None
+
+    def __getitem__(self, e: int) -> Example:
+        w, i = divmod(e, self.cfg.examples_per_window)
+        if self._window is None or self._window[0] != w:
+            rng = random.Random(f"{self.cfg.seed}-{self.process}-{w}")
+            self._window = w, window_examples(self.stream, self.cfg, rng)
+        return self._window[1][i]
+
+
+def eval_examples(stream: TokenStream, cfg: TrainingConfig) -> list[Example]:
+    """The fixed held-out examples: whole windows of them, from the held-out text."""
+    windows = -(-cfg.eval_examples // cfg.examples_per_window)
+    examples = [
+        e for w in range(windows) for e in window_examples(stream, cfg, random.Random(f"eval-{cfg.seed}-{w}"), True)
+    ]
+    return examples[: cfg.eval_examples]
 
 
 def train(
@@ -77,9 +109,11 @@ def train(
     cfg: TrainingConfig = TrainingConfig(),
     resume: bool = False,
     progress: bool | None = None,
+    until: int | None = None,
 ) -> dict:
     """Train candidate projections for the frozen ``model``; write the adapter to ``output_dir``.
 
+    ``until``: stop after this step (a checkpoint is written; ``resume`` continues the same run).
     Returns the history (loss per step, held-out loss per evaluation, tokens, seconds).
     """
     output_dir = Path(output_dir)
@@ -98,21 +132,19 @@ def train(
     state = {"step": 0, "history": [], "evaluations": [], "tokens": 0, "seconds": 0.0}
     if resume and (output_dir / CHECKPOINT / STATE).is_file():
         state = _restore(output_dir / CHECKPOINT, projections, optimizer, scheduler)
-    eval_set = [
-        draw_example(stream, cfg, random.Random(f"eval-{cfg.seed}-{i}"), held_out=True)
-        for i in range(cfg.eval_examples)
-    ]
+    eval_set = eval_examples(stream, cfg)
+    source = ExampleSource(stream, cfg, accelerator.process_index)
+    stop = cfg.steps if until is None else min(until, cfg.steps)
     if not state["evaluations"]:
-        state["evaluations"].append({"step": 0, "loss": evaluate(objective, eval_set, accelerator)})
+        state["evaluations"].append({"step": 0, **evaluate(objective, eval_set, accelerator)})
 
     show = accelerator.is_main_process and (progress if progress is not None else sys.stderr.isatty())
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="training candidates", unit="step", disable=not show)
-    while state["step"] < cfg.steps:
+    while state["step"] < stop:
         began, step = time.perf_counter(), state["step"]
-        rng = random.Random(f"{cfg.seed}-{accelerator.process_index}-{step}")  # resumes draw the same data
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
-            example = draw_example(stream, cfg, rng)
+            example = source[step * cfg.grad_accum + micro]
             sync = accelerator.no_sync(objective) if micro + 1 < cfg.grad_accum else contextlib.nullcontext()
             with sync:
                 loss = objective(example) / cfg.grad_accum
@@ -129,14 +161,16 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.3f}")
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
-            state["evaluations"].append({"step": state["step"], "loss": evaluate(objective, eval_set, accelerator)})
+            state["evaluations"].append({"step": state["step"], **evaluate(objective, eval_set, accelerator)})
             bar.write(f"step {state['step']}: held-out loss {state['evaluations'][-1]['loss']:.4f}")
-        if state["step"] % cfg.save_every == 0:
+        if state["step"] % cfg.save_every == 0 or state["step"] == stop < cfg.steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 _checkpoint(output_dir / CHECKPOINT, projections, optimizer, scheduler, state)
+        if cfg.snapshot_every and state["step"] % cfg.snapshot_every == 0 and accelerator.is_main_process:
+            save_adapter(projections, model, output_dir / "snapshots" / f"step-{state['step']:05d}", {"step": step + 1})
     bar.close()
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and state["step"] == cfg.steps:
         training = {
             "config": dataclasses.asdict(cfg),
             "steps": state["step"],
@@ -153,10 +187,13 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(objective, examples: list[Example], accelerator: Accelerator) -> float:
-    """Mean target cross-entropy over the fixed held-out examples."""
-    losses = torch.stack([objective(e).detach() for e in examples]).mean()
-    return float(accelerator.reduce(losses, reduction="mean"))
+def evaluate(objective, examples: list[Example], accelerator: Accelerator) -> dict[str, float]:
+    """Mean loss over the fixed held-out examples (``loss``), and per loss (cross-entropy or KL)."""
+    losses = torch.stack([objective(e).detach() for e in examples])
+    kinds = sorted({e.kind for e in examples})
+    means = [losses.mean()] + [losses[[i for i, e in enumerate(examples) if e.kind == k]].mean() for k in kinds]
+    reduced = accelerator.reduce(torch.stack(means), reduction="mean").tolist()
+    return dict(zip(["loss", *kinds], reduced))
 
 
 def _lr_factor(step: int, cfg: TrainingConfig) -> float:

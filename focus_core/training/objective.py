@@ -1,21 +1,24 @@
-"""The paper's training objective for the candidate projections (docs/design.md), teacher-forced.
+"""Training objectives for the candidate projections (docs/design.md, "Training"), teacher-forced.
 
-One example is ``memory | local | targets`` laid out exactly as the engine lays out a prompt (memory
-cut into chunks of ``C`` tokens, dynamic prompt = last ``P`` tokens of ``local``):
+An :class:`Example` is laid out exactly as the engine lays out a prompt: memory cut into chunks of ``C``
+tokens, a local context whose last ``P`` tokens are the dynamic prompt ``d``, then ``k`` target tokens.
+Three losses:
 
-- **continuation**: memory, local span and targets are consecutive text; the targets follow the local span;
-- **repetition**: the local span is copied from inside the memory; the targets are what follows it there.
+- **continuation** (the paper's): the targets follow the local context; cross-entropy of the targets;
+- **repetition** (the paper's): the local context is copied from inside the memory, the targets are what
+  follows it there; cross-entropy;
+- **distill**: KL(teacher ‖ student) of the next-token distributions at all ``k`` target positions. The
+  teacher is the same frozen model reading ``[BOS] + memory + local + targets`` with ordinary attention;
+  the student is the engine's ``kv`` path over the same text.
 
-Forward, for ``k`` targets at once:
+The student, for ``k`` targets at once (gradients reach only the candidate projections):
 
-1. ``[BOS] + chunk_i + d[:-1]`` for every chunk, frozen and without gradients;
-2. ``[d[-1], y_0 … y_{k-2}]`` appended to every chunk with the candidate projections (with gradients):
-   the ``j``-th of these tokens is the candidate of decoding step ``j``, exactly as in generation;
-3. ``k`` local passes: pass ``j`` sees the ``n`` candidate entries of step ``j`` re-positioned to
-   ``0 … n-1``, then ``local + y_0 … y_{k-2}``, and predicts ``y_j`` at position ``|local| - 1 + j``
-   (later tokens in the row cannot influence it: attention is causal).
-
-The loss is the mean cross-entropy of the ``k`` targets; only candidate weights receive gradients.
+1. ``[BOS] + chunk_i`` for every chunk: frozen, no gradients, cached while examples share their memory;
+2. ``d[:-1]`` after every prefix: frozen, no gradients;
+3. ``[d[-1], y_0 … y_{k-2}]`` appended to every chunk with the candidate projections: the ``j``-th of these
+   tokens is the candidate of decoding step ``j``, exactly as in generation;
+4. ``k`` local passes (:func:`~focus_core.aggregation.kv_local_pass`, the engine's own): pass ``j`` sees the
+   ``n`` candidates of step ``j``, then ``local + y_0 … y_{j-1}``, and predicts ``y_j``.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from ..candidates import CandidateProjections, candidate_positions, reposition_keys
-from ..runner import cache_argument
+from ..aggregation import kv_local_pass
+from ..candidates import CandidateProjections
+from ..runner import ModelRunner
 
-LOSSES = ("continuation", "repetition")
+LOSSES = ("continuation", "repetition", "distill")
+
+KV = tuple[list[torch.Tensor], list[torch.Tensor]]  # per layer keys and values [batch, kv_heads, T, head_dim]
 
 
 @dataclass(frozen=True)
@@ -38,14 +44,15 @@ class Example:
     chunks: torch.Tensor  # [n, C] memory chunks
     local: torch.Tensor  # [L] local context; the dynamic prompt is its tail
     targets: torch.Tensor  # [k]
-    kind: str  # "continuation" or "repetition"
+    kind: str  # the loss: one of LOSSES
 
 
 def make_example(
     window: list[int], kind: str, chunk_size: int, local_tokens: int, target_tokens: int, rng: random.Random
 ) -> Example:
-    """Lay out a token window (``example_length`` tokens) as an example of the given loss."""
-    if kind == "continuation":
+    """Lay out a token window as an example: ``memory | local | targets`` (continuation, distill) or a
+    local span copied from inside the memory and what follows it there (repetition)."""
+    if kind in ("continuation", "distill"):
         memory_len = len(window) - local_tokens - target_tokens
         memory = window[:memory_len]
         local = window[memory_len : memory_len + local_tokens]
@@ -66,57 +73,111 @@ def make_example(
     )
 
 
-def example_length(kind: str, memory_tokens: int, local_tokens: int, target_tokens: int) -> int:
-    return memory_tokens + local_tokens + target_tokens if kind == "continuation" else memory_tokens
+def kl_divergence(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(teacher ‖ student); both are log-probabilities ``[k, vocab]``."""
+    return (teacher.exp() * (teacher - student)).sum(-1).mean()
 
 
 class CandidateObjective(nn.Module):
-    """Frozen causal LM + trainable :class:`CandidateProjections`; ``forward(example)`` is the loss."""
+    """Frozen causal LM + trainable :class:`CandidateProjections`; ``forward(example)`` is the loss.
+
+    Consecutive examples over the same memory (the same chunks) reuse the frozen chunk prefixes and the
+    teacher's KV of the memory: only what depends on the local context and the targets is recomputed.
+    """
 
     def __init__(
         self, model: nn.Module, projections: CandidateProjections, bos_token_id: int | None, dynamic_prompt_len: int
     ):
         super().__init__()
         self.model, self.projections = model, projections
+        self.runner = ModelRunner(model)
+        self.runner.candidates = projections
         self.bos = [] if bos_token_id is None else [bos_token_id]
         self.dynamic_prompt_len = dynamic_prompt_len
-        self._cache = cache_argument(model)
+        self._memory: torch.Tensor | None = None  # the chunks the cached prefixes and teacher KV belong to
+        self._prefixes: KV | None = None
+        self._teacher: KV | None = None
 
     def forward(self, example: Example) -> torch.Tensor:
-        return -self.logprobs(example).mean()
+        student = torch.log_softmax(self.student_logits(example), dim=-1)  # [k, vocab]
+        if example.kind == "distill":
+            return kl_divergence(self.teacher_logprobs(example), student)
+        targets = example.targets.to(student.device)
+        return -student[torch.arange(targets.numel(), device=student.device), targets].mean()
 
     def logprobs(self, example: Example) -> torch.Tensor:
-        """Log-probabilities ``[k]`` of the targets, as the engine's ``kv`` aggregation would give them."""
-        device = next(self.model.parameters()).device
+        """Log-probabilities ``[k]`` of the targets, as the engine's ``kv`` aggregation gives them."""
+        logp = torch.log_softmax(self.student_logits(example), dim=-1)
+        targets = example.targets.to(logp.device)
+        return logp[torch.arange(targets.numel(), device=logp.device), targets]
+
+    def student_logits(self, example: Example) -> torch.Tensor:
+        """fp32 next-token logits ``[k, vocab]`` at the ``k`` target positions through the ``kv`` path."""
+        device = self.runner.device
         chunks, local, targets = (t.to(device) for t in (example.chunks, example.local, example.targets))
-        n, k = chunks.shape[0], targets.numel()
-        d = local[-self.dynamic_prompt_len :]
-        base = self.model.base_model
-        with torch.no_grad():  # 1. chunk prefixes and the ordinary dynamic-prompt tokens
-            prefix = torch.cat(
-                [torch.tensor(self.bos, device=device).expand(n, -1), chunks, d[:-1].expand(n, -1)], dim=1
-            )
-            cache = DynamicCache(config=self.model.config)
-            base(input_ids=prefix, use_cache=True, **{self._cache: cache})
-        # 2. the candidate tokens of the k decoding steps, in every chunk, with gradients
-        first = prefix.shape[1]  # the position of d[-1]
-        steps = torch.cat([d[-1:], targets[:-1]]).expand(n, -1)  # [n, k]
+        n, k, d = chunks.shape[0], targets.numel(), local[-self.dynamic_prompt_len :]
+        cache = _cache(self.model, self._chunk_prefixes(chunks))
+        first = len(self.bos) + chunks.shape[1]
+        if d.numel() > 1:  # 2. the ordinary dynamic-prompt tokens
+            with torch.no_grad():
+                positions = torch.arange(first, first + d.numel() - 1, device=device).expand(n, -1)
+                self.runner.hidden_states(d[:-1].expand(n, -1), positions, cache, None)
+        first += d.numel() - 1  # the position of d[-1]
+        steps = torch.cat([d[-1:], targets[:-1]]).expand(n, -1)  # [n, k]: 3. the candidates of the k steps
         positions = torch.arange(first, first + k, device=device).expand(n, -1)
-        with candidate_positions(torch.ones(n, k, dtype=torch.bool, device=device), self.projections):
-            base(input_ids=steps, position_ids=positions, use_cache=True, **{self._cache: cache})
-        # 3. one local pass per step, behind that step's n candidate entries
+        self.runner.hidden_states(steps, positions, cache, None, torch.ones_like(steps, dtype=torch.bool))
+        keys = [layer.keys[:, :, -k:].permute(2, 0, 1, 3) for layer in cache.layers]  # [k, n, kv_heads, hd]
+        values = [layer.values[:, :, -k:].permute(2, 0, 1, 3) for layer in cache.layers]
+        rows = torch.cat([local, targets[:-1]]).expand(k, -1)  # [k, L + k - 1]: 4. one local pass per step
         rotary = self.model.get_decoder().rotary_emb
-        shift = (torch.arange(n, device=device)[None, :] - positions[0][:, None]).reshape(-1)  # [k * n]
-        memory = DynamicCache(config=self.model.config)
-        for idx, layer in enumerate(cache.layers):
-            keys, values = layer.keys[:, :, -k:], layer.values[:, :, -k:]  # [n, kv_heads, k, head_dim]
-            kv_heads, head_dim = keys.shape[1], keys.shape[3]
-            keys = keys.permute(2, 0, 1, 3).reshape(k * n, kv_heads, head_dim)  # row j * n + i: step j, chunk i
-            keys = reposition_keys(keys, shift, rotary).view(k, n, kv_heads, head_dim).transpose(1, 2)
-            memory.update(keys, values.permute(2, 1, 0, 3), idx)  # [k, kv_heads, n, head_dim]
-        rows = torch.cat([local, targets[:-1]]).expand(k, -1)  # [k, L + k - 1]
-        row_positions = torch.arange(n, n + rows.shape[1], device=device).expand(k, -1)
-        hidden = base(input_ids=rows, position_ids=row_positions, **{self._cache: memory}).last_hidden_state
-        last = hidden[torch.arange(k, device=device), local.numel() - 1 + torch.arange(k, device=device)]  # [k, H]
-        logits = self.model.get_output_embeddings()(last).float()
-        return torch.log_softmax(logits, dim=-1)[torch.arange(k, device=device), targets]
+        hidden = kv_local_pass(self.runner, rotary, keys, values, positions.T, rows)
+        at = local.numel() - 1 + torch.arange(k, device=device)
+        return self.runner.logits(hidden[torch.arange(k, device=device), at])  # [k, vocab]
+
+    @torch.no_grad()
+    def teacher_logprobs(self, example: Example) -> torch.Tensor:
+        """The frozen model's log-probabilities ``[k, vocab]`` of each target position, reading
+        ``[BOS] + memory + local + targets`` with ordinary attention (the memory's KV is cached)."""
+        device = self.runner.device
+        chunks, local, targets = (t.to(device) for t in (example.chunks, example.local, example.targets))
+        self._use_memory(chunks)
+        if self._teacher is None:
+            ids = torch.cat([torch.tensor(self.bos, device=device, dtype=chunks.dtype), chunks.flatten()])[None]
+            cache = DynamicCache(config=self.model.config)
+            self.runner.hidden_states(ids, torch.arange(ids.shape[1], device=device)[None], cache, None)
+            self._teacher = _layers(cache)
+        tail = torch.cat([local, targets[:-1]])[None]  # [1, L + k - 1]
+        start = len(self.bos) + chunks.numel()
+        positions = torch.arange(start, start + tail.shape[1], device=device)[None]
+        hidden = self.runner.hidden_states(tail, positions, _cache(self.model, self._teacher), None)
+        return torch.log_softmax(self.runner.logits(hidden[0, local.numel() - 1 :]), dim=-1)
+
+    @torch.no_grad()
+    def _chunk_prefixes(self, chunks: torch.Tensor) -> KV:
+        """KV of ``[BOS] + chunk_i`` for every chunk, ``[n, kv_heads, 1 + C, head_dim]`` per layer."""
+        self._use_memory(chunks)
+        if self._prefixes is None:
+            n, width = chunks.shape[0], len(self.bos) + chunks.shape[1]
+            bos = torch.tensor(self.bos, device=chunks.device, dtype=chunks.dtype).expand(n, -1)
+            cache = DynamicCache(config=self.model.config)
+            positions = torch.arange(width, device=chunks.device).expand(n, -1)
+            self.runner.hidden_states(torch.cat([bos, chunks], dim=1), positions, cache, None)
+            self._prefixes = _layers(cache)
+        return self._prefixes
+
+    def _use_memory(self, chunks: torch.Tensor) -> None:
+        """Drop the cached prefixes and teacher KV unless they belong to these chunks."""
+        if self._memory is None or self._memory.shape != chunks.shape or not torch.equal(self._memory, chunks):
+            self._memory, self._prefixes, self._teacher = chunks, None, None
+
+
+def _layers(cache: DynamicCache) -> KV:
+    return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+
+
+def _cache(model: nn.Module, kv: KV) -> DynamicCache:
+    """A fresh cache holding ``kv``; what is appended to it later leaves ``kv`` untouched."""
+    cache = DynamicCache(config=model.config)
+    for layer, (k, v) in enumerate(zip(*kv)):
+        cache.update(k, v, layer)
+    return cache
