@@ -123,12 +123,14 @@ def reference_logprobs(model, projections, example: Example, bos: int) -> tuple[
 
 
 def shared_memory_examples() -> list[Example]:
-    """Three examples over one memory, as the data draws them (the later ones reuse the cached prefixes)."""
-    window = random_ids(4 * C + L + K, seed=5)
+    """Three examples over one memory, as the data draws them (the later ones reuse the cached prefixes
+    and teacher KV), then one over another memory (the caches must not be reused)."""
+    window, other = random_ids(4 * C + L + K, seed=5), random_ids(3 * C + L + K, seed=6)
     chunks = torch.tensor(window[: 4 * C]).view(4, C)
     tails = [window[4 * C :], window[10 : 10 + L + K], window[70 : 70 + L + K]]
     kinds = ["distill", "repetition", "distill"]
-    return [Example(chunks, torch.tensor(t[:L]), torch.tensor(t[L:]), kind) for t, kind in zip(tails, kinds)]
+    examples = [Example(chunks, torch.tensor(t[:L]), torch.tensor(t[L:]), kind) for t, kind in zip(tails, kinds)]
+    return examples + [make_example(other, "distill", C, L, K, random.Random(0))]
 
 
 def perturbed_projections(model, rank: int | None = 4) -> CandidateProjections:
