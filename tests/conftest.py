@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+import pydoc_data.topics
+from functools import cache
+
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from focus_core import FocusConfig, FocusEngine, load_model
-from focus_core.loading import _embedded_checkpoint
 
 TINY_ARCHS = ("llama", "mistral", "qwen2")
-VOCAB = 49152  # the embedded tokenizer's vocabulary, shared by the tiny models
+VOCAB = 4096  # the tiny tokenizer's vocabulary, shared by the tiny models
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@cache
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of :data:`VOCAB` tokens trained here on CPython's reference docs (~1 s),
+    with SmolLM2's special tokens (BOS ``<|im_start|>`` = 1, EOS ``<|im_end|>`` = 2) and a ChatML template:
+    the tiny-model tests need no model files."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    text = " ".join(pydoc_data.topics.topics.values())
+    bpe.train_from_iterator([text[i : i + 10_000] for i in range(0, len(text), 10_000)], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+        chat_template=CHATML,
+    )
 
 
 def tiny_model(model_type: str, *, seed: int = 0, window: int = 512, init_std: float = 0.3) -> torch.nn.Module:
@@ -53,7 +86,7 @@ def tiny_model(model_type: str, *, seed: int = 0, window: int = 512, init_std: f
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(_embedded_checkpoint())
+    return tiny_tokenizer()
 
 
 TINY_CONFIG = FocusConfig(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks.haystack import NEEDLES, needle_case
-from benchmarks.run import SUITES, Suite, run_suite
+from benchmarks.run import Suite, run_suite
 from focus_core import FocusConfig, FocusEngine
 
 
@@ -76,8 +76,3 @@ def test_quick_suite_runs_end_to_end_at_tiny_sizes(embedded, tmp_path):
     assert speed["second_question"]["chunks_encoded_second"] <= 1
     ppl = json.loads((tmp_path / "results" / "perplexity.json").read_text())["perplexity"]
     assert all(1 < p["2048"] < 1e4 for p in ppl.values())
-
-
-def test_the_quick_suite_is_a_subset_of_the_full_one():
-    quick, full = SUITES["quick"], SUITES["full"]
-    assert set(quick.passkey_lengths) <= set(full.passkey_lengths) and set(quick.depths) <= set(full.depths)

@@ -372,6 +372,7 @@ def test_content_key_ignores_path_and_mtime_but_not_content(tmp_path, monkeypatc
     assert loading.content_key(a) != sampled
 
 
+@pytest.mark.slow
 def test_the_embedded_checkpoint_is_cached_under_the_gguf_content_key():
     path = loading._embedded_checkpoint()
     assert path.parent == loading.cache_root()

@@ -8,12 +8,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TINY_CONFIG, random_ids, tiny_model
-from transformers import AutoTokenizer
+from conftest import TINY_CONFIG, random_ids, tiny_model, tiny_tokenizer
 
 from focus_core import FocusEngine
 from focus_core.distributed import ChunkGroup
-from focus_core.loading import _embedded_checkpoint
 
 # (prompt tokens, settings): 9 chunks (uneven shares), 2 chunks (a process with none when 3 run),
 # seeded sampling (the token sampled on rank 0 is the one every process continues with)
@@ -34,7 +32,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(_embedded_checkpoint())
+        tokenizer = tiny_tokenizer()
         assert FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG).group is None  # sharding is never implicit
         engine = FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG, group=dist.group.WORLD)
         assert engine.group is not None and engine.group.world == world

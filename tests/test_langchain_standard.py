@@ -14,21 +14,17 @@ from __future__ import annotations
 from functools import cache
 
 import pytest
-from conftest import TINY_CONFIG, tiny_model
+from conftest import TINY_CONFIG, tiny_model, tiny_tokenizer
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from focus_core import FocusConfig, FocusEngine, load_model
-from focus_core.loading import _embedded_checkpoint
 from focusllm_integrations.langchain import ChatFocusLLM, FocusLLM
 
 
 @cache
 def tiny_llm() -> FocusLLM:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(_embedded_checkpoint())
-    return FocusLLM(engine=FocusEngine(tiny_model("llama"), tokenizer, TINY_CONFIG))
+    return FocusLLM(engine=FocusEngine(tiny_model("llama"), tiny_tokenizer(), TINY_CONFIG))
 
 
 @cache

@@ -31,7 +31,10 @@ def samples(tokenizer):
 def test_prompt_and_answer_budget_fill_the_length_within_3_percent(samples, tokenizer, task, length):
     sample = samples[task, length]
     assert sample.tokens == len(tokenizer(sample.prompt).input_ids)
-    assert 0.97 * length <= sample.tokens + ruler.TOKENS_TO_GENERATE[ruler.family(task)] <= length
+    budget = sample.tokens + ruler.TOKENS_TO_GENERATE[ruler.family(task)]
+    # within 3%, or within one haystack line where lines are long (key-value lines of uuids)
+    line = max((len(tokenizer(n).input_ids) for n in sample.needles), default=0)
+    assert length - max(0.03 * length, line) <= budget <= length
     assert sample.prompt == sample.context + sample.query
     assert (sample.task, sample.length, sample.seed) == (task, length, 0)
 
