@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from conftest import TINY_CONFIG, random_ids, tiny_model
 from safetensors.torch import load_file
-from transformers import DynamicCache
+from transformers import AutoTokenizer, DynamicCache
 
 from focus_core import AdapterError, FocusEngine
 from focus_core.candidates import CandidateProjections, candidate_positions
@@ -275,6 +277,50 @@ def test_a_resumed_run_continues_exactly(tokenizer, tmp_path, monkeypatch):
     )
     a, b = (load_file(str(tmp_path / d / "candidates.safetensors")) for d in ("whole", "split"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _train_worker(rank: int, world: int, port: int, folder: str, out: str) -> None:
+    """One process of a gloo group training through accelerate, started as ``torchrun`` starts them."""
+    import os
+
+    import torch.distributed as dist
+
+    import focus_core.training.loop as loop
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    made = []
+
+    class Recorded(loop.CandidateProjections):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    loop.CandidateProjections = Recorded
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    state = train(learnable_model(), tokenizer, _Stream(), f"{out}/adapter", TINY_TRAINING.replace(steps=3))
+    weights = {k: v.tolist() for k, v in made[0].state_dict().items()}
+    gathered = [None] * world
+    dist.all_gather_object(gathered, weights)
+    if rank == 0:
+        with open(f"{out}/result.json", "w") as f:
+            json.dump({"same": all(g == weights for g in gathered), "steps": state["step"]}, f)
+    dist.destroy_process_group()
+
+
+def test_multi_process_training_keeps_every_rank_in_step(tokenizer, tmp_path):
+    """2 gloo processes draw different examples; the all-reduced gradients keep their weights equal."""
+    import socket
+
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_train_worker, args=(2, port, str(tmp_path / "tokenizer"), str(tmp_path)), nprocs=2, join=True)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result == {"same": True, "steps": 3}
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["training"]["processes"] == 2
 
 
 def test_training_data_reads_files_folders_and_jsonl(tokenizer, tmp_path):

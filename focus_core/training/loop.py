@@ -117,7 +117,9 @@ def train(
     Returns the history (loss per step, held-out loss per evaluation, tokens, seconds).
     """
     output_dir = Path(output_dir)
+    on_cpu = next(model.parameters()).device.type == "cpu"  # then processes launched together join gloo
     accelerator = Accelerator(
+        cpu=on_cpu and not torch.cuda.is_available(),
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
