@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "training_curve.json"
 FIGURE = ROOT / "docs" / "training_curve.png"
 RUN = TrainingConfig(
-    steps=120,
+    steps=96,
     chunk_sizes=(256, 512, 1024),
     memory_tokens=3072,
     local_tokens=128,
@@ -53,10 +53,10 @@ RUN = TrainingConfig(
     learning_rate=2e-3,
     warmup_steps=10,
     grad_accum=2,
-    eval_every=30,
+    eval_every=24,
     eval_examples=8,
-    save_every=10,
-    snapshot_every=30,
+    save_every=8,
+    snapshot_every=24,
 )
 
 
@@ -87,7 +87,7 @@ def cases(tokenizer, samples: int) -> list[dict]:
 
 def evaluate(output: Path, samples: int) -> dict:
     model, tokenizer = load_model()
-    config = FocusConfig(max_new_tokens=12, stop=("\n",), progress=False, prefix_cache_bytes=4 * 2**30)
+    config = FocusConfig(max_new_tokens=12, progress=False, prefix_cache_bytes=4 * 2**30)
     shared = PrefixCache(config.prefix_cache_bytes)
     snapshots = sorted((output / "snapshots").glob("step-*"))
     history = json.loads((output / "checkpoint" / "trainer_state.json").read_text())
@@ -104,7 +104,7 @@ def evaluate(output: Path, samples: int) -> dict:
             "evaluations": history["evaluations"],
             "step_losses": [h["loss"] for h in history["history"]],
         },
-        "generation": {"max_new_tokens": config.max_new_tokens, "stop": list(config.stop)},
+        "generation": {"max_new_tokens": config.max_new_tokens, "greedy": True},
         "records": [],
     }
     methods = [("entropy", None, "entropy"), ("kv step 0 (untrained)", None, "kv")]
@@ -149,7 +149,8 @@ def plot(result: dict, path: Path) -> None:
     for i, task in enumerate(tasks):
         colour = f"C{i}"
         score = [_fraction(summary[m].get(task, "0/1")) for _, m in steps]
-        right.plot([s for s, _ in steps], score, marker="o", color=colour, label=f"kv: {task}")
+        marker = "os^v"[i % 4]
+        right.plot([s for s, _ in steps], score, marker=marker, ms=9 - 2 * i, color=colour, label=f"kv: {task}")
         right.axhline(_fraction(summary["entropy"][task]), color=colour, ls="--", lw=1, label=f"entropy: {task}")
     right.set(xlabel="optimizer step", ylabel="correct (%)", title="retrieval, kv through auto", ylim=(-5, 105))
     right.legend(fontsize=7)
