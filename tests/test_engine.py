@@ -13,6 +13,7 @@ from focus_core import FocusEngine, UnsupportedModelError
 from focus_core.aggregation import EntropyAggregation, PlainDecoding, entropy
 from focus_core.candidates import reposition_keys
 from focus_core.kv_cache import PrefixCache
+from focus_core.runner import cache_argument
 
 LONG = 300  # tokens: well past the tiny engines' native window of 128
 
@@ -141,7 +142,9 @@ def test_kv_candidates_equal_a_plain_forward_repositioned(make_engine, arch):
         seq = [1, *chunk, *plan.dynamic_prompt]
         positions = torch.arange(len(seq)) - (len(seq) - 1) + i
         cache = DynamicCache(config=engine.model.config)
-        engine.model(torch.tensor([seq]), position_ids=positions[None], cache=cache, use_cache=True)
+        engine.model(
+            torch.tensor([seq]), position_ids=positions[None], use_cache=True, **{cache_argument(engine.model): cache}
+        )
         for layer in range(len(keys)):
             expected_k = cache.layers[layer].keys[0, :, -1]
             expected_v = cache.layers[layer].values[0, :, -1]
