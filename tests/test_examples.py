@@ -43,7 +43,6 @@ def test_llamaindex_query_engine_reuses_the_encoded_documents():
     first, second = re.findall(r"-> (.*)  \((\d+\.\d) s, \d+ source passages, chunks encoded so far: (\d+)", out)
     assert "Okonkwo" in first[0] and "Lighthouse" in second[0]
     assert out.count("top source: part") == 2  # passages with their document's metadata
-    assert float(second[1]) < float(first[1]) / 3
     assert int(second[2]) - int(first[2]) <= 2  # only the tail chunk(s) holding the new question
 
 
