@@ -119,11 +119,12 @@ class SequenceBatch:
     def rows(self) -> int:
         return self.kv.rows
 
-    def start_padded(self, sequences: Sequence[Sequence[int]], pad_token_id: int = 0) -> None:
-        """Run the first tokens of every row, left-padded to a common length (no logits: a prefix)."""
+    def start_padded(self, sequences: Sequence[Sequence[int]]) -> None:
+        """Run the first tokens of every row, left-padded to a common length (no logits: a prefix).
+        Padding slots hold token 0 and are masked out: no real token attends to them."""
         width = max(len(s) for s in sequences)
         pad = torch.tensor([width - len(s) for s in sequences], device=self.runner.device)
-        ids = torch.tensor([[pad_token_id] * (width - len(s)) + list(s) for s in sequences], device=self.runner.device)
+        ids = torch.tensor([[0] * (width - len(s)) + list(s) for s in sequences], device=self.runner.device)
         slots = torch.arange(width, device=self.runner.device)[None, :]
         valid = slots >= pad[:, None]  # [rows, width]
         positions = (slots - pad[:, None]).clamp(min=0)
