@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +25,7 @@ from focus_core.training import (
     make_example,
     read_documents,
     train,
+    window_examples,
 )
 
 C, L, P, K = 32, 24, 8, 5
@@ -321,6 +324,30 @@ def test_multi_process_training_keeps_every_rank_in_step(tokenizer, tmp_path):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result == {"same": True, "steps": 3}
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["training"]["processes"] == 2
+
+
+def test_recall_examples_query_a_fact_of_their_memory_and_start_their_targets_with_its_answer(tokenizer):
+    text = Path(random.__file__).read_text()  # plain text to splice the facts into
+    stream = TokenStream(tokenizer, [text, text])
+    cfg = TINY_TRAINING.replace(memory_tokens=512, chunk_sizes=(128,), local_tokens=64, target_tokens=32)
+    cfg = cfg.replace(synthetic_fraction=1.0, examples_per_window=4, losses=("distill",))
+    for seed in range(3):
+        examples = window_examples(stream, cfg, random.Random(seed))
+        memory = tokenizer.decode(examples[0].chunks.flatten())
+        facts = re.findall(r'REGISTRY\["[a-z-]+"\] = "[a-z]+-\d+"|Glossary: a [a-z]+ is a [a-z ]+\.', memory)
+        assert len(facts) >= 8 and "pass key" not in memory.lower() and "special magic" not in memory.lower()
+        asked = set()
+        for e in examples:
+            assert e.chunks is examples[0].chunks and e.local.numel() == 64 and e.targets.numel() == 32
+            query, answer = tokenizer.decode(e.local).rsplit("\n", 1)[1], tokenizer.decode(e.targets)
+            if query.startswith("assert"):
+                key = query.split('"')[1]
+                assert f'REGISTRY["{key}"] = "{answer.split(chr(34))[0]}"' in facts, (query, answer)
+            else:
+                term = query.split()[-3]
+                assert f"Glossary: a {term} is a {answer.split('.')[0].strip()}." in facts, (query, answer)
+            asked.add(query)
+        assert len(asked) == len(examples)  # each example asks another fact
 
 
 def test_training_data_reads_files_folders_and_jsonl(tokenizer, tmp_path):
