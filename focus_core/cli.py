@@ -655,12 +655,12 @@ def run_train(args: argparse.Namespace) -> int:
         progress=False if args.quiet else None,
     )
     stream = TokenStream(tokenizer, read_documents(args.data))
-    print(f"training text: {len(stream.train)} tokens, held out: {len(stream.eval)}", flush=True)
+    _say(f"training text: {len(stream.train)} tokens, held out: {len(stream.eval)}")
     state = train(
         model, tokenizer, stream, args.output, config, resume=args.resume, progress=False if args.quiet else None
     )
     evals = state["evaluations"]
-    print(
+    _say(
         f"adapter written to {args.output}: {state['step']} steps, {state['tokens']} tokens, "
         f"{state['seconds']:.0f} s; held-out loss {evals[0]['loss']:.4f} -> {evals[-1]['loss']:.4f}"
     )

@@ -164,7 +164,8 @@ def train(
         bar.set_postfix(loss=f"{loss_sum:.3f}")
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.steps:
             state["evaluations"].append({"step": state["step"], **evaluate(objective, eval_set, accelerator)})
-            bar.write(f"step {state['step']}: held-out loss {state['evaluations'][-1]['loss']:.4f}")
+            if accelerator.is_main_process:
+                bar.write(f"step {state['step']}: held-out loss {state['evaluations'][-1]['loss']:.4f}")
         if state["step"] % cfg.save_every == 0 or state["step"] == stop < cfg.steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
