@@ -45,7 +45,7 @@ WORDS = "The keeper of the lighthouse kept a log of every ship that passed the c
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, tokenizer):
-    """A tiny random llama saved as a Hugging Face model folder (with the embedded tokenizer)."""
+    """A tiny random llama saved as a Hugging Face model folder (with the tiny tokenizer)."""
     folder = tmp_path_factory.mktemp("tiny-model")
     tiny_model("llama").save_pretrained(folder)
     tokenizer.save_pretrained(folder)
