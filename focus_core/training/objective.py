@@ -99,11 +99,10 @@ class CandidateObjective(nn.Module):
         self._teacher: KV | None = None
 
     def forward(self, example: Example) -> torch.Tensor:
-        student = torch.log_softmax(self.student_logits(example), dim=-1)  # [k, vocab]
         if example.kind == "distill":
+            student = torch.log_softmax(self.student_logits(example), dim=-1)  # [k, vocab]
             return kl_divergence(self.teacher_logprobs(example), student)
-        targets = example.targets.to(student.device)
-        return -student[torch.arange(targets.numel(), device=student.device), targets].mean()
+        return -self.logprobs(example).mean()
 
     def logprobs(self, example: Example) -> torch.Tensor:
         """Log-probabilities ``[k]`` of the targets, as the engine's ``kv`` aggregation gives them."""
