@@ -281,10 +281,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--dtype",
-        default=None,
-        choices=("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
         metavar="DTYPE",
-        help="float32 | bfloat16 | float16 (default: bfloat16)",
+        help="auto | float32 | bfloat16 | float16 (default: auto, the fastest the device runs natively: "
+        "bf16 on CUDA and on CPUs with bf16 instructions, else fp32 on CPU; --verbose says which and why)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (they are drawn only on a terminal anyway)")
@@ -505,6 +506,7 @@ def run_ask(args: argparse.Namespace) -> int:
         f"loaded {engine.model_name} ({str(weight.dtype).removeprefix('torch.')}, {weight.device}; native "
         f"window {engine.native_window:,} tokens) in {time.perf_counter() - start:.1f} s",
     )
+    _log(args, engine.model.focus_precision_reason)
     if args.chat:
         prompt = engine.apply_chat_template([{"role": "user", "content": f"{documents}\n\n{question}"}])
         prompt += args.answer_prefix

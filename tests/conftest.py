@@ -109,5 +109,6 @@ def random_ids(n: int, seed: int = 0) -> list[int]:
 
 @pytest.fixture(scope="session")
 def embedded():
-    """The embedded default model and tokenizer, loaded once per session (bf16)."""
+    """The embedded default model and tokenizer, loaded once per session (automatic precision: bf16 on a CPU
+    with bf16 instructions, else fp32)."""
     return load_model()

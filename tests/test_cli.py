@@ -276,13 +276,14 @@ def test_verbose_prints_one_line_per_phase_and_no_bars_when_piped(tiny_dir, docs
     assert out.returncode == 0, out.stderr
     lines = out.stderr.strip().splitlines()
     phases = [line for line in lines if not line.startswith("focusllm: skipped")]
-    assert len(phases) == 5, out.stderr
+    assert len(phases) == 6, out.stderr
     assert re.fullmatch(r"focusllm: read 3 files: [\d,]+ characters \(\d+\.\d s\)", phases[0])
     assert re.fullmatch(
         rf"focusllm: loaded {re.escape(str(tiny_dir))} \(float32, cpu; native window 128 tokens\) "
         r"in \d+\.\d s",
         phases[1],
     )
+    assert phases.pop(2) == "focusllm: dtype float32 (asked for); attention sdpa (auto: on cpu)"
     assert re.fullmatch(
         r"focusllm: prompt: [\d,]+ tokens, \d+\.\dx the native window, read in chunks of 32 with entropy aggregation",
         phases[2],

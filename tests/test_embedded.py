@@ -1,5 +1,5 @@
-"""The embedded default model (SmolLM2-135M-Instruct, bf16) for real: plain generation, long-context
-retrieval and the command line."""
+"""The embedded default model (SmolLM2-135M-Instruct, in the automatic precision) for real: plain generation,
+long-context retrieval and the command line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from focus_core import FocusConfig, FocusEngine
+from focus_core import FocusConfig, FocusEngine, precision
 from focus_core.passkey import make_case
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def engine(embedded):
 
 def test_embedded_model_is_the_default(engine):
     assert engine.native_window == 8192
-    assert engine.model.dtype == torch.bfloat16
+    assert engine.model.dtype == precision.cpu_precision().dtype  # bf16 with bf16 instructions, else fp32
     assert engine.model.config.model_type == "llama"
 
 
