@@ -13,13 +13,16 @@ import torch
 import transformers
 
 from focus_core import FocusEngine
+from focus_core.precision import cpu_summary
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
+    """Where a result was measured: the CPU (model name and the flags that decide its speed: avx2,
+    avx512f, avx512_bf16, amx_bf16, Arm bf16), cores, versions, the GPU if any."""
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_summary(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -29,15 +32,46 @@ def machine() -> dict:
     }
 
 
-def matmul_rate(dtype: torch.dtype, tokens: int = 8192, hidden: int = 576, inner: int = 1536) -> float:
-    """Measured FLOP/s of a model-shaped matmul ([tokens, hidden] x [hidden, inner]) in ``dtype``."""
-    a, b = torch.randn(tokens, hidden, dtype=dtype), torch.randn(hidden, inner, dtype=dtype)
+def matmul_rate(
+    dtype: torch.dtype, tokens: int = 8192, hidden: int = 576, inner: int = 1536, device: torch.device | str = "cpu"
+) -> float:
+    """Measured FLOP/s of a model-shaped matmul ([tokens, hidden] x [hidden, inner]) in ``dtype`` on ``device``."""
+    device = torch.device(device)
+    a = torch.randn(tokens, hidden, dtype=dtype, device=device)
+    b = torch.randn(hidden, inner, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
+    _sync(device)
     reps, start = 20, time.perf_counter()
     for _ in range(reps):
         a @ b
+    _sync(device)
     return 2 * tokens * hidden * inner * reps / (time.perf_counter() - start)
+
+
+def model_matmul_rate(model, tokens: int = 8192) -> float:
+    """:func:`matmul_rate` in the model's dtype, on its device, of its MLP's shape ([tokens, hidden] x
+    [hidden, intermediate]): the rate its forward would reach if it were all matmul."""
+    cfg, weight = model.config.get_text_config(), next(model.parameters())
+    inner = getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size
+    return matmul_rate(weight.dtype, tokens, cfg.hidden_size, inner, weight.device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting :func:`peak_memory` afresh (CUDA only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Peak bytes allocated on a CUDA ``device`` since :func:`reset_peak_memory`; ``None`` elsewhere."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def non_embedding_params(model) -> int:
@@ -56,13 +90,15 @@ def forward_flops(model, chunk_lengths: list[int]) -> float:
 
 
 def result_header(benchmark: str, engine: FocusEngine | None = None) -> dict:
-    """What every result file opens with: the benchmark, when and where it ran and, given the engine,
-    on which model, dtype and settings."""
+    """What every result file opens with: the benchmark, when and where it ran (CPU model and flags,
+    GPU) and, given the engine, on which model, device, dtype (and why it was chosen) and settings."""
     header = {"benchmark": benchmark, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine()}
     if engine is not None:
         header |= {
             "model": engine.model_name,
+            "device": str(engine.runner.device),
             "dtype": str(engine.runner.dtype),
+            "precision": getattr(engine.model, "focus_precision_reason", "as the model was given"),
             "native_window": engine.native_window,
             "engine_config": dataclasses.asdict(engine.config),
         }

@@ -7,19 +7,30 @@
 - full attention (``transformers.generate``, greedy) at the lengths where it is run: prefill tokens/s,
   time to first token, decode tokens/s;
 - reuse: a second, different question over the same document, time second / first.
+
+On CUDA each point also records the peak GPU memory (``torch.cuda.max_memory_allocated``), and a full
+attention run that does not fit the GPU is recorded as out of memory. On its own::
+
+    python -m benchmarks.speed --lengths 32768 131072 --full-lengths 32768 131072 --device cuda \
+        --results benchmarks/results/gpu
+
+writes ``<results>/speed.json`` (default ``benchmarks/results/speed.json``).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
+from pathlib import Path
 
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from focus_core import FocusEngine
+from focus_core import FocusConfig, FocusEngine
+from focus_core.memory import GiB
 from focus_core.passkey import make_case
 
-from .common import forward_flops, matmul_rate
+from .common import RESULTS, forward_flops, model_matmul_rate, peak_memory, reset_peak_memory, result_header, write_json
 from .haystack import haystack
 
 CHUNKED_WINDOW = 2048  # FocusLLM is timed with this native window, so that it chunks at every length
@@ -32,6 +43,7 @@ def prose(tokenizer, n_tokens: int) -> str:
 def focus_point(engine: FocusEngine, n_tokens: int, new_tokens: int, **overrides) -> dict:
     prompt = prose(engine.tokenizer, n_tokens)
     engine.prefix_cache.clear()
+    reset_peak_memory(engine.runner.device)
     before_s, before_tokens = engine.stats.encode_seconds, engine.stats.tokens_encoded
     start, first, count = time.perf_counter(), None, 0
     for _ in engine.stream_ids(prompt, max_new_tokens=new_tokens, **overrides):
@@ -50,6 +62,7 @@ def focus_point(engine: FocusEngine, n_tokens: int, new_tokens: int, **overrides
         "new_tokens": count,
         "decode_tokens_per_s": (count - 1) / (total - first) if count > 1 else None,
         "total_s": total,
+        "peak_gpu_bytes": peak_memory(engine.runner.device),
     }
 
 
@@ -68,11 +81,20 @@ class _Clock(BaseStreamer):
 
 @torch.inference_mode()
 def full_attention_point(engine: FocusEngine, n_tokens: int, new_tokens: int) -> dict:
-    ids = engine.tokenizer(prose(engine.tokenizer, n_tokens), return_tensors="pt").input_ids.to(engine.runner.device)
+    """Full attention (``generate``) over ``n_tokens`` of prose; one that does not fit the GPU is recorded
+    as ``out_of_memory`` with no timings."""
+    device = engine.runner.device
+    ids = engine.tokenizer(prose(engine.tokenizer, n_tokens), return_tensors="pt").input_ids.to(device)
+    reset_peak_memory(device)
     clock, start = _Clock(), time.perf_counter()
-    engine.model.generate(
-        ids, max_new_tokens=new_tokens, do_sample=False, streamer=clock, pad_token_id=engine.tokenizer.eos_token_id
-    )
+    try:
+        engine.model.generate(
+            ids, max_new_tokens=new_tokens, do_sample=False, streamer=clock, pad_token_id=engine.tokenizer.eos_token_id
+        )
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        timings = dict.fromkeys(("encode_tokens_per_s", "ttft_s", "new_tokens", "decode_tokens_per_s", "total_s"))
+        return {"tokens": ids.shape[1], **timings, "peak_gpu_bytes": peak_memory(device), "out_of_memory": True}
     total = time.perf_counter() - start
     first, count = clock.times[1] - start, len(clock.times) - 1
     return {
@@ -82,6 +104,8 @@ def full_attention_point(engine: FocusEngine, n_tokens: int, new_tokens: int) ->
         "new_tokens": count,
         "decode_tokens_per_s": (count - 1) / (total - first) if count > 1 else None,
         "total_s": total,
+        "peak_gpu_bytes": peak_memory(device),
+        "out_of_memory": False,
     }
 
 
@@ -132,7 +156,7 @@ def run_speed(
     for n in full_lengths:
         full.append(full_attention_point(engine, n, new_tokens))
         print("speed full attention", full[-1], flush=True)
-    rate = matmul_rate(engine.runner.dtype)
+    rate = model_matmul_rate(engine.model)
     for point in focus:
         point["fraction_of_matmul_rate"] = point["encode_flops_per_s"] / rate
     reuse = second_question(engine, reuse_tokens)
@@ -146,3 +170,40 @@ def run_speed(
         "full_attention": full,
         "second_question": reuse,
     }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded SmolLM2)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384], help="FocusLLM prompt lengths")
+    parser.add_argument("--full-lengths", type=int, nargs="*", default=[4096], help="full attention prompt lengths")
+    parser.add_argument("--reuse-tokens", type=int, default=16384, help="document length of the second question")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--dtype", default="auto", help="auto (default), float32, bfloat16 or float16")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for speed.json")
+    args = parser.parse_args(argv)
+    config = FocusConfig(progress=False, prefix_cache_bytes=8 * GiB)
+    engine = FocusEngine.from_pretrained(args.model, config, dtype=args.dtype, device=args.device, progress=False)
+    print(f"speed: {engine.model_name} on {engine.runner.device}, {engine.model.focus_precision_reason}", flush=True)
+    speed = run_speed(engine, args.lengths, args.full_lengths, args.reuse_tokens, args.new_tokens)
+    result = {**result_header("speed", engine), **speed}
+    print(f"wrote {write_json(args.results / 'speed.json', result)}")
+    for name, key in (("FocusLLM", "focusllm"), ("full attention", "full_attention")):
+        for p in speed[key]:
+            print(f"{name} at {p['tokens']} tokens: {summary(p)}")
+    return result
+
+
+def summary(point: dict) -> str:
+    """One line: time to first token, decode rate, peak GPU memory."""
+    if point.get("out_of_memory"):
+        return "out of GPU memory"
+    decode = point["decode_tokens_per_s"]
+    line = f"TTFT {point['ttft_s']:.2f} s, decode {f'{decode:.1f} tokens/s' if decode else 'n/a'}"
+    peak = point["peak_gpu_bytes"]
+    return line + (f", peak GPU memory {peak / GiB:.2f} GiB" if peak is not None else "")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+import torch
+from conftest import tiny_model
 
+from benchmarks import machine_limit, speed
 from benchmarks.haystack import NEEDLES, needle_case
 from benchmarks.run import Suite, run_suite
 from focus_core import FocusConfig, FocusEngine
@@ -76,3 +80,50 @@ def test_quick_suite_runs_end_to_end_at_tiny_sizes(embedded, tmp_path):
     assert speed["second_question"]["chunks_encoded_second"] <= 1
     ppl = json.loads((tmp_path / "results" / "perplexity.json").read_text())["perplexity"]
     assert all(1 < p["2048"] < 1e4 for p in ppl.values())
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tokenizer):
+    """A tiny random llama with a 4K window (the engine's default chunking fits it), saved as a model folder."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_model("llama", window=4096).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_speed_command_line_as_the_gpu_check_runs_it(tiny_dir, tmp_path, capsys):
+    """scripts/gpu_check.sh's speed run (lengths, full attention, device, results folder), on CPU, tiny."""
+    argv = ["--model", str(tiny_dir), "--lengths", "2500", "--full-lengths", "600", "--reuse-tokens", "2500"]
+    speed.main([*argv, "--new-tokens", "3", "--device", "cpu", "--results", str(tmp_path)])
+    result = json.loads((tmp_path / "speed.json").read_text())
+    assert result["device"] == "cpu" and result["machine"]["cpu"]["name"]
+    assert result["precision"].startswith("dtype ") and "attention sdpa" in result["precision"]
+    (focus,), (full,) = result["focusllm"], result["full_attention"]
+    assert focus["tokens"] > 2000 and focus["ttft_s"] > 0 and focus["peak_gpu_bytes"] is None
+    assert full["out_of_memory"] is False and full["new_tokens"] == 3
+    assert set(result["focusllm_variants"]) == {"auto", *speed.VARIANTS}
+    out = capsys.readouterr().out
+    assert re.search(r"FocusLLM at \d+ tokens: TTFT \d+\.\d\d s, decode [\d.]+ tokens/s\n", out), out
+
+
+def test_an_out_of_memory_full_attention_run_is_recorded_not_raised(make_engine, monkeypatch):
+    engine = make_engine(native_window=None)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(engine.model, "generate", out_of_memory)
+    point = speed.full_attention_point(engine, 300, 4)
+    assert point["out_of_memory"] and point["ttft_s"] is None and point["tokens"] > 250
+    assert speed.summary(point) == "out of GPU memory"
+
+
+def test_machine_limit_reports_encode_against_the_matmul_limit_of_the_same_run(tiny_dir, tmp_path):
+    result = machine_limit.main(
+        ["--model", str(tiny_dir), "--tokens", "2500", "--device", "cpu", "--results", str(tmp_path)]
+    )
+    assert json.loads((tmp_path / "machine_limit.json").read_text()) == json.loads(json.dumps(result, default=str))
+    assert set(result["machine"]["cpu"]) == {"name", "flags"} and result["dtype"].startswith("torch.")
+    limit = result["matmul_limited_tokens_per_s"]
+    assert limit == max(result["matmul_flops_per_s"].values()) / (2 * result["non_embedding_params"])
+    assert result["encode_fraction_of_matmul_limit"] == pytest.approx(result["encode_tokens_per_s"] / limit)
