@@ -44,14 +44,18 @@ def run_machine_limit(engine: FocusEngine, tokens: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded SmolLM2)")
     parser.add_argument("--tokens", type=int, default=8192, help="prose tokens to encode")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto (default), float32, bfloat16 or float16")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for machine_limit.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     config = FocusConfig(progress=False)
     engine = FocusEngine.from_pretrained(args.model, config, dtype=args.dtype, device=args.device, progress=False)
     out = run_machine_limit(engine, args.tokens)

@@ -172,7 +172,7 @@ def run_speed(
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded SmolLM2)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384], help="FocusLLM prompt lengths")
@@ -182,8 +182,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto (default), float32, bfloat16 or float16")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for speed.json")
-    args = parser.parse_args(argv)
-    config = FocusConfig(progress=False, prefix_cache_bytes=8 * GiB)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    config = FocusConfig(max_new_tokens=args.new_tokens, progress=False, prefix_cache_bytes=8 * GiB)
     engine = FocusEngine.from_pretrained(args.model, config, dtype=args.dtype, device=args.device, progress=False)
     print(f"speed: {engine.model_name} on {engine.runner.device}, {engine.model.focus_precision_reason}", flush=True)
     speed = run_speed(engine, args.lengths, args.full_lengths, args.reuse_tokens, args.new_tokens)

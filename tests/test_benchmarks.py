@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,7 +99,7 @@ def tiny_dir(tmp_path_factory, tokenizer):
 def test_speed_command_line_as_the_gpu_check_runs_it(tiny_dir, tmp_path, capsys):
     """scripts/gpu_check.sh's speed run (lengths, full attention, device, results folder), on CPU, tiny."""
     argv = ["--model", str(tiny_dir), "--lengths", "2500", "--full-lengths", "600", "--reuse-tokens", "2500"]
-    speed.main([*argv, "--new-tokens", "3", "--device", "cpu", "--results", str(tmp_path)])
+    speed.main([*argv, "--new-tokens", "3", "--device", "cpu", "--dtype", "float32", "--results", str(tmp_path)])
     result = json.loads((tmp_path / "speed.json").read_text())
     assert result["device"] == "cpu" and result["machine"]["cpu"]["name"]
     assert result["precision"].startswith("dtype ") and "attention sdpa" in result["precision"]
@@ -127,3 +132,32 @@ def test_machine_limit_reports_encode_against_the_matmul_limit_of_the_same_run(t
     limit = result["matmul_limited_tokens_per_s"]
     assert limit == max(result["matmul_flops_per_s"].values()) / (2 * result["non_embedding_params"])
     assert result["encode_fraction_of_matmul_limit"] == pytest.approx(result["encode_tokens_per_s"] / limit)
+
+
+# ------------------------------------------------------------------------------- scripts/gpu_check.sh
+
+GPU_CHECK = Path(__file__).parent.parent / "scripts" / "gpu_check.sh"
+
+
+def test_gpu_check_is_valid_bash():
+    out = subprocess.run(["bash", "-n", str(GPU_CHECK)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("module", [speed, machine_limit])
+def test_gpu_check_passes_the_benchmarks_options_they_take(module):
+    """The script's command line for each benchmark, parsed by that benchmark's own parser."""
+    script = GPU_CHECK.read_text().replace("\\\n", " ")
+    (line,) = re.findall(rf"-m {module.__name__} (.*?) 2>&1", script)
+    args = module.build_parser().parse_args(shlex.split(line.replace('"$out"', "out")))
+    assert args.device == "cuda" and str(args.results) == "out"
+    if module is speed:
+        assert args.lengths == args.full_lengths == [32768, 131072]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_check_stops_at_once_without_a_cuda_device(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_SECONDS": "60"}
+    out = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1 and "gpu_check: no CUDA device visible to torch" in out.stderr, out.stderr
+    assert "pytest" not in out.stdout
