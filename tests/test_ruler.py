@@ -303,7 +303,8 @@ class FakeRelevance:
     model_name: str = "fake"
     native_window: int = 128
     config: object = field(default_factory=FakeConfig)
-    runner: object = field(default_factory=lambda: SimpleNamespace(dtype="float32"))
+    runner: object = field(default_factory=lambda: SimpleNamespace(dtype="float32", device="cpu"))
+    model: object = None  # result headers read the precision chosen at loading from it: none here
 
     def relevance(self, prompt, **overrides):
         self.calls.append(overrides)
