@@ -80,10 +80,11 @@ class KVBuffer:
         self.advance(keys.shape[2])
 
     def read_prefix(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Copy of row ``row``'s real tokens as ``[layers, kv_heads, T, head_dim]`` keys and values."""
+        """Copy of row ``row``'s real tokens as ``[layers, kv_heads, T, head_dim]`` keys and values (the
+        layers written so far: all of them, or those up to an early exit)."""
         slots = self.valid[row, : self.length].nonzero().squeeze(1)
-        keys = torch.stack([k[row].index_select(1, slots) for k in self.keys])
-        values = torch.stack([v[row].index_select(1, slots) for v in self.values])
+        keys = torch.stack([k[row].index_select(1, slots) for k in self.keys if k is not None])
+        values = torch.stack([v[row].index_select(1, slots) for v in self.values if v is not None])
         return keys, values
 
     def last_slot(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -140,10 +141,11 @@ class PrefixKV:
         return 2 * self.keys.numel() * self.keys.element_size()
 
 
-def prefix_key(token_ids: tuple[int, ...], dtype: torch.dtype) -> str:
-    """Content address of a chunk prefix: the token ids and the cache dtype."""
+def prefix_key(token_ids: tuple[int, ...], dtype: torch.dtype, layers: int | None = None) -> str:
+    """Content address of a chunk prefix: the token ids, the cache dtype and, for an early-exit prefix,
+    the number of layers it holds."""
     h = hashlib.blake2b(digest_size=20)
-    h.update(str(dtype).encode())
+    h.update(str(dtype).encode() + (b"" if layers is None else f"/{layers} layers".encode()))
     h.update(torch.tensor(token_ids, dtype=torch.int64).numpy().tobytes())
     return h.hexdigest()
 

@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from .candidates import CandidateProjections, candidate_positions
+from .errors import UnsupportedModelError
 from .kv_cache import KVBuffer
+from .probe import EarlyExit, Probe, install, probing
 
 
 def cache_argument(model: nn.Module) -> str:
@@ -39,6 +41,7 @@ class ModelRunner:
         self.vocab_size: int = config.vocab_size
         self.candidates: CandidateProjections | None = None  # applied where a forward's candidate mask is set
         self._cache_argument = cache_argument(model)
+        install(model)  # the attention probe of early-exit passes (inert otherwise)
 
     @property
     def device(self) -> torch.device:
@@ -77,6 +80,32 @@ class ModelRunner:
                 use_cache=True,
                 **{self._cache_argument: cache},
             ).last_hidden_state
+
+    def probe(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache,
+        attention_mask: torch.Tensor | None,
+        probe: Probe,
+    ) -> Probe:
+        """A forward that stops after ``probe``'s last layer (the cache then holds layers up to it) and
+        records the attention ``probe`` asks for."""
+        with probing(probe):
+            try:
+                self.model.base_model(
+                    input_ids=input_ids,
+                    position_ids=position_ids,
+                    attention_mask=attention_mask,
+                    use_cache=True,
+                    **{self._cache_argument: cache},
+                )
+            except EarlyExit:
+                return probe
+        raise UnsupportedModelError(
+            f"{type(self.model).__name__}'s attention does not go through transformers' attention interface, "
+            "which the early-exit pass of aggregation='select' needs; use another aggregation"
+        )
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 next-token logits of hidden states ``[n, hidden]``, with the model's own output transforms:
@@ -119,9 +148,10 @@ class SequenceBatch:
     def rows(self) -> int:
         return self.kv.rows
 
-    def start_padded(self, sequences: Sequence[Sequence[int]]) -> None:
+    def start_padded(self, sequences: Sequence[Sequence[int]], *, exit_layer: int | None = None) -> None:
         """Run the first tokens of every row, left-padded to a common length (no logits: a prefix).
-        Padding slots hold token 0 and are masked out: no real token attends to them."""
+        Padding slots hold token 0 and are masked out: no real token attends to them. With
+        ``exit_layer`` only the layers up to it run (and hold KV)."""
         width = max(len(s) for s in sequences)
         pad = torch.tensor([width - len(s) for s in sequences], device=self.runner.device)
         ids = torch.tensor([[0] * (width - len(s)) + list(s) for s in sequences], device=self.runner.device)
@@ -129,9 +159,26 @@ class SequenceBatch:
         valid = slots >= pad[:, None]  # [rows, width]
         positions = (slots - pad[:, None]).clamp(min=0)
         mask = None if bool(valid.all()) else valid
-        self.runner.hidden_states(ids, positions, self.kv.cache(), mask)
+        if exit_layer is None:
+            self.runner.hidden_states(ids, positions, self.kv.cache(), mask)
+        else:
+            self.runner.probe(ids, positions, self.kv.cache(), mask, Probe((exit_layer,), 0, valid))
         self.kv.advance(width, valid)
         self.next_positions = width - pad
+
+    def attend(self, tokens: torch.Tensor, *, layers: tuple[int, ...], rows: int) -> dict[int, torch.Tensor]:
+        """Append ``tokens`` ([t], the same in every row) through the layers up to ``max(layers)`` only,
+        and return, per layer of ``layers``, the attention mass ``[rows_of_batch, slots]`` (fp32) that the
+        last ``rows`` of them pay to every slot of their row (summed over heads and those rows)."""
+        t = len(tokens)
+        positions = self.next_positions[:, None] + torch.arange(t, device=tokens.device)[None, :]
+        mask = self.kv.attention_mask(slice(None), t)  # [rows, length + t]
+        probe = Probe(layers, rows, mask)
+        ids = tokens[None, :].expand(self.rows, -1)
+        self.runner.probe(ids, positions, self.kv.cache(), None if bool(mask.all()) else mask, probe)
+        self.kv.advance(t)
+        self.next_positions = self.next_positions + t
+        return probe.mass
 
     def append(
         self,
