@@ -15,8 +15,8 @@ from typing import Literal
 from .errors import FocusConfigError
 from .memory import GiB
 
-Aggregation = Literal["auto", "focus", "entropy", "kv"]
-AGGREGATIONS: tuple[str, ...] = ("auto", "focus", "entropy", "kv")
+Aggregation = Literal["auto", "select", "focus", "entropy", "kv"]
+AGGREGATIONS: tuple[str, ...] = ("auto", "select", "focus", "entropy", "kv")
 FocusKV = Literal["reuse", "reencode"]
 FOCUS_KV: tuple[str, ...] = ("reuse", "reencode")
 # Settings of what the engine holds across calls; a per-call override of them is refused.
@@ -33,11 +33,14 @@ class FocusConfig:
     """
 
     chunk_size: int = 1024
-    local_window: int = 512
+    local_window: int = 256  # the tail read as is; it holds the question (select brings the evidence)
     dynamic_prompt_len: int = 64
     aggregation: Aggregation = "auto"
     top_chunks: int | None = None  # chunks decoding reads, most relevant first; None: a native window's worth
     focus_kv: FocusKV = "reuse"  # focus: reuse the chunks' cached KV (re-positioned) or re-encode them together
+    select_tokens: int = 1024  # select: document tokens read (passages chosen by the question's attention)
+    passage_tokens: int = 128  # select: tokens per passage (the unit chosen)
+    exit_layer: int | None = None  # select: the layer whose attention chooses; None: derived from the depth
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 means greedy
     top_k: int = 0  # 0 means no top-k filter
@@ -52,12 +55,27 @@ class FocusConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", _normalise_stop(self.stop))
-        for name in ("chunk_size", "local_window", "dynamic_prompt_len", "max_new_tokens", "encode_batch_tokens"):
+        for name in (
+            "chunk_size",
+            "local_window",
+            "dynamic_prompt_len",
+            "max_new_tokens",
+            "encode_batch_tokens",
+            "select_tokens",
+            "passage_tokens",
+        ):
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("top_k", self.top_k, minimum=0)
         _require_int("prefix_cache_bytes", self.prefix_cache_bytes, minimum=0)
         if self.top_chunks is not None:
             _require_int("top_chunks", self.top_chunks, minimum=1)
+        if self.exit_layer is not None:
+            _require_int("exit_layer", self.exit_layer, minimum=0)
+        if self.passage_tokens > self.select_tokens:
+            raise FocusConfigError(
+                f"passage_tokens ({self.passage_tokens}) must not exceed select_tokens ({self.select_tokens}): "
+                "the selection is made of passages"
+            )
         if self.native_window is not None:
             _require_int("native_window", self.native_window, minimum=2)
         if self.memory_budget_bytes is not None:
@@ -96,6 +114,11 @@ class FocusConfig:
                 f"1 + chunk_size + local_window + max_new_tokens = {needed} exceeds the native window "
                 f"{native_window}; lower chunk_size (now {self.chunk_size}), local_window or max_new_tokens"
             )
+
+    def select_window(self) -> int:
+        """Tokens ``select`` decodes over: [BOS], the opening passage, the selection, the local context
+        and the answer."""
+        return 1 + self.passage_tokens + self.select_tokens + self.local_window + self.max_new_tokens
 
     def chunks_read(self, native_window: int, mode: str) -> int:
         """How many chunks decoding reads in aggregation ``mode``: ``top_chunks``, by default as many

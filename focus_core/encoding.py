@@ -21,6 +21,7 @@ from .kv_cache import PrefixCache, PrefixKV, prefix_key
 from .memory import Layout
 from .relevance import top_indices
 from .runner import ModelRunner, SequenceBatch
+from .selection import SINK_TOKENS
 
 
 @dataclass
@@ -89,6 +90,34 @@ class ChunkEncoder:
                 bar.update(len(rows))
         return ScoredChunks(loglik, kept)
 
+    def attend(
+        self, plan: ChunkPlan, *, layers: tuple[int, ...], rows: int, layout: Layout, progress: bool
+    ) -> dict[int, torch.Tensor]:
+        """The early-exit pass: ``[BOS] + m_i`` (cached, or run through the layers up to ``max(layers)``
+        only) then ``d`` after it, a micro-batch at a time. Returns, per layer of ``layers``, the attention
+        mass ``[memory tokens]`` (document order, fp32) that the last ``rows`` tokens of ``d`` pay to each
+        memory token, 0 for the first tokens of each chunk (attention sinks). Nothing is kept but the
+        prefix cache's copies."""
+        masses: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        if not plan.chunks:
+            return {layer: torch.empty(0) for layer in layers}
+        d = torch.tensor(plan.dynamic_prompt, device=self.runner.device)
+        width = layout.score.slots - len(d)  # slots of the prefixes, right-aligned
+        with tqdm(total=len(plan.chunks), desc="reading chunks", unit="chunk", disable=not progress) as bar:
+            for start in range(0, len(plan.chunks), layout.score.rows):
+                chunks = plan.chunks[start : start + layout.score.rows]
+                prefixes = self.prefixes(
+                    [self.bos + c for c in chunks], slots=layout.encode.slots, layers=max(layers) + 1
+                )
+                batch = self.batch(prefixes, slots=layout.score.slots, extra_slots=len(d))
+                for layer, mass in batch.attend(d, layers=layers, rows=rows).items():  # [rows, slots]
+                    for m, c in zip(mass, chunks):
+                        m = m[width - len(c) : width].cpu()
+                        m[:SINK_TOKENS] = 0  # attention sinks (selection.SINK_TOKENS)
+                        masses[layer].append(m)
+                bar.update(len(chunks))
+        return {layer: torch.cat(parts) for layer, parts in masses.items()}
+
     def baseline(self, dynamic_prompt: tuple[int, ...]) -> float:
         """``log p(d[1:] | [BOS] + d[0])``: how well the dynamic prompt is predicted with no chunk."""
         batch = SequenceBatch(self.runner, rows=1, capacity=len(self.bos) + len(dynamic_prompt))
@@ -96,10 +125,13 @@ class ChunkEncoder:
             batch.append(torch.tensor(self.bos, device=self.runner.device))
         return float(batch.append(torch.tensor(dynamic_prompt, device=self.runner.device), loglik=True)[1][0])
 
-    def prefixes(self, sequences: list[tuple[int, ...]], slots: int | None = None) -> list[PrefixKV]:
+    def prefixes(
+        self, sequences: list[tuple[int, ...]], slots: int | None = None, layers: int | None = None
+    ) -> list[PrefixKV]:
         """The prefix KV of each ``[BOS] + chunk``: from the cache, or encoded in one batch (of ``slots``
-        slots per row; default: the longest) and cached."""
-        keys = [prefix_key(s, self.runner.dtype) for s in sequences]
+        slots per row; default: the longest) and cached. ``layers``: only the first ``layers`` layers
+        (an early exit; default: all)."""
+        keys = [prefix_key(s, self.runner.dtype, layers) for s in sequences]
         entries = [self.prefix_cache.get(k) for k in keys]
         missing = [i for i, e in enumerate(entries) if e is None]
         self.stats.add(reused=len(sequences) - len(missing))
@@ -107,7 +139,8 @@ class ChunkEncoder:
             began = time.perf_counter()
             longest = max(len(sequences[i]) for i in missing)
             group = SequenceBatch(self.runner, rows=len(missing), capacity=slots or longest)
-            group.start_padded([sequences[i] for i in missing])
+            exit_layer = None if layers is None else layers - 1
+            group.start_padded([sequences[i] for i in missing], exit_layer=exit_layer)
             for row, i in enumerate(missing):
                 k, v = group.kv.read_prefix(row)
                 entries[i] = PrefixKV(k.to(self.store_device), v.to(self.store_device))

@@ -10,11 +10,12 @@ share (the prefix cache, counters, candidate projections) is locked.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,20 @@ from .encoding import ChunkEncoder, EncodingStats
 from .errors import FocusConfigError, FocusInputError, FocusInputTypeError
 from .kv_cache import PrefixCache, PrefixKV
 from .loading import load_model
-from .memory import Layout, MemoryEstimate, available_bytes, check_fits, chunked_layout, format_bytes, plain_layout
+from .memory import (
+    KVBlock,
+    Layout,
+    MemoryEstimate,
+    available_bytes,
+    check_fits,
+    chunked_layout,
+    format_bytes,
+    plain_layout,
+)
 from .relevance import ChunkScore, select
 from .runner import ModelRunner, SequenceBatch
 from .sampling import Sampler, TextStream
+from .selection import PROBE_ROWS, Span, default_exit_layer, merge, select_spans
 
 Prompt = str | Sequence[int] | torch.Tensor
 DecodingState = PlainDecoding | EntropyAggregation | KVAggregation
@@ -43,19 +54,33 @@ DecodingState = PlainDecoding | EntropyAggregation | KVAggregation
 
 @dataclass
 class Reading:
-    """What the parallel pass found in a long prompt: every chunk's relevance and the chunks decoding
-    reads (``chosen``, document order) with their prefix KV."""
+    """What the parallel pass found in a long prompt: the relevance of every unit of its memory (the
+    chunks; in ``select``, passages of ``passage_tokens``) and what decoding reads: the chosen chunks
+    (document order) with their prefix KV, or, in ``select``, the chosen spans of the memory."""
 
     plan: ChunkPlan
-    relevance: torch.Tensor  # [chunks] nats
-    chosen: list[int]
-    prefixes: list[PrefixKV]
+    units: list[tuple[int, int]]  # [start, end) memory token ranges that were scored
+    relevance: torch.Tensor  # [units]: nats of query likelihood, or attention mass (select)
+    chosen: list[int] = field(default_factory=list)  # chunks decoding reads, document order
+    prefixes: list[PrefixKV] = field(default_factory=list)  # their [BOS] + chunk KV
+    spans: list[Span] = field(default_factory=list)  # select: the memory spans decoding reads, document order
+
+    def scored_units(self) -> list[tuple[int, tuple[int, int], float]]:
+        """``(index, memory range, score)`` of every unit, document order."""
+        return [(i, unit, float(score)) for i, (unit, score) in enumerate(zip(self.units, self.relevance))]
+
+    def sources(self) -> list[tuple[int, tuple[int, int], float]]:
+        """``(index, memory range, score)`` of what decoding read: chunks (by chunk index) or spans."""
+        if self.spans:
+            return [(i, (s.start, s.end), s.score) for i, s in enumerate(self.spans)]
+        return [self.scored_units()[i] for i in self.chosen]
 
 
 class Generation(Iterator[str]):
     """Text pieces as they are decoded. Once the first piece has been asked for, ``relevance`` holds
-    every chunk's :class:`ChunkScore` (document order) and ``sources`` those decoding read, most
-    relevant first (both empty when the prompt fits the native window)."""
+    every chunk's :class:`ChunkScore` (document order; passages in ``select``) and ``sources`` the
+    chunks or passages decoding read, most relevant first (both empty when the prompt fits the native
+    window)."""
 
     def __init__(self, engine: FocusEngine, prompt: Prompt, ids: list[int], cfg: FocusConfig):
         self._engine, self._prompt = engine, prompt
@@ -74,14 +99,15 @@ class Generation(Iterator[str]):
         if self._reading is None:
             return []
         if self._scores is None:  # spans need the prompt's offsets: worked out only when asked for
-            self._scores = self._engine._chunk_scores(self._prompt, self._reading)
+            self._scores = self._engine._scored(self._prompt, self._reading.plan, self._reading.scored_units())
         return self._scores
 
     @property
     def sources(self) -> list[ChunkScore]:
         if self._reading is None:
             return []
-        return sorted((self.relevance[i] for i in self._reading.chosen), key=lambda c: -c.score)
+        sources = self._engine._scored(self._prompt, self._reading.plan, self._reading.sources())
+        return sorted(sources, key=lambda c: -c.score)
 
 
 @dataclass(frozen=True)
@@ -116,7 +142,6 @@ class FocusEngine:
         if not isinstance(self.config, FocusConfig):
             raise FocusConfigError(f"config must be a FocusConfig, got {type(self.config).__name__}")
         self.native_window: int = self.config.native_window or _model_window(model)
-        self._check_window(self.config)
         self.runner = ModelRunner(model)
         self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache(self.config.prefix_cache_bytes)
         self.encoder = ChunkEncoder(self.runner, self.prefix_cache, tokenizer.bos_token_id)
@@ -125,6 +150,7 @@ class FocusEngine:
         self._candidates_trained = False
         self._lock = threading.Lock()
         self.group = ChunkGroup.of(group)
+        self._check_window(self.config)
 
     @classmethod
     def from_pretrained(
@@ -185,12 +211,17 @@ class FocusEngine:
     @torch.inference_mode()
     def relevance(self, prompt: Prompt, **overrides: Any) -> list[ChunkScore]:
         """Every memory chunk of ``prompt`` (document order) with its relevance to the prompt's question:
-        how many nats better the chunk makes the model predict the dynamic prompt than no chunk does.
-        Empty when the prompt fits the native window (it is then read whole)."""
+        how many nats better the chunk makes the model predict the dynamic prompt than no chunk does; in
+        ``select``, every passage of ``passage_tokens`` with the attention the question pays it in the
+        exit layer. Empty when the prompt fits the native window (it is then read whole)."""
         cfg, ids = self._prepare(prompt, overrides)
         if self._fits(ids, cfg):
             return []
-        return self._chunk_scores(prompt, self._read(ids, cfg, self._layout(ids, cfg, keep=0)))
+        if self.aggregation_for(cfg) == "select":
+            reading = self._select(ids, cfg, self._layout(ids, cfg))
+        else:
+            reading = self._read(ids, cfg, self._layout(ids, cfg, keep=0))
+        return self._scored(prompt, reading.plan, reading.scored_units())
 
     def generate_ids(self, prompt: Prompt, **overrides: Any) -> list[int]:
         """The generated token ids (EOS excluded, stop strings not applied)."""
@@ -293,13 +324,15 @@ class FocusEngine:
         return adapters.save_adapter(self._candidates, self.model, path, training)
 
     def aggregation_for(self, config: FocusConfig | None = None) -> str:
-        """The aggregation actually used: ``auto`` is ``kv`` with trained candidate weights, else ``entropy``
-        (over the most relevant chunks), which answered more of the measured cases than ``focus`` on the
-        embedded model (README, "Benchmarks")."""
-        mode = (config or self.config).aggregation
-        if mode == "auto":
-            return "kv" if self._candidates_trained else "entropy"
-        return mode
+        """The aggregation actually used: ``auto`` is ``kv`` with trained candidate weights, else ``select``
+        where its reading fits the native window (it answered more of the measured RULER cases than
+        ``entropy`` and ``focus`` on the embedded model, README "Benchmarks"), else ``entropy``."""
+        cfg = config or self.config
+        if cfg.aggregation != "auto":
+            return cfg.aggregation
+        if self._candidates_trained:
+            return "kv"
+        return "select" if cfg.select_window() <= self.native_window else "entropy"
 
     def estimate_memory(self, prompt: Prompt, **overrides: Any) -> MemoryEstimate:
         """Bytes the prompt will need (what the budget check compares)."""
@@ -326,6 +359,24 @@ class FocusEngine:
                 f"local_window + max_new_tokens = {cfg.local_window + cfg.max_new_tokens} exceeds the native "
                 f"window {self.native_window}"
             )
+        if self.aggregation_for(cfg) == "select":
+            self._exit_layer(cfg)
+            if cfg.select_window() > self.native_window:
+                raise FocusConfigError(
+                    f"1 + passage_tokens + select_tokens + local_window + max_new_tokens = {cfg.select_window()} "
+                    f"exceeds the native window {self.native_window}; lower select_tokens (now {cfg.select_tokens})"
+                )
+
+    def _exit_layer(self, cfg: FocusConfig) -> int:
+        """The layer whose attention chooses the passages in ``select`` (the early exit)."""
+        layers = self.runner.num_layers
+        if cfg.exit_layer is None:
+            return default_exit_layer(self.model.config.get_text_config())
+        if cfg.exit_layer >= layers:
+            raise FocusConfigError(
+                f"exit_layer must be in [0, {layers - 1}] for {self.model_name} ({layers} layers), got {cfg.exit_layer}"
+            )
+        return cfg.exit_layer
 
     def _prepare(self, prompt: Prompt, overrides: dict[str, Any]) -> tuple[FocusConfig, list[int]]:
         cfg = self._settings(overrides)
@@ -389,50 +440,56 @@ class FocusEngine:
         if self._fits(ids, cfg):
             return plain_layout(len(ids), cfg.max_new_tokens)
         plan, mode, bos = self._plan(ids, cfg), self.aggregation_for(cfg), len(self.encoder.bos)
-        read = min(cfg.chunks_read(self.native_window, mode) if keep is None else keep, len(plan.chunks))
         longest = max(len(c) for c in plan.chunks)
-        return chunked_layout(
-            mode,
+        common = dict(
             chunks=len(self._my_chunks(plan).chunks),
             prefix_slots=bos + longest,
-            read=read,
-            read_tokens=min(read * longest, self._focus_room(plan, cfg)),
             dynamic_prompt=len(plan.dynamic_prompt),
             local=len(plan.local),
             bos=bos,
             max_new_tokens=cfg.max_new_tokens,
             batch_tokens=cfg.encode_batch_tokens,
         )
+        if mode == "select":
+            read_tokens = min(cfg.passage_tokens + cfg.select_tokens, plan.memory_tokens)
+            exit_layers = self._exit_layer(cfg) + 1
+            return chunked_layout(mode, read=0, read_tokens=read_tokens, exit_layers=exit_layers, **common)
+        read = min(cfg.chunks_read(self.native_window, mode) if keep is None else keep, len(plan.chunks))
+        return chunked_layout(mode, read=read, read_tokens=min(read * longest, self._focus_room(plan, cfg)), **common)
 
     def _estimate(self, ids: list[int], cfg: FocusConfig) -> MemoryEstimate:
         """Peak bytes of one call, from its :class:`Layout`: the decoding state's KV, the largest transient
         allocation (a micro-batch of the parallel pass, or the first decoding pass) and what the prefix
         cache may grow by."""
         per_token, runner = self.runner.kv_bytes_per_token(), self.runner
-        layout = self._layout(ids, cfg)
-        state = sum(block.nbytes(per_token) for block in layout.state)
+        layout, layers = self._layout(ids, cfg), self.runner.num_layers
+        state = sum(block.nbytes(per_token, layers) for block in layout.state)
         if layout.encode is None:  # the prompt fits: one forward over it
             return MemoryEstimate(state, runner.activation_bytes(1, len(ids), len(ids)), 0)
         plan = self._plan(ids, cfg)
         p, width, group = len(plan.dynamic_prompt), layout.encode.slots, layout.encode.rows
         scoring = (
-            layout.encode.nbytes(per_token)
-            + layout.score.nbytes(per_token)
+            layout.encode.nbytes(per_token, layers)
+            + layout.score.nbytes(per_token, layers)
             + runner.activation_bytes(group, width, width)
             + 2 * p * runner.vocab_size * 4
         )  # buffers + activations + the dynamic prompt's logits
-        if self.aggregation_for(cfg) == "focus":
+        mode = self.aggregation_for(cfg)
+        if mode == "focus":
             first_pass = runner.activation_bytes(1, len(plan.local), layout.state[0].slots)
+        elif mode == "select":  # the selection and the local context, read in one forward
+            first_pass = runner.activation_bytes(1, layout.state[0].slots, layout.state[0].slots)
         else:
             first_pass = runner.activation_bytes(layout.kept.rows, p, width + p)
         if layout.step is not None:
-            first_pass += layout.step.nbytes(per_token)
+            first_pass += layout.step.nbytes(per_token, layers)
         # prefixes are cached in host memory: they count against the budget only when that is host memory too
         new_prefixes = 0
         if runner.device.type == "cpu":
-            own = self._my_chunks(plan).chunks
-            new_prefixes = min(per_token * sum(len(self.encoder.bos) + len(c) for c in own), cfg.prefix_cache_bytes)
-        return MemoryEstimate(state, layout.kept.nbytes(per_token) + max(scoring, first_pass), new_prefixes)
+            own = KVBlock(1, sum(len(self.encoder.bos) + len(c) for c in self._my_chunks(plan).chunks))
+            cached = own if layout.encode.layers is None else dataclasses.replace(own, layers=layout.encode.layers)
+            new_prefixes = min(cached.nbytes(per_token, layers), cfg.prefix_cache_bytes)
+        return MemoryEstimate(state, layout.kept.nbytes(per_token, layers) + max(scoring, first_pass), new_prefixes)
 
     def _candidate_projections(self) -> CandidateProjections:
         with self._lock:
@@ -452,10 +509,15 @@ class FocusEngine:
             sequence = SequenceBatch(self.runner, rows=1, capacity=layout.state[0].slots)
             return PlainDecoding(sequence, sequence.append(torch.tensor(ids, device=device)))
         mode = self.aggregation_for(cfg)
-        reading = self._read(ids, cfg, layout)
+        reading = self._select(ids, cfg, layout) if mode == "select" else self._read(ids, cfg, layout)
         if on_read is not None:
             on_read(reading)
         plan, bos = reading.plan, self.encoder.bos
+        if mode == "select":  # ordinary attention over the opening, the selection and the local context
+            memory = list(itertools.chain.from_iterable(plan.chunks))
+            read = [t for start, end in merge(reading.spans) for t in memory[start:end]]
+            sequence = SequenceBatch(self.runner, rows=1, capacity=layout.state[0].slots)
+            return PlainDecoding(sequence, sequence.append(torch.tensor(bos + tuple(read) + plan.local, device=device)))
         if mode == "focus":
             rotary = getattr(self.model.get_decoder(), "rotary_emb", None) if cfg.focus_kv == "reuse" else None
             chunks = [plan.chunks[i] for i in reading.chosen]
@@ -504,7 +566,28 @@ class FocusEngine:
                 )
                 for i in chosen
             ]
-        return Reading(plan, relevance, chosen, prefixes)
+        return Reading(plan, _chunk_ranges(plan), relevance, chosen, prefixes)
+
+    def _select(self, ids: list[int], cfg: FocusConfig, layout: Layout) -> Reading:
+        """The early-exit pass of ``select``: the attention the question pays to every memory token in the
+        exit layer (gathered from every process in a group), the passages it chooses, and the opening."""
+        plan, layer = self._plan(ids, cfg), self._exit_layer(cfg)
+        mass = self.encoder.attend(
+            self._my_chunks(plan), layers=(layer,), rows=PROBE_ROWS, layout=layout, progress=self._progress(cfg)
+        )[layer]  # [this process's memory tokens]
+        if self.group is not None:  # every share but the last is whole chunks: gather them as [chunks, C] rows
+            mine = len(self._my_chunks(plan).chunks)
+            rows = torch.zeros(mine * cfg.chunk_size)
+            rows[: len(mass)] = mass
+            mass = self.group.gather_rows(rows.view(mine, cfg.chunk_size), len(plan.chunks)).reshape(-1)
+            mass = mass[: plan.memory_tokens]
+        opening = min(cfg.passage_tokens, plan.memory_tokens)
+        spans = select_spans(mass, passage=cfg.passage_tokens, budget=cfg.select_tokens, skip=opening)
+        spans = [Span(0, opening, float(mass[:opening].sum())), *spans]
+        n, size = plan.memory_tokens, cfg.passage_tokens
+        units = [(a, min(a + size, n)) for a in range(0, n, size)]
+        relevance = torch.stack([mass[a:b].sum() for a, b in units])
+        return Reading(plan, units, relevance, spans=spans)
 
     def _owner(self, plan: ChunkPlan, index: int) -> int:
         sizes = self.group.sizes(len(plan.chunks))
@@ -514,19 +597,22 @@ class FocusEngine:
         r = self.runner
         return (r.num_layers, r.kv_heads, len(self.encoder.bos) + len(plan.chunks[index]), r.head_dim)
 
-    def _chunk_scores(self, prompt: Prompt, reading: Reading) -> list[ChunkScore]:
-        """Each chunk's relevance with its token span, character span (text prompts) and text."""
+    def _scored(
+        self, prompt: Prompt, plan: ChunkPlan, items: Sequence[tuple[int, tuple[int, int], float]]
+    ) -> list[ChunkScore]:
+        """``(index, memory range, score)`` items as :class:`ChunkScore`: with token spans in the prompt,
+        character spans (text prompts) and text."""
         offsets = None
         if isinstance(prompt, str) and self.tokenizer.is_fast:
             offsets = self.tokenizer(prompt, return_offsets_mapping=True).offset_mapping
-        scores, start = [], reading.plan.memory_start
-        for i, chunk in enumerate(reading.plan.chunks):
-            end = start + len(chunk)
+        memory = list(itertools.chain.from_iterable(plan.chunks))
+        out = []
+        for i, (a, b), score in items:
+            start, end = plan.memory_start + a, plan.memory_start + b
             chars = (offsets[start][0], offsets[end - 1][1]) if offsets is not None else None
-            text = prompt[chars[0] : chars[1]] if chars is not None else self.tokenizer.decode(list(chunk))
-            scores.append(ChunkScore(i, float(reading.relevance[i]), (start, end), chars, text))
-            start = end
-        return scores
+            text = prompt[chars[0] : chars[1]] if chars is not None else self.tokenizer.decode(memory[a:b])
+            out.append(ChunkScore(i, float(score), (start, end), chars, text))
+        return out
 
     def _my_chunks(self, plan: ChunkPlan) -> ChunkPlan:
         """The chunks this process holds: all of them, or its share when running in a process group."""
@@ -563,6 +649,12 @@ class FocusEngine:
         tail = text.flush()
         if tail:
             yield tail
+
+
+def _chunk_ranges(plan: ChunkPlan) -> list[tuple[int, int]]:
+    """``[start, end)`` of every chunk in the memory's tokens."""
+    ends = list(itertools.accumulate(len(c) for c in plan.chunks))
+    return [(end - len(c), end) for c, end in zip(plan.chunks, ends)]
 
 
 def _model_window(model: PreTrainedModel) -> int:

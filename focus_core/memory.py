@@ -28,13 +28,17 @@ class MemoryEstimate:
 
 @dataclass(frozen=True)
 class KVBlock:
-    """A KV buffer: ``rows`` sequences of ``slots`` token slots, keys and values of every layer."""
+    """A KV buffer: ``rows`` sequences of ``slots`` token slots, keys and values of every layer, or of the
+    first ``layers`` only (an early-exit pass)."""
 
     rows: int
     slots: int
+    layers: int | None = None
 
-    def nbytes(self, bytes_per_token: int) -> int:
-        return self.rows * self.slots * bytes_per_token
+    def nbytes(self, bytes_per_token: int, num_layers: int) -> int:
+        """Bytes held, given the model's KV bytes per token over all its ``num_layers`` layers."""
+        held = num_layers if self.layers is None else self.layers
+        return self.rows * self.slots * bytes_per_token * held // num_layers
 
 
 @dataclass(frozen=True)
@@ -69,16 +73,26 @@ def chunked_layout(
     bos: int,
     max_new_tokens: int,
     batch_tokens: int,
+    exit_layers: int | None = None,
 ) -> Layout:
     """A prompt read in chunks: ``chunks`` held by this process, each ``[BOS] + chunk`` in at most
-    ``prefix_slots`` slots; decoding reads ``read`` of them, ``read_tokens`` chunk tokens in all (focus)."""
+    ``prefix_slots`` slots; decoding reads ``read`` of them, ``read_tokens`` chunk tokens in all (focus),
+    or, in ``select``, ``read_tokens`` document tokens chosen after an early-exit pass through the first
+    ``exit_layers`` layers."""
     group = max(1, min(chunks, batch_tokens // prefix_slots))  # chunks per micro-batch
+    local_slots = bos + local + max_new_tokens
+    if mode == "select":  # the early-exit pass keeps nothing; one sequence reads the selection
+        return Layout(
+            state=(KVBlock(1, bos + read_tokens + local + max_new_tokens),),
+            encode=KVBlock(group, prefix_slots, exit_layers),
+            score=KVBlock(group, prefix_slots + dynamic_prompt, exit_layers),
+            kept=KVBlock(0, prefix_slots),
+        )
     parallel = {
         "encode": KVBlock(group, prefix_slots),
         "score": KVBlock(group, prefix_slots + dynamic_prompt),
         "kept": KVBlock(read, prefix_slots),
     }
-    local_slots = bos + local + max_new_tokens
     if mode == "focus":  # one sequence: [BOS] + the chosen chunks + local
         return Layout(state=(KVBlock(1, bos + read_tokens + local + max_new_tokens),), **parallel)
     rows = KVBlock(read, prefix_slots + dynamic_prompt + max_new_tokens)  # each chosen chunk decoding

@@ -16,15 +16,21 @@ from focus_core.distributed import ChunkGroup
 # (prompt tokens, settings): 9 chunks (uneven shares), 2 chunks (a process with none when 3 run),
 # seeded sampling (the token sampled on rank 0 is the one every process continues with)
 RUNS = [(300, {}), (130, {"chunk_size": 96}), (300, {"temperature": 1.5, "seed": 3})]
+SELECT = {"select_tokens": 48, "passage_tokens": 16}  # select's reading fits the tiny window
 
 
 def _generate_all(engine: FocusEngine) -> tuple[list[list[int]], list[list[float]]]:
     """The tokens of every run in every mode, and each run's chunk relevance scores."""
     tokens = []
-    for aggregation in ("focus", "entropy", "kv"):
+    for aggregation in ("focus", "entropy", "kv", "select"):
+        sizes = SELECT if aggregation == "select" else {}
         for n, settings in RUNS:
-            tokens.append(engine.generate_ids(random_ids(n, seed=n), aggregation=aggregation, **settings))
-    relevance = [[s.score for s in engine.relevance(random_ids(n, seed=n), **settings)] for n, settings in RUNS]
+            tokens.append(engine.generate_ids(random_ids(n, seed=n), aggregation=aggregation, **settings, **sizes))
+    relevance = [
+        [s.score for s in engine.relevance(random_ids(n, seed=n), **settings, **sizes)]
+        for sizes in ({}, SELECT)
+        for n, settings in RUNS
+    ]
     return tokens, relevance
 
 
@@ -66,7 +72,10 @@ def test_multi_process_tokens_equal_single_process_tokens(tokenizer, tmp_path, w
     for gathered, alone in zip(result["relevance"], relevance):  # scores gathered across ranks
         assert gathered == pytest.approx(alone, abs=1e-3)
     assert all(len(t) == TINY_CONFIG.max_new_tokens for t in single)
-    assert result["chunks_encoded"] <= -(-engine.stats.chunks_encoded // world)  # rank 0 encoded only its share
+    # rank 0 encoded only its share (the first ceil(n / world) chunks) of the 9 and 2 chunks, as full prefixes
+    # and as early-exit (select) prefixes; the single process encoded them all
+    assert engine.stats.chunks_encoded == 2 * (9 + 2)
+    assert result["chunks_encoded"] == 2 * (-(-9 // world) + -(-2 // world))
 
 
 def test_chunk_shares_are_contiguous_and_cover_every_chunk():

@@ -107,9 +107,10 @@ def test_over_budget_prompt_is_refused_before_allocation(make_engine):
     assert len(engine.generate_ids(random_ids(40))) > 0  # short prompts still fit
 
 
-@pytest.mark.parametrize("aggregation", ["focus", "entropy", "kv"])
+@pytest.mark.parametrize("aggregation", ["select", "focus", "entropy", "kv"])
 def test_allocations_are_the_declared_layout_and_the_estimate_counts_them(make_engine, aggregation, monkeypatch):
-    engine = make_engine(aggregation=aggregation)
+    sizes = {"select_tokens": 48, "passage_tokens": 16, "exit_layer": 0} if aggregation == "select" else {}
+    engine = make_engine(aggregation=aggregation, **sizes)
     ids = random_ids(3000)
     layout, estimate = engine._layout(ids, engine.config), engine.estimate_memory(ids)
     allocated = []
@@ -125,7 +126,7 @@ def test_allocations_are_the_declared_layout_and_the_estimate_counts_them(make_e
         for _ in range(3):
             state.next_logits()
             state.append(5)
-    if aggregation == "focus":
+    if aggregation in ("focus", "select"):
         held = [state.sequence.kv]
     else:
         held = [state.chunks.kv] + ([state.local.sequence.kv] if aggregation == "entropy" else [])

@@ -1,0 +1,112 @@
+"""Selection: the passages the question attends to, chosen across the whole document (docs/design.md,
+"Selection").
+
+The early-exit pass gives every memory token an attention mass: how much the question's queries (the
+dynamic prompt) attend to it in the probe layer. A fact the question needs draws attention to a few
+neighbouring tokens (a phrase), so the mass is pooled over a window of ``passage`` tokens (InfiniRetri's
+phrase pooling); the best-pooled window is chosen, centred on its peak, then the next best window that
+does not overlap it, and so on until ``budget`` tokens are chosen. Windows are taken from anywhere in the
+document, so an answer made of several needles in several chunks is read together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PretrainedConfig
+
+# Chosen by measurement on the embedded model (README, "Selection"; SmolLM2-135M, 30 layers, RULER and
+# needle cases at 32K): the question's attention points at every needle from 60% of the way up (layer
+# 18; GemFilter finds the same band, 40-60%, on 8B-12B models); the queries are the last PROBE_ROWS
+# tokens (the question and the answer's first words; rows further back are document text); the first
+# SINK_TOKENS tokens of every chunk draw attention whatever they hold (attention sinks, as a BOS does)
+# and say nothing of relevance.
+EXIT_DEPTH = 0.6
+PROBE_ROWS = 24
+SINK_TOKENS = 4
+
+
+def default_exit_layer(config: PretrainedConfig) -> int:
+    """The probe layer for a model of this depth: ``EXIT_DEPTH`` of the way up, moved up to the next
+    layer with full (not sliding-window) attention where layers differ (Gemma 2/3, ...)."""
+    layers = config.num_hidden_layers
+    layer = int(EXIT_DEPTH * layers)
+    types = getattr(config, "layer_types", None) or ["full_attention"] * layers
+    full = [i for i, kind in enumerate(types) if kind == "full_attention"]
+    return next((i for i in full if i >= layer), full[-1] if full else layer)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Tokens ``[start, end)`` of the memory and their pooled attention mass (``score``)."""
+
+    start: int
+    end: int
+    score: float
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+def pooled(mass: torch.Tensor, window: int) -> torch.Tensor:
+    """``out[i]`` = the mass of the ``window`` tokens centred on token ``i`` (clipped at the ends).
+
+    mass: ``[tokens]``; returns ``[tokens]`` fp32."""
+    kernel = torch.ones(1, 1, window, dtype=torch.float32, device=mass.device)
+    left = (window - 1) // 2
+    padded = F.pad(mass.float()[None, None], (left, window - 1 - left))
+    return F.conv1d(padded, kernel)[0, 0]
+
+
+def select_spans(mass: torch.Tensor, *, passage: int, budget: int, skip: int = 0) -> list[Span]:
+    """Non-overlapping windows of ``passage`` tokens with the most pooled mass, ``budget`` tokens in all,
+    in document order. The first ``skip`` tokens (the opening, read anyway) are not chosen again.
+
+    mass: ``[tokens]`` attention mass of each memory token."""
+    n = mass.shape[0]
+    passage = min(passage, n - skip) if n > skip else 0
+    if passage <= 0 or budget <= 0:
+        return []
+    score = pooled(mass, passage)
+    starts = (torch.arange(n, device=mass.device) - (passage - 1) // 2).clamp(skip, n - passage)
+    free = torch.ones(n, dtype=torch.bool, device=mass.device)
+    free[:skip] = False
+    chosen: list[Span] = []
+    for _ in range(max(1, budget // passage)):
+        fits = _fits(free, starts, passage)
+        if not bool(fits.any()):
+            break
+        start = _recentred(mass, free, int(starts[int(score.masked_fill(~fits, float("-inf")).argmax())]), passage)
+        chosen.append(Span(start, start + passage, float(mass[start : start + passage].float().sum())))
+        free[start : start + passage] = False
+    return sorted(chosen, key=lambda s: s.start)
+
+
+def _recentred(mass: torch.Tensor, free: torch.Tensor, start: int, passage: int) -> int:
+    """The window's start moved so that its centre of mass sits in its middle, if the tokens there are free
+    (the best window is one of many that hold a short peak; the centred one keeps context on both sides)."""
+    window = mass[start : start + passage].float()
+    if float(window.sum()) <= 0:
+        return start
+    centre = start + float((window * torch.arange(passage, device=mass.device)).sum() / window.sum())
+    moved = min(max(round(centre) - (passage - 1) // 2, 0), mass.shape[0] - passage)
+    return moved if bool(free[moved : moved + passage].all()) else start
+
+
+def _fits(free: torch.Tensor, starts: torch.Tensor, passage: int) -> torch.Tensor:
+    """Per centre: whether its window lies on free tokens only. free: [tokens] bool."""
+    taken = torch.cat([torch.zeros(1, device=free.device), (~free).float().cumsum(0)])  # [tokens + 1]
+    return (taken[starts + passage] - taken[starts]) == 0
+
+
+def merge(spans: list[Span]) -> list[tuple[int, int]]:
+    """Token ranges to read: ``spans`` (document order) with touching ones joined."""
+    ranges: list[tuple[int, int]] = []
+    for s in spans:
+        if ranges and ranges[-1][1] >= s.start:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], s.end))
+        else:
+            ranges.append((s.start, s.end))
+    return ranges

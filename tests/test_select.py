@@ -1,0 +1,156 @@
+"""``select`` aggregation: the early-exit pass, the attention probe and the selected read, each against
+its slow reference."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import TINY_ARCHS, random_ids, tiny_model
+
+from focus_core import FocusConfigError
+from focus_core.memory import chunked_layout
+from focus_core.runner import SequenceBatch
+from focus_core.selection import SINK_TOKENS, Span, merge, pooled, select_spans
+
+SELECT = {"aggregation": "select", "select_tokens": 48, "passage_tokens": 16}
+LONG = 300  # tokens: well past the tiny engines' native window of 128
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_early_exit_prefix_equals_the_full_pass_up_to_its_layer(make_engine, arch):
+    engine = make_engine(arch)
+    sequence = (1, *random_ids(40, seed=1))
+    with torch.inference_mode():
+        full = engine.encoder.prefixes([sequence])[0]
+        early = engine.encoder.prefixes([sequence], layers=1)[0]
+    assert early.keys.shape[0] == 1 and full.keys.shape[0] == engine.runner.num_layers
+    torch.testing.assert_close(early.keys, full.keys[:1])
+    torch.testing.assert_close(early.values, full.values[:1])
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_the_probe_records_the_attention_eager_attention_returns(tokenizer, layer):
+    """The probe's mass equals the softmax probabilities of an eager forward (output_attentions), summed
+    over heads and the last rows, for a batch with left padding."""
+    model = tiny_model("llama")
+    eager = tiny_model("llama")
+    eager.set_attn_implementation("eager")
+    from focus_core.runner import ModelRunner
+
+    runner, rows = ModelRunner(model), 3
+    sequences = [random_ids(20, seed=2), random_ids(14, seed=3)]
+    question = torch.tensor(random_ids(5, seed=4))
+    batch = SequenceBatch(runner, rows=2, capacity=25)
+    with torch.inference_mode():
+        batch.start_padded(sequences)
+        mass = batch.attend(question, layers=(layer,), rows=rows)[layer]  # [2, 25]
+        for r, seq in enumerate(sequences):
+            ids = torch.tensor([seq + question.tolist()])
+            attentions = eager(ids, output_attentions=True).attentions[layer][0]  # [heads, t, t]
+            expected = attentions[:, -rows:].sum(dim=(0, 1))  # [t]
+            pad = 20 - len(seq)
+            torch.testing.assert_close(mass[r, pad:], expected, atol=1e-5, rtol=1e-4)
+            assert float(mass[r, :pad].abs().sum()) == 0.0  # padding draws nothing
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_the_selected_read_is_full_attention_over_the_same_tokens(make_engine, arch):
+    """select decodes as the plain model does over [BOS] + opening + selected spans + local, token for token."""
+    engine = make_engine(arch, **SELECT)
+    ids = [1, *random_ids(LONG, seed=5)]
+    completion = engine.stream(ids)
+    tokens = engine.generate_ids(ids)
+    next(iter(completion), None)
+    plan = engine.plan(ids)
+    memory = list(itertools.chain.from_iterable(plan.chunks))
+    spans = [(s.token_span[0] - plan.memory_start, s.token_span[1] - plan.memory_start) for s in completion.sources]
+    read = [t for a, b in merge([Span(a, b, 0.0) for a, b in sorted(spans)]) for t in memory[a:b]]
+    assert len(read) == SELECT["select_tokens"] + SELECT["passage_tokens"]  # the opening and the selection
+    reference = [1, *read, *plan.local]
+    with torch.inference_mode():
+        out = engine.model.generate(
+            torch.tensor([reference]), max_new_tokens=engine.config.max_new_tokens, do_sample=False, eos_token_id=None
+        )
+    assert tokens == out[0, len(reference) :].tolist()
+
+
+def test_select_reads_the_passages_the_question_attends_to(make_engine):
+    """Across the whole document: the chosen spans are those with the most probe mass (a slow reference
+    that pools every window by hand), and sources name them with their character spans."""
+    engine = make_engine("llama", **SELECT, exit_layer=0)
+    ids = [1, *random_ids(LONG, seed=6)]
+    cfg = engine.config
+    plan = engine.plan(ids)
+    with torch.inference_mode():
+        layout = engine._layout(ids, cfg)
+        mass = engine.encoder.attend(plan, layers=(0,), rows=16, layout=layout, progress=False)[0]
+    assert mass.shape == (plan.memory_tokens,)
+    starts = list(itertools.accumulate([0] + [len(c) for c in plan.chunks[:-1]]))
+    assert all(float(mass[s : s + SINK_TOKENS].sum()) == 0 for s in starts)  # attention sinks left out
+    best = max(range(16, plan.memory_tokens - 16 + 1), key=lambda a: float(mass[a : a + 16].sum()))
+    spans = select_spans(mass, passage=16, budget=48, skip=16)
+    assert any(s.start <= best + 8 < s.end for s in spans)  # the best window's middle is read
+
+
+def test_select_spans_choose_peaks_without_overlap_within_the_budget():
+    mass = torch.zeros(1000)
+    mass[500:510], mass[20:25], mass[990:] = 1.0, 0.5, 0.3
+    spans = select_spans(mass, passage=64, budget=200, skip=10)
+    assert [(s.start, s.end) for s in spans] == [(10, 74), (473, 537), (936, 1000)]  # centred on the peaks
+    assert all(len(s) == 64 for s in spans) and spans[1].score == pytest.approx(10.0)
+    many = select_spans(torch.rand(1000), passage=50, budget=500)
+    assert len(many) == 10 and all(a.end <= b.start for a, b in itertools.pairwise(many))
+    assert merge([Span(0, 10, 1), Span(10, 20, 1), Span(30, 40, 1)]) == [(0, 20), (30, 40)]
+    torch.testing.assert_close(pooled(torch.ones(5), 3), torch.tensor([2.0, 3, 3, 3, 2]))
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"select_tokens": 0}, {"passage_tokens": -1}, {"exit_layer": -1}, {"passage_tokens": 64, "select_tokens": 32}],
+)
+def test_bad_select_settings_are_refused_naming_the_setting(make_engine, setting):
+    engine = make_engine()
+    with pytest.raises(FocusConfigError, match=next(iter(setting))):
+        engine.generate_ids(random_ids(LONG), aggregation="select", **setting)
+    assert engine.stats.chunks_encoded == 0
+
+
+def test_select_settings_the_model_cannot_serve_are_refused_before_anything_runs(make_engine):
+    engine = make_engine()
+    with pytest.raises(FocusConfigError, match=r"exit_layer must be in \[0, 1\]"):
+        engine.stream(random_ids(LONG), **SELECT, exit_layer=2)
+    with pytest.raises(FocusConfigError, match="select_tokens"):
+        engine.stream(random_ids(LONG), aggregation="select")  # 1024 tokens do not fit a 128-token window
+    assert engine.stats.chunks_encoded == 0
+
+
+def test_a_repeated_question_reuses_the_early_exit_prefixes(make_engine):
+    engine = make_engine(**SELECT)
+    ids = random_ids(LONG, seed=8)
+    first = engine.generate_ids(ids)
+    encoded = engine.stats.chunks_encoded
+    assert engine.generate_ids(ids[:-3] + random_ids(3, seed=9)) is not None
+    assert engine.stats.chunks_encoded == encoded  # same document: every prefix from the cache
+    assert engine.generate_ids(ids) == first
+    assert engine.generate_ids(ids, aggregation="focus") is not None  # full prefixes are other entries
+    assert engine.stats.chunks_encoded > encoded
+
+
+def test_select_layout_declares_the_early_exit_buffers(make_engine):
+    layout = chunked_layout(
+        "select",
+        chunks=10,
+        prefix_slots=33,
+        read=0,
+        read_tokens=64,
+        dynamic_prompt=8,
+        local=24,
+        bos=1,
+        max_new_tokens=6,
+        batch_tokens=128,
+        exit_layers=1,
+    )
+    assert layout.state[0].slots == 1 + 64 + 24 + 6 and layout.kept.rows == 0
+    assert layout.encode.nbytes(1000, 2) == layout.encode.rows * 33 * 500  # one of two layers
