@@ -36,7 +36,8 @@ class Method:
         if prompt is None:
             return None
         encoded = engine.stats.chunks_encoded
-        reply = engine.generate(prompt, **self.overrides())
+        generation = engine.stream(prompt, **self.overrides())
+        reply = "".join(generation)
         seconds = time.perf_counter() - start + (info["index_seconds"] if info.get("index_reused") else 0.0)
         return {
             "reply": reply,
@@ -45,6 +46,7 @@ class Method:
             "prompt_tokens": engine.count_tokens(prompt),
             "chunks_encoded": engine.stats.chunks_encoded - encoded,
             **info,
+            **_what_was_read(generation),
         }
 
     def prompt(self, engine: FocusEngine, case: Case) -> tuple[str | None, dict]:
@@ -71,6 +73,20 @@ class FullAttention(Method):
     def prompt(self, engine: FocusEngine, case: Case) -> tuple[str | None, dict]:
         fits = engine.count_tokens(case.prompt) + engine.config.max_new_tokens <= engine.native_window
         return (case.prompt if fits else None), {}
+
+
+def _what_was_read(generation) -> dict:
+    """Where a long prompt was read from (character spans; nothing for a prompt that fit the window):
+    ``read``, what decoding read; ``ranked``, the best-scored chunks or passages, best first (at most 8);
+    ``memory_end``, where the local context begins."""
+    if not generation.relevance:
+        return {}
+    ranked = sorted(generation.relevance, key=lambda c: -c.score)[:8]
+    return {
+        "read": [list(s.char_span) for s in generation.sources],
+        "ranked": [list(c.char_span) for c in ranked],
+        "memory_end": generation.relevance[-1].char_span[1],
+    }
 
 
 def last_tokens(engine: FocusEngine, text: str, n: int) -> str:

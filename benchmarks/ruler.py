@@ -679,7 +679,28 @@ def _record(case: Sample, method: str, out: dict | None) -> dict:
         return {**base, "reply": None, "score": None}
     if not case.needles and "retrieved_needle" in out:
         out = {**out, "retrieved_needle": None}  # no needle to retrieve (cwe, fwe)
+    if case.needles and "read" in out:
+        out = {**out, **needle_coverage(case, out)}
     return {**base, **out, "score": case.score(out["reply"])}
+
+
+def needle_coverage(case: Sample, out: dict, ks: Sequence[int] = (1, 3)) -> dict:
+    """How well a method's reading covered ``case``'s needles: ``in_read``, the fraction lying whole in
+    what decoding read (touching spans joined) or in the local context; ``recall@k``, the fraction
+    overlapping one of the ``k`` best-scored chunks or passages."""
+    needles = [(start, start + len(n)) for n in case.needles for start in (case.prompt.index(n),)]
+    read: list[list[int]] = []
+    for a, b in sorted(out["read"]):
+        if read and a <= read[-1][1] + 1:
+            read[-1][1] = max(read[-1][1], b)
+        else:
+            read.append([a, b])
+    inside = [a >= out["memory_end"] or any(x <= a and b <= y for x, y in read) for a, b in needles]
+    coverage = {"in_read": sum(inside) / len(needles)}
+    for k in ks:
+        hits = [any(x < b and a < y for x, y in out["ranked"][:k]) for a, b in needles]
+        coverage[f"recall@{k}"] = sum(hits) / len(needles)
+    return coverage
 
 
 def summarize(records: list[dict]) -> dict:
@@ -687,10 +708,13 @@ def summarize(records: list[dict]) -> dict:
     cell, and mean seconds (records the method ran)."""
     cells: dict[tuple, list[float]] = defaultdict(list)
     seconds: dict[str, list[float]] = defaultdict(list)
+    coverage: dict[str, dict] = defaultdict(lambda: defaultdict(dict))
     for r in records:
         if r["score"] is not None:
             cells[r["method"], r["task"], str(r["length"])].append(r["score"])
             seconds[r["method"]].append(r["seconds"])
+    for (method, task, length), rs in _group(r for r in records if "in_read" in r).items():
+        coverage[method][task][length] = {k: _mean([r[k] for r in rs]) for k in ("in_read", "recall@1", "recall@3")}
     out: dict = {}
     for method in dict.fromkeys(r["method"] for r in records):
         by_task: dict[str, dict[str, float]] = {}
@@ -704,8 +728,16 @@ def summarize(records: list[dict]) -> dict:
             "ruler_mean": {n: _mean([s[n] for s in by_task.values() if n in s]) for n in all_lengths},
             "samples": {t: {n: len(cells[method, t, n]) for n in s} for t, s in by_task.items()},
             "mean_seconds": _mean(seconds[method]),
+            **({"needle_coverage": coverage[method]} if method in coverage else {}),
         }
     return out
+
+
+def _group(records) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[r["method"], r["task"], str(r["length"])].append(r)
+    return groups
 
 
 def plot_heatmaps(summary: dict, path: Path, title: str) -> None:
