@@ -330,6 +330,27 @@ def _add_common(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--select-tokens",
+        type=_positive_int,
+        default=defaults.select_tokens,
+        metavar="N",
+        help="select: document tokens read, in passages the question attends to (default: %(default)s)",
+    )
+    p.add_argument(
+        "--passage-tokens",
+        type=_positive_int,
+        default=defaults.passage_tokens,
+        metavar="N",
+        help="select: tokens per passage (default: %(default)s)",
+    )
+    p.add_argument(
+        "--exit-layer",
+        type=_non_negative_int,
+        default=None,
+        metavar="L",
+        help="select: the layer whose attention chooses the passages (default: 60%% of the model's depth)",
+    )
+    p.add_argument(
         "--native-window",
         type=_positive_int,
         default=None,
@@ -429,7 +450,7 @@ def _config(args: argparse.Namespace) -> FocusConfig:
     except FocusConfigError as err:
         text = re.sub(
             r"\b(chunk_size|local_window|dynamic_prompt_len|max_new_tokens|native_window|stop|temperature"
-            r"|seed|aggregation)\b",
+            r"|seed|aggregation|select_tokens|passage_tokens|exit_layer)\b",
             lambda m: "--" + m.group(1).replace("_", "-"),
             _one_line(err),
         )
@@ -443,6 +464,9 @@ def _make_config(args: argparse.Namespace, stop: list[str] | None) -> FocusConfi
         local_window=args.local_window,
         dynamic_prompt_len=args.dynamic_prompt_len,
         aggregation=args.aggregation,
+        select_tokens=args.select_tokens,
+        passage_tokens=args.passage_tokens,
+        exit_layer=args.exit_layer,
         native_window=args.native_window,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

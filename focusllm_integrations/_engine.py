@@ -19,6 +19,9 @@ class FocusFields(BaseModel):
     local_window: int | None = None
     dynamic_prompt_len: int | None = None
     aggregation: str | None = None
+    select_tokens: int | None = None
+    passage_tokens: int | None = None
+    exit_layer: int | None = None
     native_window: int | None = None
     encode_batch_tokens: int | None = None
     prefix_cache_bytes: int | None = None
