@@ -89,6 +89,15 @@ def tokenizer():
     return tiny_tokenizer()
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tokenizer):
+    """A tiny random llama saved as a Hugging Face model folder (with the tiny tokenizer)."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_model("llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 TINY_CONFIG = FocusConfig(
     chunk_size=32, local_window=24, dynamic_prompt_len=8, max_new_tokens=6, native_window=128, progress=False
 )

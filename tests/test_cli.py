@@ -21,7 +21,6 @@ import termios
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
 
 from focus_core import cli, loading
 
@@ -41,15 +40,6 @@ TINY = [
     "6",
 ]
 WORDS = "The keeper of the lighthouse kept a log of every ship that passed the cape. " * 12
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tokenizer):
-    """A tiny random llama saved as a Hugging Face model folder (with the tiny tokenizer)."""
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tiny_model("llama").save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import tiny_model
 
 from focus_core import FocusConfig, FocusEngine, cli, load_model, loading, precision
 from focus_core.errors import FocusConfigError
@@ -155,14 +154,6 @@ def test_attention_is_flash_attention_2_only_on_cuda_in_half_precision_when_inst
 
 
 # ------------------------------------------------------------------------------- loaded models
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tiny_model("llama").save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_load_model_follows_the_cpu_and_says_why(cpuinfo, tiny_dir):

@@ -14,7 +14,7 @@ import pytest
 from benchmarks import ruler
 from benchmarks.haystack import NEEDLES, needle_case
 from benchmarks.methods import FocusMethod, FullAttention, Method, Truncation, VectorRAG
-from benchmarks.ruler import TASKS, Sample, answer_chunk_recall, make_sample
+from benchmarks.ruler import TASKS, Sample, answer_chunk_recall, make_sample, needle_coverage
 from focus_core import FocusConfig, FocusEngine
 
 NEEDLE_LINE = re.compile(r"One of the special magic (?:numbers|uuids) for (\S+) is: (\S+)\.")
@@ -412,3 +412,18 @@ def test_recall_runs_on_the_engine_relevance(make_engine, tokenizer):
     recall = answer_chunk_recall(engine, make_sample("niah_single_1", tokenizer, 1024, 0))
     assert recall["likelihood"]["needles"] == 1
     assert recall["likelihood"]["recall@1"] in (0.0, 1.0) and recall["likelihood"]["recall@3"] in (0.0, 1.0)
+
+
+def test_needle_coverage_counts_needles_read_whole_and_ranked_first():
+    needles = ("One of the special magic numbers for a-b is: 1.", "One of the special magic numbers for a-b is: 2.")
+    context = "x" * 100 + needles[0] + "y" * 100 + needles[1] + "z" * 50
+    sample = Sample("niah_multivalue", context, "Q?", "Q?", ("1", "2"), needles, 0, 0, 0)
+    first, second = context.index(needles[0]), context.index(needles[1])
+    out = {
+        "read": [[first - 10, first + 20], [first + 20, first + 60]],  # touching spans hold the first needle
+        "ranked": [[second, second + 5], [0, 50], [first, first + 5]],
+        "memory_end": len(context) + 2,
+    }
+    assert needle_coverage(sample, out) == {"in_read": 0.5, "recall@1": 0.5, "recall@3": 1.0}
+    in_local = {**out, "memory_end": second}  # the second needle lies in the local context, read as is
+    assert needle_coverage(sample, in_local)["in_read"] == 1.0
