@@ -334,6 +334,19 @@ class FocusEngine:
             return "kv"
         return "select" if cfg.select_window() <= self.native_window else "entropy"
 
+    def describe(self) -> str:
+        """What this engine runs: the model, its precision and attention kernel and why they were chosen
+        (models loaded by :func:`load_model`), the device, the native window and the aggregation used."""
+        runner = self.runner
+        loaded = getattr(self.model, "focus_precision_reason", None)
+        kernel = getattr(self.model.config.get_text_config(), "_attn_implementation", None)
+        precision = loaded or f"dtype {str(runner.dtype).removeprefix('torch.')}; attention {kernel} (given)"
+        mode = self.aggregation_for(self.config)
+        if mode == "select":
+            mode += f" (exit layer {self._exit_layer(self.config)} of {runner.num_layers})"
+        aggregation = f"aggregation {self.config.aggregation} -> {mode}"
+        return f"{self.model_name}: {precision}; {runner.device}; native window {self.native_window}; {aggregation}"
+
     def estimate_memory(self, prompt: Prompt, **overrides: Any) -> MemoryEstimate:
         """Bytes the prompt will need (what the budget check compares)."""
         cfg = self._settings(overrides)

@@ -7,9 +7,9 @@ import itertools
 
 import pytest
 import torch
-from conftest import TINY_ARCHS, random_ids, tiny_model
+from conftest import TINY_ARCHS, TINY_CONFIG, random_ids, tiny_model
 
-from focus_core import FocusConfigError
+from focus_core import FocusConfigError, FocusEngine
 from focus_core.memory import chunked_layout
 from focus_core.runner import SequenceBatch
 from focus_core.selection import SINK_TOKENS, Span, merge, pooled, select_spans
@@ -154,3 +154,13 @@ def test_select_layout_declares_the_early_exit_buffers(make_engine):
     )
     assert layout.state[0].slots == 1 + 64 + 24 + 6 and layout.kept.rows == 0
     assert layout.encode.nbytes(1000, 2) == layout.encode.rows * 33 * 500  # one of two layers
+
+
+def test_describe_says_what_runs_and_which_aggregation_auto_resolves_to(make_engine, tiny_dir):
+    tiny = make_engine()  # 128-token window: select's reading does not fit, so auto is entropy
+    assert tiny.describe().endswith("native window 128; aggregation auto -> entropy")
+    assert "dtype float32; attention sdpa (given)" in tiny.describe()
+    engine = FocusEngine.from_pretrained(str(tiny_dir), TINY_CONFIG.replace(**SELECT), dtype="float32")
+    text = engine.describe()
+    assert "dtype float32 (asked for)" in text and "cpu" in text
+    assert text.endswith("aggregation select -> select (exit layer 1 of 2)")
