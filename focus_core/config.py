@@ -33,7 +33,7 @@ class FocusConfig:
     """
 
     chunk_size: int = 1024
-    local_window: int = 256  # the tail read as is; it holds the question (select brings the evidence)
+    local_window: int = 512
     dynamic_prompt_len: int = 64
     aggregation: Aggregation = "auto"
     top_chunks: int | None = None  # chunks decoding reads, most relevant first; None: a native window's worth

@@ -324,15 +324,12 @@ class FocusEngine:
         return adapters.save_adapter(self._candidates, self.model, path, training)
 
     def aggregation_for(self, config: FocusConfig | None = None) -> str:
-        """The aggregation actually used: ``auto`` is ``kv`` with trained candidate weights, else ``select``
-        where its reading fits the native window (it answered more of the measured RULER cases than
-        ``entropy`` and ``focus`` on the embedded model, README "Benchmarks"), else ``entropy``."""
+        """The aggregation actually used: ``auto`` is ``kv`` with trained candidate weights, else ``entropy``,
+        which kept the pass-key grid to 128K where ``select`` lost 2 of 5 at 128K (README, "Benchmarks")."""
         cfg = config or self.config
         if cfg.aggregation != "auto":
             return cfg.aggregation
-        if self._candidates_trained:
-            return "kv"
-        return "select" if cfg.select_window() <= self.native_window else "entropy"
+        return "kv" if self._candidates_trained else "entropy"
 
     def describe(self) -> str:
         """What this engine runs: the model, its precision and attention kernel and why they were chosen

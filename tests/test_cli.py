@@ -222,7 +222,7 @@ def test_unknown_or_absent_devices(capsys, docs, device, message):
 @pytest.mark.parametrize(
     "option, message",
     [
-        (["--dynamic-prompt-len", "600"], "--dynamic-prompt-len (600) must not exceed --local-window (256)"),
+        (["--dynamic-prompt-len", "600"], "--dynamic-prompt-len (600) must not exceed --local-window (512)"),
         (["--stop", ""], "--stop sequences must be non-empty"),
     ],
 )
