@@ -46,7 +46,16 @@ from .memory import (
 from .relevance import ChunkScore, select
 from .runner import ModelRunner, SequenceBatch
 from .sampling import Sampler, TextStream
-from .selection import PROBE_ROWS, Span, default_exit_layer, merge, select_spans
+from .selection import (
+    PROBE_ROWS,
+    Span,
+    default_exit_layer,
+    memory_mass,
+    merge,
+    probe_rows,
+    probed,
+    select_spans,
+)
 
 Prompt = str | Sequence[int] | torch.Tensor
 DecodingState = PlainDecoding | EntropyAggregation | KVAggregation
@@ -582,15 +591,15 @@ class FocusEngine:
         """The early-exit pass of ``select``: the attention the question pays to every memory token in the
         exit layer (gathered from every process in a group), the passages it chooses, and the opening."""
         plan, layer = self._plan(ids, cfg), self._exit_layer(cfg)
-        mass = self.encoder.attend(
-            self._my_chunks(plan), layers=(layer,), rows=PROBE_ROWS, layout=layout, progress=self._progress(cfg)
-        )[layer]  # [this process's memory tokens]
-        if self.group is not None:  # every share but the last is whole chunks: gather them as [chunks, C] rows
-            mine = len(self._my_chunks(plan).chunks)
-            rows = torch.zeros(mine * cfg.chunk_size)
-            rows[: len(mass)] = mass
-            mass = self.group.gather_rows(rows.view(mine, cfg.chunk_size), len(plan.chunks)).reshape(-1)
-            mass = mass[: plan.memory_tokens]
+        probe = probed(plan)  # every chunk at one length
+        mine = self._my_chunks(probe)
+        rows = probe_rows([self.tokenizer.decode([t]) for t in plan.dynamic_prompt[-PROBE_ROWS:]])
+        mass = self.encoder.attend(mine, layers=(layer,), rows=rows, layout=layout, progress=self._progress(cfg))
+        width = len(probe.chunks[0]) if probe.chunks else 0
+        grid = mass[layer].view(len(mine.chunks), width)  # [this process's chunks, C]
+        if self.group is not None:
+            grid = self.group.gather_rows(grid, len(probe.chunks))
+        mass = memory_mass(grid, plan)  # [memory tokens]
         opening = min(cfg.passage_tokens, plan.memory_tokens)
         spans = select_spans(mass, passage=cfg.passage_tokens, budget=cfg.select_tokens, skip=opening)
         spans = [Span(0, opening, float(mass[:opening].sum())), *spans]

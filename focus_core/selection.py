@@ -11,20 +11,26 @@ document, so an answer made of several needles in several chunks is read togethe
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import PretrainedConfig
 
+from .chunking import ChunkPlan
+
 # Chosen by measurement on the embedded model (README, "Selection"; SmolLM2-135M, 30 layers, RULER and
 # needle cases at 32K): the question's attention points at every needle from 60% of the way up (layer
-# 18; GemFilter finds the same band, 40-60%, on 8B-12B models); the queries are the last PROBE_ROWS
-# tokens (the question and the answer's first words; rows further back are document text); the first
+# 18; GemFilter finds the same band, 40-60%, on 8B-12B models); the queries are the question's tokens,
+# at most the last PROBE_ROWS (the question and the answer's first words; rows further back are document
+# text, which attends to its lookalikes in the chunks, not to what the question needs); the first
 # SINK_TOKENS tokens of every chunk draw attention whatever they hold (attention sinks, as a BOS does)
 # and say nothing of relevance.
 EXIT_DEPTH = 0.6
 PROBE_ROWS = 24
+MIN_PROBE_ROWS = 4
 SINK_TOKENS = 4
 
 
@@ -36,6 +42,46 @@ def default_exit_layer(config: PretrainedConfig) -> int:
     types = getattr(config, "layer_types", None) or ["full_attention"] * layers
     full = [i for i, kind in enumerate(types) if kind == "full_attention"]
     return next((i for i in full if i >= layer), full[-1] if full else layer)
+
+
+def probed(plan: ChunkPlan) -> ChunkPlan:
+    """The chunks the probe reads: the plan's, with a short last chunk widened to the memory's last
+    ``chunk_size`` tokens (overlapping its neighbour). A chunk's attention is a softmax over its own
+    tokens, so a chunk of 80 tokens hands each far more than a chunk of 1,024 does; at one length they
+    compare."""
+    chunks = plan.chunks
+    if len(chunks) < 2 or len(chunks[-1]) == len(chunks[0]):
+        return plan
+    tail = (chunks[-2] + chunks[-1])[-len(chunks[0]) :]
+    return dataclasses.replace(plan, chunks=(*chunks[:-1], tail))
+
+
+def memory_mass(grid: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+    """Per memory token of ``plan``, its mass in ``grid`` (``[chunks, C]``, what the probe read for
+    :func:`probed` ``(plan)``) less what a typical chunk's token draws at the same place.
+
+    Every chunk is read on its own with the question right after it, so its first tokens draw attention
+    whatever they hold (sinks) and so do its last (recency); over a hundred chunks of filler those chunk
+    edges together outscore a needle. The median over chunks at each position is that positional share;
+    what is left is the attention a token draws for what it says (with fewer than three chunks there is
+    no median to take and the mass is kept as it is). The overlap of a widened last chunk is dropped."""
+    if grid.shape[0] >= 3:
+        grid = (grid - grid.median(dim=0).values).clamp_min(0)
+    overlap = grid.shape[1] - len(plan.chunks[-1]) if plan.chunks else 0  # a widened last chunk's first tokens
+    return torch.cat([grid[:-1].reshape(-1), grid[-1, overlap:]]) if overlap else grid.reshape(-1)
+
+
+def probe_rows(tail: Sequence[str]) -> int:
+    """How many of the prompt's last tokens ask the question: those after its last blank line when one
+    falls among the last ``PROBE_ROWS`` tokens (a short question set apart from its document, leaving at
+    least ``MIN_PROBE_ROWS``), else the last ``PROBE_ROWS``.
+
+    tail: the prompt's last tokens, each decoded on its own."""
+    tail = list(tail)[-PROBE_ROWS:]
+    for i in range(len(tail) - MIN_PROBE_ROWS - 1, 0, -1):
+        if "\n\n" in tail[i] or (tail[i].startswith("\n") and tail[i - 1].endswith("\n")):
+            return len(tail) - i - 1
+    return len(tail)
 
 
 @dataclass(frozen=True)

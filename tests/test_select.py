@@ -12,7 +12,18 @@ from conftest import TINY_ARCHS, TINY_CONFIG, random_ids, tiny_model
 from focus_core import FocusConfigError, FocusEngine
 from focus_core.memory import chunked_layout
 from focus_core.runner import SequenceBatch
-from focus_core.selection import SINK_TOKENS, Span, merge, pooled, select_spans
+from focus_core.chunking import ChunkPlan
+from focus_core.selection import (
+    PROBE_ROWS,
+    SINK_TOKENS,
+    Span,
+    memory_mass,
+    merge,
+    pooled,
+    probe_rows,
+    probed,
+    select_spans,
+)
 
 SELECT = {"aggregation": "select", "select_tokens": 48, "passage_tokens": 16}
 LONG = 300  # tokens: well past the tiny engines' native window of 128
@@ -104,6 +115,33 @@ def test_select_spans_choose_peaks_without_overlap_within_the_budget():
     assert len(many) == 10 and all(a.end <= b.start for a, b in itertools.pairwise(many))
     assert merge([Span(0, 10, 1), Span(10, 20, 1), Span(30, 40, 1)]) == [(0, 20), (30, 40)]
     torch.testing.assert_close(pooled(torch.ones(5), 3), torch.tensor([2.0, 3, 3, 3, 2]))
+
+
+def test_the_probe_reads_chunks_of_one_length_and_scores_what_they_say_not_where():
+    """A short last chunk is widened to the memory's last C tokens (its overlap dropped again), and the
+    mass every chunk draws at the same place (chunk edges) is taken off: a needle that draws less than a
+    chunk's edge, but more than its own place does elsewhere, wins."""
+    plan = ChunkPlan(chunks=((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14)), local=(15,), dynamic_prompt=(15,))
+    assert probed(plan).chunks[-1] == (11, 12, 13, 14) and probed(plan).chunks[:3] == plan.chunks[:3]
+    assert probed(probed(plan)) == probed(plan)
+    edges = torch.tensor([0.0, 0.1, 0.2, 1.0])  # every chunk's last token draws 1.0 whatever it holds
+    grid = edges.repeat(4, 1)
+    grid[1, 1] += 0.5  # token 6: the needle
+    grid[3, 1] += 0.3  # token 12, scored twice (chunk 3 and the widened chunk 4): the first is kept
+    mass = memory_mass(grid, plan)
+    assert mass.shape == (plan.memory_tokens,)
+    torch.testing.assert_close(mass, torch.tensor([0.0, 0, 0, 0, 0, 0.5, 0, 0, 0, 0, 0, 0, 0, 0]))
+    two = ChunkPlan(chunks=((1, 2, 3, 4), (5, 6)), local=(7,), dynamic_prompt=(7,))
+    torch.testing.assert_close(memory_mass(edges.repeat(2, 1), two), torch.tensor([0.0, 0.1, 0.2, 1.0, 0.2, 1.0]))
+
+
+def test_the_probe_queries_are_the_question_after_its_blank_line():
+    text = ["back", " again", ".", "\n\n", "What", " is", " the", " key", "?", " The", " key", " is", " "]
+    assert probe_rows(text) == 9  # the tokens after the blank line
+    assert probe_rows(text[:3] + ["\n", "\n"] + text[4:]) == 9  # a blank line written as two newlines
+    assert probe_rows(["word"] * 40) == PROBE_ROWS  # no blank line: the last PROBE_ROWS tokens
+    assert probe_rows(["word"] * 40 + ["\n\n", "Q", "?"]) == PROBE_ROWS  # too short to be the question alone
+    assert probe_rows(["\n\n"] + ["word"] * 30) == PROBE_ROWS  # the blank line lies further back
 
 
 @pytest.mark.parametrize(
