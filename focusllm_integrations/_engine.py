@@ -3,6 +3,7 @@ generation overrides. All real work stays in focus_core."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,9 @@ def resolve_engine(
     for :func:`focus_core.load_model` and the non-None FocusConfig ``settings`` (``progress`` also decides
     whether loading shows transformers' bars: None = only on a terminal)."""
     chosen = {k: v for k, v in settings.items() if v is not None}
+    recipe = (model_id, dict(model_kwargs or {}), chosen)
+    if engine is not None and _BUILT.get(engine) == recipe:  # pydantic re-validating a wrapper we built
+        return engine
     if engine is not None:
         if model_id is not None or model_kwargs or chosen:
             raise ValueError("give either an engine or model/FocusLLM settings to build one, not both")
@@ -50,7 +54,14 @@ def resolve_engine(
         return engine
     load_kwargs = dict(model_kwargs or {})
     load_kwargs.setdefault("progress", settings.get("progress"))  # loading bars follow the progress setting
-    return FocusEngine.from_pretrained(model_id, FocusConfig(**chosen), **load_kwargs)
+    engine = FocusEngine.from_pretrained(model_id, FocusConfig(**chosen), **load_kwargs)
+    _BUILT[engine] = recipe
+    return engine
+
+
+# The settings each engine built here came from: a wrapper handed to another (``ChatFocusLLM(llm=...)``)
+# is validated again with its engine and those settings both set, which must keep that engine.
+_BUILT: weakref.WeakKeyDictionary[FocusEngine, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
 def generation_overrides(
