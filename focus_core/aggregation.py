@@ -15,11 +15,10 @@ relevance only (:mod:`.relevance`), so a decoding step costs the same whatever t
 from __future__ import annotations
 
 import torch
-from torch import nn
 from transformers import DynamicCache
 
-from .candidates import reposition_keys
 from .kv_cache import PrefixKV
+from .rotary import KeyRotation
 from .runner import ModelRunner, SequenceBatch
 
 
@@ -44,7 +43,7 @@ class PlainDecoding:
 
 def focus_decoding(
     runner: ModelRunner,
-    rotary_emb: nn.Module | None,
+    rotation: KeyRotation | None,
     chunks: list[tuple[int, ...]],
     prefixes: list[PrefixKV],
     bos: tuple[int, ...],
@@ -54,7 +53,7 @@ def focus_decoding(
     """Ordinary attention over ``[BOS] + the chosen chunks (document order) + local``.
 
     ``chunks`` are the chosen chunks' token ids and ``prefixes`` their ``[BOS] + chunk`` KV. With a
-    rotary embedding the cached KV is reused: each chunk's keys are rotated to the
+    rotary embedding (``rotation``) the cached KV is reused: each chunk's keys are rotated to the
     positions it takes in the joint sequence and the chunks' own BOS entries are dropped (one BOS
     leads). Without one (absolute position embeddings) the chunks are encoded again, together.
     Chunk tokens then see their own chunk only, while the local context sees all of them. ``capacity``:
@@ -63,7 +62,7 @@ def focus_decoding(
     device = runner.device
     total = len(bos) + sum(len(c) for c in chunks)
     sequence = SequenceBatch(runner, rows=1, capacity=capacity)
-    if rotary_emb is None:
+    if rotation is None:
         ids = list(bos) + [t for c in chunks for t in c] + local
         return PlainDecoding(sequence, sequence.append(torch.tensor(ids, device=device)))
     drop, at = len(bos), 0  # each prefix starts with its own BOS
@@ -72,7 +71,7 @@ def focus_decoding(
         skip = drop if j > 0 else 0
         keys, values = keys[:, :, skip:], values[:, :, skip:]
         shift = torch.tensor([at - skip], device=device)
-        sequence.kv.extend(reposition_keys(keys, shift, rotary_emb), values)
+        sequence.kv.extend(rotation.move_layers(keys, shift), values)
         at += keys.shape[2]
     sequence.next_positions.fill_(total)
     return PlainDecoding(sequence, sequence.append(torch.tensor(local, device=device)))
@@ -98,7 +97,7 @@ class EntropyAggregation:
 
 def kv_local_pass(
     runner: ModelRunner,
-    rotary_emb: nn.Module,
+    rotation: KeyRotation,
     keys: list[torch.Tensor],
     values: list[torch.Tensor],
     positions: torch.Tensor,
@@ -116,7 +115,7 @@ def kv_local_pass(
     memory = DynamicCache(config=runner.model.config)
     for layer, (k, v) in enumerate(zip(keys, values)):
         kv_heads, head_dim = k.shape[2], k.shape[3]
-        k = reposition_keys(k.reshape(b * n, kv_heads, head_dim), shift, rotary_emb).view(b, n, kv_heads, head_dim)
+        k = rotation.move(k.reshape(b * n, kv_heads, head_dim), shift, layer).view(b, n, kv_heads, head_dim)
         memory.update(k.transpose(1, 2), v.transpose(1, 2), layer)  # [b, kv_heads, n, head_dim]
     row_positions = torch.arange(n, n + rows.shape[1], device=rows.device).expand(b, -1)
     return runner.hidden_states(rows, row_positions, memory, None)
@@ -125,8 +124,8 @@ def kv_local_pass(
 class KVAggregation:
     """The local pass over ``[candidate KV of every chunk] + local``, recomputed every step (exact)."""
 
-    def __init__(self, runner: ModelRunner, rotary_emb: nn.Module, chunks: SequenceBatch, local: list[int]):
-        self.runner, self.rotary_emb, self.chunks = runner, rotary_emb, chunks
+    def __init__(self, runner: ModelRunner, rotation: KeyRotation, chunks: SequenceBatch, local: list[int]):
+        self.runner, self.rotation, self.chunks = runner, rotation, chunks
         self.local = list(local)
 
     def next_logits(self) -> torch.Tensor:
@@ -134,7 +133,7 @@ class KVAggregation:
         positions = (self.chunks.next_positions - 1)[None, :]  # [1, n]
         rows = torch.tensor([self.local], device=positions.device)
         hidden = kv_local_pass(
-            self.runner, self.rotary_emb, [k[None] for k in keys], [v[None] for v in values], positions, rows
+            self.runner, self.rotation, [k[None] for k in keys], [v[None] for v in values], positions, rows
         )
         return self.runner.logits(hidden[0, -1:])[0]
 

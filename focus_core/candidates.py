@@ -19,9 +19,23 @@ from torch import nn
 from .errors import FocusConfigError, UnsupportedModelError
 
 PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-# Architectures whose attention is RoPE (rotate-half convention) with separate q/k/v/o projections.
+# Architectures whose attention is RoPE (rotate-half convention, per layer type where layers differ) with
+# separate q/k/v/o projections.
 KV_MODEL_TYPES: frozenset[str] = frozenset(
-    {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "olmo", "olmo2", "granite", "smollm3"}
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "qwen3_moe",
+        "olmo",
+        "olmo2",
+        "granite",
+        "smollm3",
+        "gemma3_text",
+    }
 )
 
 _active: contextvars.ContextVar[tuple[torch.Tensor, CandidateProjections] | None] = contextvars.ContextVar(
@@ -144,23 +158,3 @@ def _candidate_hook(owner: CandidateProjections, candidate: nn.Module):
         return output.index_put((mask,), candidate(x[mask], output[mask]))
 
     return hook
-
-
-def reposition_keys(keys: torch.Tensor, shift: torch.Tensor, rotary_emb: nn.Module) -> torch.Tensor:
-    """Move post-RoPE keys by ``shift`` positions: ``R(p + shift) k = R(shift) R(p) k``.
-
-    keys: [n, kv_heads, head_dim] with shift [n], or keys of any shape ``[..., head_dim]`` with one
-    shift [1] (integer positions, may be negative). The model's own
-    rotary module supplies cos/sin (so scaled RoPE variants are honoured); its attention scaling factor
-    (YaRN, longrope) is divided out, as the keys already carry it once.
-    """
-    probe = torch.zeros(1, dtype=torch.float32, device=keys.device)
-    cos, sin = rotary_emb(probe, shift[None, :].to(keys.device))  # [1, n, rot_dim]
-    scaling = getattr(rotary_emb, "attention_scaling", 1.0) or 1.0
-    cos, sin = (cos[0] / scaling)[:, None, :], (sin[0] / scaling)[:, None, :]  # [n, 1, rot_dim]
-    rot_dim = cos.shape[-1]
-    k = keys.float()
-    k_rot, k_pass = k[..., :rot_dim], k[..., rot_dim:]
-    half = rot_dim // 2
-    rotated_half = torch.cat([-k_rot[..., half:], k_rot[..., :half]], dim=-1)
-    return torch.cat([k_rot * cos + rotated_half * sin, k_pass], dim=-1).to(keys.dtype)

@@ -44,6 +44,7 @@ from .memory import (
     plain_layout,
 )
 from .relevance import ChunkScore, select
+from .rotary import KeyRotation
 from .runner import ModelRunner, SequenceBatch
 from .sampling import Sampler, TextStream
 from .selection import (
@@ -538,10 +539,10 @@ class FocusEngine:
             sequence = SequenceBatch(self.runner, rows=1, capacity=layout.state[0].slots)
             return PlainDecoding(sequence, sequence.append(torch.tensor(bos + tuple(read) + plan.local, device=device)))
         if mode == "focus":
-            rotary = getattr(self.model.get_decoder(), "rotary_emb", None) if cfg.focus_kv == "reuse" else None
+            rotation = KeyRotation.of(self.model) if cfg.focus_kv == "reuse" else None
             chunks = [plan.chunks[i] for i in reading.chosen]
             return focus_decoding(
-                self.runner, rotary, chunks, reading.prefixes, bos, list(plan.local), layout.state[0].slots
+                self.runner, rotation, chunks, reading.prefixes, bos, list(plan.local), layout.state[0].slots
             )
         chunks, chunk_logits = self.encoder.with_prompt(
             reading.prefixes,
@@ -551,7 +552,7 @@ class FocusEngine:
             batch_tokens=cfg.encode_batch_tokens,
         )
         if mode == "kv":
-            return KVAggregation(self.runner, self.model.get_decoder().rotary_emb, chunks, list(plan.local))
+            return KVAggregation(self.runner, KeyRotation.of(self.model), chunks, list(plan.local))
         local = SequenceBatch(self.runner, rows=1, capacity=layout.state[1].slots)
         local_logits = local.append(torch.tensor(bos + plan.local, device=device))
         return EntropyAggregation(PlainDecoding(local, local_logits), chunks, chunk_logits)

@@ -50,8 +50,17 @@ class Probe:
     def exit_layer(self) -> int:
         return max(self.layers)
 
-    def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float, softcap: float | None):
-        """query: ``[b, heads, t, head_dim]``; key: ``[b, kv_heads, keys, head_dim]`` (after RoPE)."""
+    def record(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        scaling: float,
+        softcap: float | None = None,
+        window: int | None = None,
+    ):
+        """query: ``[b, heads, t, head_dim]``; key: ``[b, kv_heads, keys, head_dim]`` (after RoPE);
+        ``window``: a sliding-window layer's span (a query sees the ``window`` slots ending at its own)."""
         b, heads, t, _ = query.shape
         keys = key.shape[2]
         rows = min(self.rows, t)
@@ -61,7 +70,10 @@ class Probe:
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         slot = torch.arange(keys, device=q.device)
-        causal = slot[None, :] <= (keys - rows + torch.arange(rows, device=q.device))[:, None]  # [rows, keys]
+        query_slot = (keys - rows + torch.arange(rows, device=q.device))[:, None]
+        causal = slot[None, :] <= query_slot  # [rows, keys]
+        if window:
+            causal &= slot[None, :] > query_slot - window
         allowed = causal[None, None] & self.key_valid[:, None, None, -keys:].to(q.device)
         probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
         self.mass[layer] = probs.sum(dim=(1, 2))  # [b, keys]
@@ -99,7 +111,7 @@ def _probed(original: Callable | None) -> Callable:
         if probe is not None and layer in probe.layers:
             if probe.rows:
                 scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-                probe.record(layer, query, key, scaling, kwargs.get("softcap"))
+                probe.record(layer, query, key, scaling, kwargs.get("softcap"), kwargs.get("sliding_window"))
             if layer == probe.exit_layer:
                 raise EarlyExit
         inner = original or _eager_of(module)

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 
 from focus_core import FocusConfig, FocusEngine, load_model
 
-TINY_ARCHS = ("llama", "mistral", "qwen2")
+TINY_ARCHS = ("llama", "mistral", "qwen2", "gemma3_text")
 VOCAB = 4096  # the tiny tokenizer's vocabulary, shared by the tiny models
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -78,10 +78,15 @@ def tiny_model(model_type: str, *, seed: int = 0, window: int = 512, init_std: f
             pad_token_id=2,
             tie_word_embeddings=True,
             initializer_range=init_std,
+            **GEMMA3 if model_type == "gemma3_text" else {},
         )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     return model.eval().requires_grad_(False)
+
+
+# Gemma 3's shape in small: a sliding-window layer (window 16, RoPE base 10K) under a global one (1M).
+GEMMA3 = {"head_dim": 16, "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}
 
 
 @pytest.fixture(scope="session")

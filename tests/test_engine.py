@@ -11,8 +11,8 @@ from transformers import DynamicCache
 
 from focus_core import FocusEngine, UnsupportedModelError
 from focus_core.aggregation import EntropyAggregation, PlainDecoding, entropy
-from focus_core.candidates import reposition_keys
 from focus_core.kv_cache import PrefixCache
+from focus_core.rotary import KeyRotation
 from focus_core.runner import cache_argument
 
 LONG = 300  # tokens: well past the tiny engines' native window of 128
@@ -137,7 +137,7 @@ def test_kv_candidates_equal_a_plain_forward_repositioned(make_engine, arch):
     batch, _ = _with_prompt(engine, plan, scored, candidate=True)
     keys, values = batch.kv.last_slot()
     shift = torch.arange(batch.rows) - (batch.next_positions - 1)
-    rotary = engine.model.get_decoder().rotary_emb
+    rotation = KeyRotation.of(engine.model)
     for i, chunk in enumerate(plan.chunks):
         seq = [1, *chunk, *plan.dynamic_prompt]
         positions = torch.arange(len(seq)) - (len(seq) - 1) + i
@@ -148,7 +148,7 @@ def test_kv_candidates_equal_a_plain_forward_repositioned(make_engine, arch):
         for layer in range(len(keys)):
             expected_k = cache.layers[layer].keys[0, :, -1]
             expected_v = cache.layers[layer].values[0, :, -1]
-            got_k = reposition_keys(keys[layer][i : i + 1], shift[i : i + 1], rotary)[0]
+            got_k = rotation.move(keys[layer][i : i + 1], shift[i : i + 1], layer)[0]
             torch.testing.assert_close(got_k, expected_k, atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(values[layer][i], expected_v, atol=1e-4, rtol=1e-4)
 
@@ -219,7 +219,7 @@ def test_reposition_keys_equals_rotating_at_the_target_position():
             heads_first = raw.transpose(0, 1)[None]
             return apply_rotary_pos_emb(heads_first, heads_first, cos, sin)[1][0].transpose(0, 1)
 
-        moved = reposition_keys(rope_at(src), dst - src, rotary)
+        moved = KeyRotation(rotary).move(rope_at(src), dst - src)
         torch.testing.assert_close(moved, rope_at(dst), atol=1e-5, rtol=1e-5)
 
 

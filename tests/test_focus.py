@@ -10,6 +10,7 @@ from focus_core import FocusConfig, FocusEngine
 from focus_core.aggregation import focus_decoding
 from focus_core.passkey import make_case
 from focus_core.relevance import select
+from focus_core.rotary import KeyRotation
 
 LONG = 300  # tokens: well past the tiny engines' native window of 128
 
@@ -19,11 +20,11 @@ def _prefixes(engine: FocusEngine, chunks: list[tuple[int, ...]]):
         return engine.encoder.prefixes([engine.encoder.bos + c for c in chunks])
 
 
-def _focus_logits(engine: FocusEngine, chunks, local, rotary) -> torch.Tensor:
+def _focus_logits(engine: FocusEngine, chunks, local, rotation) -> torch.Tensor:
     with torch.inference_mode():
         bos = engine.encoder.bos
         capacity = len(bos) + sum(len(c) for c in chunks) + len(local) + 1
-        state = focus_decoding(engine.runner, rotary, chunks, _prefixes(engine, chunks), bos, local, capacity)
+        state = focus_decoding(engine.runner, rotation, chunks, _prefixes(engine, chunks), bos, local, capacity)
         return state.next_logits()
 
 
@@ -32,7 +33,7 @@ def test_focus_over_every_chunk_reencoded_is_full_attention(make_engine, arch):
     engine = make_engine(arch)
     ids = [1, *random_ids(200, seed=3)]
     plan = engine._plan(ids, engine.config)
-    got = _focus_logits(engine, list(plan.chunks), list(plan.local), rotary=None)
+    got = _focus_logits(engine, list(plan.chunks), list(plan.local), rotation=None)
     expected = engine.model(torch.tensor([ids])).logits[0, -1].float()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
@@ -45,7 +46,7 @@ def test_reused_chunk_kv_equals_its_block_masked_reencoding(make_engine, arch):
     engine = make_engine(arch)
     rng = random_ids(90, seed=4)
     chunks, local = [tuple(rng[0:30]), tuple(rng[30:55]), tuple(rng[55:80])], rng[80:90]
-    got = _focus_logits(engine, chunks, local, engine.model.get_decoder().rotary_emb)
+    got = _focus_logits(engine, chunks, local, KeyRotation.of(engine.model))
 
     tokens, positions, block = [], [], []  # block: which chunk a slot belongs to (-1: local)
     at = 1
@@ -66,7 +67,15 @@ def test_reused_chunk_kv_equals_its_block_masked_reencoding(make_engine, arch):
     )
     local_sees = (b[:, None] == -1) & ~first_bos_of_later_chunks[None, :]
     mask = causal & (same_chunk | local_sees)
-    out = engine.model(torch.tensor([tokens]), position_ids=torch.tensor([positions]), attention_mask=mask[None, None])
+    pos = torch.tensor(positions)
+    window = getattr(engine.model.config, "sliding_window", None)
+    if window and "sliding_attention" in (getattr(engine.model.config, "layer_types", None) or ()):
+        # sliding-window layers (Gemma 3) also see only the last ``window`` positions
+        near = (pos[:, None] - pos[None, :]) < window
+        mask = {"full_attention": mask[None, None], "sliding_attention": (mask & near)[None, None]}
+    else:
+        mask = mask[None, None]
+    out = engine.model(torch.tensor([tokens]), position_ids=pos[None], attention_mask=mask)
     torch.testing.assert_close(got, out.logits[0, -1].float(), atol=1e-4, rtol=1e-4)
 
 

@@ -10,9 +10,9 @@ import torch
 from conftest import TINY_ARCHS, TINY_CONFIG, random_ids, tiny_model
 
 from focus_core import FocusConfigError, FocusEngine
+from focus_core.chunking import ChunkPlan
 from focus_core.memory import chunked_layout
 from focus_core.runner import SequenceBatch
-from focus_core.chunking import ChunkPlan
 from focus_core.selection import (
     PROBE_ROWS,
     SINK_TOKENS,
@@ -42,11 +42,12 @@ def test_early_exit_prefix_equals_the_full_pass_up_to_its_layer(make_engine, arc
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-def test_the_probe_records_the_attention_eager_attention_returns(tokenizer, layer):
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])  # Gemma 3's layer 0 has a sliding window of 16
+def test_the_probe_records_the_attention_eager_attention_returns(tokenizer, arch, layer):
     """The probe's mass equals the softmax probabilities of an eager forward (output_attentions), summed
     over heads and the last rows, for a batch with left padding."""
-    model = tiny_model("llama")
-    eager = tiny_model("llama")
+    model = tiny_model(arch)
+    eager = tiny_model(arch)
     eager.set_attn_implementation("eager")
     from focus_core.runner import ModelRunner
 

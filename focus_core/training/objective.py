@@ -32,6 +32,7 @@ from transformers import DynamicCache
 
 from ..aggregation import kv_local_pass
 from ..candidates import CandidateProjections
+from ..rotary import KeyRotation
 from ..runner import ModelRunner
 
 LOSSES = ("continuation", "repetition", "distill")
@@ -128,8 +129,7 @@ class CandidateObjective(nn.Module):
         keys = [layer.keys[:, :, -k:].permute(2, 0, 1, 3) for layer in cache.layers]  # [k, n, kv_heads, hd]
         values = [layer.values[:, :, -k:].permute(2, 0, 1, 3) for layer in cache.layers]
         rows = torch.cat([local, targets[:-1]]).expand(k, -1)  # [k, L + k - 1]: 4. one local pass per step
-        rotary = self.model.get_decoder().rotary_emb
-        hidden = kv_local_pass(self.runner, rotary, keys, values, positions.T, rows)
+        hidden = kv_local_pass(self.runner, KeyRotation.of(self.model), keys, values, positions.T, rows)
         at = local.numel() - 1 + torch.arange(k, device=device)
         return self.runner.logits(hidden[torch.arange(k, device=device), at])  # [k, vocab]
 
