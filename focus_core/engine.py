@@ -303,7 +303,10 @@ class FocusEngine:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise FocusInputTypeError(f"each message must be a dict with str 'role' and 'content', got {m!r}")
         if not getattr(self.tokenizer, "chat_template", None):
-            raise FocusConfigError(f"the tokenizer of {self.model_name} has no chat template")
+            raise FocusConfigError(
+                f"the tokenizer of {self.model_name} has no chat template (a base model): give it a "
+                "completion-style prompt (generate(text); FocusLLM rather than ChatFocusLLM)"
+            )
         return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
     def load_adapter(self, path: str | os.PathLike) -> None:

