@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -67,6 +70,43 @@ def reset_peak_memory(device: torch.device) -> None:
 def peak_memory(device: torch.device) -> int | None:
     """Peak bytes allocated on a CUDA ``device`` since :func:`reset_peak_memory`; ``None`` elsewhere."""
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+class PeakMemory:
+    """The peak memory a block of work adds on ``device`` (``with PeakMemory(device) as peak: ...``, then
+    ``peak.bytes``): CUDA's peak allocation above the start, or on Linux the process's peak resident set
+    (VmHWM, reset through ``/proc/self/clear_refs`` after freed heap is handed back with ``malloc_trim``)
+    above its resident set at the start. ``None`` where neither can be read."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.bytes, self._start = device, None, None
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device.type == "cuda":
+            reset_peak_memory(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        elif _STATUS.exists():
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+                Path("/proc/self/clear_refs").write_text("5")
+                self._start = _status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._start is None:
+            return
+        peak = peak_memory(self.device) if self.device.type == "cuda" else _status_bytes("VmHWM")
+        self.bytes = max(0, peak - self._start)
+
+
+_STATUS = Path("/proc/self/status")
+
+
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of /proc/self/status, in bytes."""
+    line = next(x for x in _STATUS.read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
 
 
 def _sync(device: torch.device) -> None:

@@ -20,6 +20,7 @@ from functools import lru_cache
 
 from focus_core import FocusEngine
 
+from .common import PeakMemory
 from .haystack import Case
 
 MARGIN = 16  # tokens kept free when cutting text to fit, for tokenisation differences at the seams
@@ -30,19 +31,29 @@ class Method:
     name: str
 
     def answer(self, engine: FocusEngine, case: Case) -> dict | None:
-        """The method's answer, or ``None`` where it does not apply (full attention past the window)."""
-        start = time.perf_counter()
-        prompt, info = self.prompt(engine, case)
-        if prompt is None:
-            return None
-        encoded = engine.stats.chunks_encoded
-        generation = engine.stream(prompt, **self.overrides())
-        reply = "".join(generation)
-        seconds = time.perf_counter() - start + (info["index_seconds"] if info.get("index_reused") else 0.0)
+        """The method's answer, or ``None`` where it does not apply (full attention past the window).
+        ``seconds`` and ``first_token_seconds`` count from the question (RAG: indexing the context
+        included); ``peak_bytes`` is the memory the answer added at its peak (:class:`PeakMemory`)."""
+        with PeakMemory(engine.runner.device) as peak:
+            start = time.perf_counter()
+            prompt, info = self.prompt(engine, case)
+            if prompt is None:
+                return None
+            encoded = engine.stats.chunks_encoded
+            generation = engine.stream(prompt, **self.overrides())
+            pieces, first = [], None
+            for piece in generation:
+                first = time.perf_counter() - start if first is None else first
+                pieces.append(piece)
+            reused = info["index_seconds"] if info.get("index_reused") else 0.0
+            end = time.perf_counter() - start
+        reply = "".join(pieces)
         return {
             "reply": reply,
             "correct": case.is_correct(reply),
-            "seconds": seconds,
+            "seconds": end + reused,
+            "first_token_seconds": (end if first is None else first) + reused,
+            "peak_bytes": peak.bytes,
             "prompt_tokens": engine.count_tokens(prompt),
             "chunks_encoded": engine.stats.chunks_encoded - encoded,
             **info,
@@ -62,7 +73,12 @@ class FocusMethod(Method):
     engine: FocusEngine | None = None  # its own engine (e.g. other candidate weights); default: the grid's
 
     def answer(self, engine: FocusEngine, case: Case) -> dict | None:
-        return super().answer(self.engine or engine, case)
+        if self.engine is None:
+            return super().answer(engine, case)
+        # its own engine answers with the grid engine's generation settings (set per task)
+        generation = {"max_new_tokens": engine.config.max_new_tokens, "stop": engine.config.stop}
+        self.engine.config = self.engine.config.replace(**generation)
+        return super().answer(self.engine, case)
 
     def overrides(self) -> dict:
         return {"aggregation": self.aggregation}

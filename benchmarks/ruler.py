@@ -646,16 +646,17 @@ def run_suite(
 def _answer(engine: FocusEngine, case: Sample, methods: Sequence[Method]) -> Iterator[dict]:
     """A record per method. A prompt that fits the native window is decoded plainly whatever the method,
     so it is decoded once for all the methods that build it."""
-    plain: dict[str, tuple[str, dict]] = {}
+    plain: dict[tuple[str, int], tuple[str, dict]] = {}
     for method in methods:
-        prompt = method.prompt(engine, case)[0]
-        if prompt in plain:
-            first, out = plain[prompt]
+        reader = getattr(method, "engine", None) or engine  # a method may bring its own engine (window)
+        key = (method.prompt(engine, case)[0], id(reader))
+        if key in plain:
+            first, out = plain[key]
             out = {**out, "same_run_as": first}
         else:
             out = method.answer(engine, case)
-            if out is not None and out["prompt_tokens"] + engine.config.max_new_tokens <= engine.native_window:
-                plain[prompt] = (method.name, out)
+            if out is not None and out["prompt_tokens"] + engine.config.max_new_tokens <= reader.native_window:
+                plain[key] = (method.name, out)
         record = _record(case, method.name, out)
         if out is not None:
             print(
@@ -705,14 +706,17 @@ def needle_coverage(case: Sample, out: dict, ks: Sequence[int] = (1, 3)) -> dict
 
 def summarize(records: list[dict]) -> dict:
     """Per method: mean score x100 per task and length, RULER's mean over tasks per length, samples per
-    cell, and mean seconds (records the method ran)."""
+    cell, mean seconds (records the method ran) and, per length, mean seconds, seconds to the first token
+    and peak memory added."""
     cells: dict[tuple, list[float]] = defaultdict(list)
     seconds: dict[str, list[float]] = defaultdict(list)
+    costs: dict[tuple, list[dict]] = defaultdict(list)
     coverage: dict[str, dict] = defaultdict(lambda: defaultdict(dict))
     for r in records:
         if r["score"] is not None:
             cells[r["method"], r["task"], str(r["length"])].append(r["score"])
             seconds[r["method"]].append(r["seconds"])
+            costs[r["method"], str(r["length"])].append(r)
     for (method, task, length), rs in _group(r for r in records if "in_read" in r).items():
         coverage[method][task][length] = {k: _mean([r[k] for r in rs]) for k in ("in_read", "recall@1", "recall@3")}
     out: dict = {}
@@ -728,9 +732,18 @@ def summarize(records: list[dict]) -> dict:
             "ruler_mean": {n: _mean([s[n] for s in by_task.values() if n in s]) for n in all_lengths},
             "samples": {t: {n: len(cells[method, t, n]) for n in s} for t, s in by_task.items()},
             "mean_seconds": _mean(seconds[method]),
+            "by_length": {n: _costs(costs[method, n]) for n in all_lengths},
             **({"needle_coverage": coverage[method]} if method in coverage else {}),
         }
     return out
+
+
+def _costs(records: list[dict]) -> dict[str, float | None]:
+    """Mean seconds, seconds to the first token and peak memory added (where recorded) of some records."""
+    return {
+        key: _mean([r[key] for r in records if r.get(key) is not None])
+        for key in ("seconds", "first_token_seconds", "peak_bytes")
+    }
 
 
 def _group(records) -> dict[tuple, list[dict]]:

@@ -277,9 +277,12 @@ def test_runner_writes_records_summary_and_heatmap_and_resume_skips_done_cases(m
 def test_methods_decoding_the_same_prompt_that_fits_the_window_share_one_run(samples):
     engine = SimpleNamespace(config=FocusConfig(max_new_tokens=64), native_window=10**6)
     first, second = Fixed("first"), Fixed("second", reply="other")
-    records = list(ruler._answer(engine, samples["niah_single_1", 2048], [first, second]))
+    chunked = Fixed("chunked")  # its own engine, whose window the prompt does not fit: it reads in chunks
+    chunked.engine = SimpleNamespace(native_window=512)
+    records = list(ruler._answer(engine, samples["niah_single_1", 2048], [first, second, chunked]))
     assert second.calls == [] and records[1]["same_run_as"] == "first" and records[1]["score"] == 1.0
-    assert [r["method"] for r in records] == ["first", "second"]
+    assert len(chunked.calls) == 1 and "same_run_as" not in records[2]
+    assert [r["method"] for r in records] == ["first", "second", "chunked"]
 
 
 # ----------------------------------------------------------------- relevance recall
