@@ -13,6 +13,7 @@ from .errors import (
     FocusInputError,
     FocusInputTypeError,
     MemoryBudgetError,
+    ModelLoadError,
     UnsupportedModelError,
 )
 from .loading import DEFAULT_MODEL_NAME, load_model
@@ -31,6 +32,7 @@ __all__ = [
     "FocusInputTypeError",
     "Generation",
     "MemoryBudgetError",
+    "ModelLoadError",
     "UnsupportedModelError",
     "load_model",
 ]

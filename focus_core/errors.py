@@ -19,7 +19,8 @@ class FocusInputError(FocusError, ValueError):
 
 
 class FocusInputTypeError(FocusError, TypeError):
-    """The prompt is neither text nor a sequence of token ids."""
+    """An argument has the wrong type: a prompt that is neither text nor token ids, messages that are not
+    role/content dicts, an engine that is not a FocusEngine."""
 
 
 class UnsupportedModelError(FocusError, ValueError):
@@ -33,6 +34,11 @@ class MemoryBudgetError(FocusError, MemoryError):
         super().__init__(message)
         self.needed_bytes = needed_bytes
         self.budget_bytes = budget_bytes
+
+
+class ModelLoadError(FocusError, OSError):
+    """A model name, path or GGUF file that cannot be loaded (missing, not a model, not reachable), or a
+    packaged model that is not installed or fails its checksum."""
 
 
 class AdapterError(FocusError, ValueError):

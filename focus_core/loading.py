@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import FocusConfigError, FocusError
+from .errors import FocusConfigError, FocusError, ModelLoadError
 from .precision import choose_precision
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -53,10 +53,6 @@ _SAMPLE_BLOCKS, _SAMPLE_BYTES, _HASH_WHOLE_BYTES = 16, 1 << 20, 64 << 20
 _PROBE_TIMEOUT_S = 5.0
 # Cache folder names: content keys (and the older ``{stem}-{size}-{mtime}``), or mkdtemp's ``.tmp-*``.
 _CACHE_NAME = re.compile(r"[\w.+-]+-\d+-[0-9a-f]+|\.tmp-\w+")
-
-
-class ModelLoadError(FocusError, OSError):
-    """A model name, path or GGUF file that cannot be loaded (missing, not a model, not reachable)."""
 
 
 def embedded_gguf() -> Path:

@@ -13,6 +13,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from .errors import FocusInputError
+
 HEADER = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
     "Find it and memorize it. I will quiz you about it.\n\n"
@@ -40,7 +42,7 @@ def answers_passkey(answer: str, passkey: str) -> bool:
 def make_case(tokenizer, n_tokens: int, depth: float, seed: int) -> PasskeyCase:
     """A prompt of about ``n_tokens`` tokens with a 5-digit pass key at ``depth`` (0 = start, 1 = end)."""
     if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth must be in [0, 1], got {depth}")
+        raise FocusInputError(f"depth must be in [0, 1], got {depth}")
     key = str(random.Random(seed).randint(10000, 99999))
     needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
     fixed = len(tokenizer(HEADER + needle + QUESTION).input_ids)

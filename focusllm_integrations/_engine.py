@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from focus_core import ChunkScore, FocusConfig, FocusEngine
+from focus_core import ChunkScore, FocusConfig, FocusConfigError, FocusEngine, FocusInputTypeError
 
 
 class FocusFields(BaseModel):
@@ -48,9 +48,9 @@ def resolve_engine(
         return engine
     if engine is not None:
         if model_id is not None or model_kwargs or chosen:
-            raise ValueError("give either an engine or model/FocusLLM settings to build one, not both")
+            raise FocusConfigError("give either an engine or model/FocusLLM settings to build one, not both")
         if not isinstance(engine, FocusEngine):
-            raise TypeError(f"engine must be a focus_core.FocusEngine, got {type(engine).__name__}")
+            raise FocusInputTypeError(f"engine must be a focus_core.FocusEngine, got {type(engine).__name__}")
         return engine
     load_kwargs = dict(model_kwargs or {})
     load_kwargs.setdefault("progress", settings.get("progress"))  # loading bars follow the progress setting

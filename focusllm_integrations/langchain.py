@@ -23,7 +23,7 @@ from langchain_core.outputs import (
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda
 from pydantic import ConfigDict, Field, model_validator
 
-from focus_core import FocusEngine, FocusInputError, FocusInputTypeError
+from focus_core import FocusConfigError, FocusEngine, FocusInputError, FocusInputTypeError
 from focus_core.prompts import qa_template
 
 from ._engine import GENERATION_FIELDS, FocusFields, Passage, generation_overrides, resolve_engine, source_passages
@@ -56,7 +56,7 @@ class FocusLLM(BaseLLM, FocusFields):
     @model_validator(mode="after")
     def _load(self) -> FocusLLM:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise FocusConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         self.engine = resolve_engine(self.engine, self.model_id, self.model_kwargs, self.focus_settings())
         return self
 
@@ -289,7 +289,7 @@ def create_focus_qa_chain(
     window (then they are read whole).
     """
     if "{documents}" not in prompt_template or "{question}" not in prompt_template:
-        raise ValueError("prompt_template must contain {documents} and {question}")
+        raise FocusConfigError("prompt_template must contain {documents} and {question}")
     model = llm if llm is not None else FocusLLM()
 
     def build_prompt(inputs: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from llama_index.core.prompts import BasePromptTemplate, PromptTemplate
 from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, NodeWithScore, QueryBundle, TextNode
 from pydantic import Field, PrivateAttr
 
-from focus_core import ChunkScore, FocusEngine, FocusInputError, FocusInputTypeError
+from focus_core import ChunkScore, FocusConfigError, FocusEngine, FocusInputError, FocusInputTypeError
 from focus_core.prompts import qa_template
 
 from ._engine import FocusFields, Passage, generation_overrides, resolve_engine, source_passages
@@ -278,5 +278,5 @@ def _as_prompt(template: BasePromptTemplate | str) -> BasePromptTemplate:
         raise FocusInputTypeError("prompt_template must be a str or a LlamaIndex prompt template")
     missing = {"context_str", "query_str"} - set(prompt.template_vars)
     if missing:
-        raise ValueError(f"prompt_template lacks {sorted(missing)}")
+        raise FocusConfigError(f"prompt_template lacks {sorted(missing)}")
     return prompt

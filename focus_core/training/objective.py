@@ -32,6 +32,7 @@ from transformers import DynamicCache
 
 from ..aggregation import kv_local_pass
 from ..candidates import CandidateProjections
+from ..errors import FocusConfigError
 from ..rotary import KeyRotation
 from ..runner import ModelRunner
 
@@ -64,7 +65,7 @@ def make_example(
         local = memory[start : start + local_tokens]
         targets = memory[start + local_tokens : start + local_tokens + target_tokens]
     else:
-        raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+        raise FocusConfigError(f"unknown loss {kind!r}; expected one of {LOSSES}")
     n = len(memory) // chunk_size
     return Example(
         chunks=torch.tensor(memory[: n * chunk_size]).view(n, chunk_size),
