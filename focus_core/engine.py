@@ -90,13 +90,18 @@ class Generation(Iterator[str]):
     """Text pieces as they are decoded. Once the first piece has been asked for, ``relevance`` holds
     every chunk's :class:`ChunkScore` (document order; passages in ``select``) and ``sources`` the
     chunks or passages decoding read, most relevant first (both empty when the prompt fits the native
-    window)."""
+    window). ``prompt_tokens`` counts the prompt's tokens, ``completion_ids`` grows with every token
+    decoded (a stop string's tokens included) and, once the text is exhausted, ``finish_reason`` says why
+    it ended: ``"stop"`` (end-of-sequence token or a stop string) or ``"length"`` (``max_new_tokens``)."""
 
     def __init__(self, engine: FocusEngine, prompt: Prompt, ids: list[int], cfg: FocusConfig):
         self._engine, self._prompt = engine, prompt
         self._reading: Reading | None = None
         self._scores: list[ChunkScore] | None = None
-        self._pieces = engine._stream_text(ids, cfg, on_read=self._on_read)
+        self.prompt_tokens = len(ids)
+        self.completion_ids: list[int] = []
+        self.finish_reason: str | None = None
+        self._pieces = engine._stream_text(ids, cfg, self)
 
     def __next__(self) -> str:
         return next(self._pieces)
@@ -122,11 +127,15 @@ class Generation(Iterator[str]):
 
 @dataclass(frozen=True)
 class Completion:
-    """A finished generation: the text, and the chunks it came from (see :class:`Generation`)."""
+    """A finished generation: the text, the chunks it came from, the token counts and why it ended (see
+    :class:`Generation`)."""
 
     text: str
     sources: list[ChunkScore]
     relevance: list[ChunkScore]
+    prompt_tokens: int = 0
+    completion_ids: tuple[int, ...] = ()
+    finish_reason: str | None = None
 
 
 class FocusEngine:
@@ -216,7 +225,14 @@ class FocusEngine:
         """The completion of ``prompt`` with the chunks it was read from (most relevant first)."""
         generation = self.stream(prompt, **overrides)
         text = "".join(generation)
-        return Completion(text, generation.sources, generation.relevance)
+        return Completion(
+            text,
+            generation.sources,
+            generation.relevance,
+            generation.prompt_tokens,
+            tuple(generation.completion_ids),
+            generation.finish_reason,
+        )
 
     @torch.inference_mode()
     def relevance(self, prompt: Prompt, **overrides: Any) -> list[ChunkScore]:
@@ -647,6 +663,7 @@ class FocusEngine:
     def _decode(
         self, ids: list[int], cfg: FocusConfig, on_read: Callable[[Reading], None] | None = None
     ) -> Iterator[int]:
+        """The new tokens, up to ``max_new_tokens``; the end-of-sequence token ends them unyielded."""
         state = self._start(ids, cfg, on_read)
         sampler = Sampler(cfg, self.runner.device)
         for step in range(cfg.max_new_tokens):
@@ -659,16 +676,21 @@ class FocusEngine:
             if step + 1 < cfg.max_new_tokens:
                 state.append(token)
 
-    def _stream_text(
-        self, ids: list[int], cfg: FocusConfig, on_read: Callable[[Reading], None] | None = None
-    ) -> Iterator[str]:
+    def _stream_text(self, ids: list[int], cfg: FocusConfig, generation: Generation) -> Iterator[str]:
+        """Text pieces of the new tokens, cut at a stop string; ``generation`` records the reading, the
+        tokens and why decoding ended."""
         text = TextStream(self.tokenizer, cfg.stop)
-        for token in self._decode(ids, cfg, on_read):
+        generation.finish_reason = None
+        for token in self._decode(ids, cfg, generation._on_read):
+            generation.completion_ids.append(token)
             piece = text.push(token)
             if piece:
                 yield piece
             if text.stopped:
+                generation.finish_reason = "stop"
                 return
+        reached = len(generation.completion_ids) == cfg.max_new_tokens
+        generation.finish_reason = "length" if reached else "stop"
         tail = text.flush()
         if tail:
             yield tail

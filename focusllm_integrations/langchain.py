@@ -24,6 +24,7 @@ from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, 
 from pydantic import ConfigDict, Field, model_validator
 
 from focus_core import FocusConfigError, FocusEngine, FocusInputError, FocusInputTypeError
+from focus_core import Generation as FocusGeneration
 from focus_core.prompts import qa_template
 
 from ._engine import GENERATION_FIELDS, FocusFields, Passage, generation_overrides, resolve_engine, source_passages
@@ -111,8 +112,9 @@ class FocusLLM(BaseLLM, FocusFields):
         streams = [self.engine.stream(p, **settings) for p in prompts]  # validates every prompt up front
         with ThreadPoolExecutor(max_workers=min(self.batch_size, len(prompts))) as pool:
             texts = list(pool.map("".join, streams))
-        # generation_info["sources"]: the chunks (focus_core.ChunkScore) each answer was read from, most relevant first
-        generations = [[Generation(text=t, generation_info={"sources": g.sources})] for t, g in zip(texts, streams)]
+        # generation_info: "sources", the chunks (focus_core.ChunkScore) each answer was read from, most
+        # relevant first; "finish_reason" ("stop" or "length"); "prompt_tokens" and "completion_tokens"
+        generations = [[Generation(text=t, generation_info=_generation_info(g))] for t, g in zip(texts, streams)]
         return LLMResult(generations=generations, llm_output={"model_name": self.model_name})
 
     def _stream(
@@ -123,11 +125,27 @@ class FocusLLM(BaseLLM, FocusFields):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         settings = generation_overrides(self._settings(**kwargs), {}, stop)
-        for piece in self.engine.stream(prompt, **settings):
-            chunk = GenerationChunk(text=piece)
-            if run_manager is not None:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
+        generation = self.engine.stream(prompt, **settings)
+        for piece in generation:
+            yield _announced(GenerationChunk(text=piece), run_manager)
+        # the last chunk carries what the whole reply knows (callbacks see it too, as every chunk)
+        yield _announced(GenerationChunk(text="", generation_info=_generation_info(generation)), run_manager)
+
+
+def _announced(chunk: GenerationChunk, run_manager: CallbackManagerForLLMRun | None) -> GenerationChunk:
+    if run_manager is not None:
+        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+    return chunk
+
+
+def _generation_info(generation: FocusGeneration) -> dict[str, Any]:
+    """What a finished engine generation tells LangChain: sources, why it ended, tokens in and out."""
+    return {
+        "sources": generation.sources,
+        "finish_reason": generation.finish_reason,
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": len(generation.completion_ids),
+    }
 
 
 _ROLES = {SystemMessage: "system", HumanMessage: "user", AIMessage: "assistant"}
@@ -197,10 +215,13 @@ class ChatFocusLLM(BaseChatModel):
         """The prompt text the model sees for ``messages``."""
         return self.llm.engine.apply_chat_template(messages_to_dicts(messages))
 
-    def _usage(self, prompt: str, text: str) -> dict[str, int]:
-        engine = self.llm.engine
-        inputs, outputs = engine.count_tokens(prompt), len(engine.tokenizer(text, add_special_tokens=False).input_ids)
-        return {"input_tokens": inputs, "output_tokens": outputs, "total_tokens": inputs + outputs}
+    def _metadata(self, info: dict[str, Any]) -> dict[str, Any]:
+        """``usage_metadata`` and ``response_metadata`` of a reply, from the LLM's generation_info."""
+        inputs, outputs = info["prompt_tokens"], info["completion_tokens"]
+        return {
+            "usage_metadata": {"input_tokens": inputs, "output_tokens": outputs, "total_tokens": inputs + outputs},
+            "response_metadata": {"model_name": self.model_name, "finish_reason": info["finish_reason"]},
+        }
 
     def _generate(
         self,
@@ -211,11 +232,13 @@ class ChatFocusLLM(BaseChatModel):
     ) -> ChatResult:
         prompt = self.render(messages)
         stop = stop if stop is not None else self.stop
-        text = self.llm._generate([prompt], stop=stop, **self._call_settings(kwargs)).generations[0][0].text
-        message = AIMessage(
-            content=text, usage_metadata=self._usage(prompt, text), response_metadata={"model_name": self.model_name}
+        settings = self._call_settings(kwargs)
+        reply = self.llm._generate([prompt], stop=stop, run_manager=run_manager, **settings).generations[0][0]
+        message = AIMessage(content=reply.text, **self._metadata(reply.generation_info))
+        generation = ChatGeneration(
+            message=message, generation_info={"finish_reason": message.response_metadata["finish_reason"]}
         )
-        return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"model_name": self.model_name})
+        return ChatResult(generations=[generation], llm_output={"model_name": self.model_name})
 
     def _stream(
         self,
@@ -226,21 +249,19 @@ class ChatFocusLLM(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         prompt = self.render(messages)
         stop = stop if stop is not None else self.stop
-        text = ""
+        info: dict[str, Any] = {}
         for piece in self.llm._stream(prompt, stop=stop, **self._call_settings(kwargs)):
-            text += piece.text
+            if piece.generation_info:  # the LLM's last chunk: what the whole reply knows
+                info = piece.generation_info
+                continue
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
             if run_manager is not None:
                 run_manager.on_llm_new_token(piece.text, chunk=chunk)
             yield chunk
-        # the last chunk carries what belongs to the whole reply: token usage and the model's name
+        # the last chunk carries what belongs to the whole reply: token usage, finish reason, the model's name
         yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                usage_metadata=self._usage(prompt, text),
-                response_metadata={"model_name": self.model_name},
-                chunk_position="last",
-            )
+            message=AIMessageChunk(content="", **self._metadata(info), chunk_position="last"),
+            generation_info={"finish_reason": info["finish_reason"]},
         )
 
 

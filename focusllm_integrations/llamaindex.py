@@ -10,7 +10,13 @@ from typing import Any
 
 from llama_index.core import Settings
 from llama_index.core.base.base_query_engine import BaseQueryEngine
-from llama_index.core.base.llms.types import ChatMessage, CompletionResponse, CompletionResponseGen, LLMMetadata
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+)
 from llama_index.core.base.response.schema import Response, StreamingResponse
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
@@ -22,6 +28,7 @@ from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, No
 from pydantic import Field, PrivateAttr
 
 from focus_core import ChunkScore, FocusConfigError, FocusEngine, FocusInputError, FocusInputTypeError
+from focus_core import Generation as FocusGeneration
 from focus_core.prompts import qa_template
 
 from ._engine import FocusFields, Passage, generation_overrides, resolve_engine, source_passages
@@ -93,12 +100,16 @@ class FocusLLM(CustomLLM, FocusFields):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """The completion; ``additional_kwargs["sources"]`` holds the chunks (``focus_core.ChunkScore``)
-        it was read from, most relevant first."""
-        completion = self._engine.complete(self._format(prompt, formatted), **self._overrides(kwargs))
-        return CompletionResponse(text=completion.text, additional_kwargs={"sources": completion.sources})
+        it was read from, most relevant first; ``raw`` the finish reason and the token usage (OpenAI's
+        shape, which LlamaIndex's TokenCountingHandler reads)."""
+        generation = self._engine.stream(self._format(prompt, formatted), **self._overrides(kwargs))
+        text = "".join(generation)
+        return CompletionResponse(text=text, raw=_raw(generation), additional_kwargs={"sources": generation.sources})
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        """As :meth:`complete`, a piece at a time; the last response's ``raw`` holds the finish reason and
+        the token usage."""
         generation = self._engine.stream(self._format(prompt, formatted), **self._overrides(kwargs))
 
         def gen() -> CompletionResponseGen:
@@ -106,6 +117,23 @@ class FocusLLM(CustomLLM, FocusFields):
             for piece in generation:
                 text += piece
                 yield CompletionResponse(text=text, delta=piece, additional_kwargs={"sources": generation.sources})
+            yield CompletionResponse(
+                text=text, delta="", raw=_raw(generation), additional_kwargs={"sources": generation.sources}
+            )
+
+        return gen()
+
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """:meth:`complete` in a worker thread: the event loop keeps running while the model reads."""
+        return await asyncio.to_thread(self.complete, prompt, formatted, **kwargs)
+
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        """:meth:`stream_complete` with every step in a worker thread (the event loop is never blocked)."""
+        responses = await asyncio.to_thread(self.stream_complete, prompt, formatted, **kwargs)
+
+        async def gen() -> CompletionResponseAsyncGen:
+            while (response := await asyncio.to_thread(next, responses, None)) is not None:
+                yield response
 
         return gen()
 
@@ -241,10 +269,18 @@ class FocusQueryEngine(BaseQueryEngine):
         for i, response in enumerate(pieces):
             if i == 0:
                 source_nodes.extend(self._source_nodes(prompt, response.additional_kwargs["sources"]))
-            yield response.delta or ""
+            if response.delta:  # the last response only closes the stream (finish reason, usage)
+                yield response.delta
 
     async def _aquery(self, query_bundle: QueryBundle) -> Response | StreamingResponse:
         return await asyncio.to_thread(self._query, query_bundle)
+
+
+def _raw(generation: FocusGeneration) -> dict[str, Any]:
+    """A finished generation's finish reason and token usage."""
+    prompt, completion = generation.prompt_tokens, len(generation.completion_ids)
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"finish_reason": generation.finish_reason, "usage": usage}
 
 
 def _settings_llm() -> FocusLLM:

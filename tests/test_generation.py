@@ -224,3 +224,17 @@ def test_engine_settings_are_refused_per_call(make_engine, setting, value):
     with pytest.raises(FocusConfigError, match=f"{setting} belong"):
         engine.generate_ids(random_ids(300), **{setting: value})
     assert engine.stats.chunks_encoded == 0
+
+
+def test_a_generation_reports_its_tokens_and_why_it_ended(make_engine):
+    engine = make_engine(max_new_tokens=6)
+    ids = random_ids(300, seed=14)
+    generation = engine.stream(ids)
+    assert generation.finish_reason is None and generation.prompt_tokens == len(ids)
+    text = "".join(generation)
+    assert generation.completion_ids == engine.generate_ids(ids) and text == engine.generate(ids)
+    assert generation.finish_reason == ("length" if len(generation.completion_ids) == 6 else "stop")
+    stop = engine.tokenizer.decode(generation.completion_ids[1:3])
+    completion = engine.complete(ids, stop=[stop])
+    assert completion.finish_reason == "stop" and stop not in completion.text
+    assert completion.prompt_tokens == len(ids) and 2 <= len(completion.completion_ids) < 6

@@ -98,8 +98,10 @@ def test_chat_model_applies_the_chat_template(llm):
     )
     reply = chat.invoke(messages)
     assert isinstance(reply, AIMessage) and reply.content == llm.engine.generate(rendered)
-    assert reply.usage_metadata["input_tokens"] == llm.engine.count_tokens(rendered)
-    assert reply.usage_metadata["output_tokens"] > 0
+    completion = llm.engine.complete(rendered)
+    assert reply.usage_metadata["input_tokens"] == completion.prompt_tokens == llm.engine.count_tokens(rendered)
+    assert reply.usage_metadata["output_tokens"] == len(completion.completion_ids) > 0  # the ids, not the text
+    assert reply.response_metadata["finish_reason"] == completion.finish_reason
     chunks = list(chat.stream(messages))
     assert all(isinstance(c, AIMessageChunk) for c in chunks)
     assert "".join(c.content for c in chunks) == reply.content
@@ -107,6 +109,42 @@ def test_chat_model_applies_the_chat_template(llm):
     for chunk in chunks[1:]:
         merged = merged + chunk
     assert merged.usage_metadata == reply.usage_metadata
+    assert merged.response_metadata["finish_reason"] == completion.finish_reason
+
+
+def test_llm_generation_info_says_why_it_ended_and_counts_tokens(llm):
+    prompt = long_text(llm)
+    info = llm.generate([prompt]).generations[0][0].generation_info
+    completion = llm.engine.complete(prompt)
+    assert info["finish_reason"] == completion.finish_reason in ("stop", "length")
+    assert (info["prompt_tokens"], info["completion_tokens"]) == (
+        completion.prompt_tokens,
+        len(completion.completion_ids),
+    )
+    last = list(llm._stream(prompt))[-1]
+    assert last.text == "" and last.generation_info["finish_reason"] == completion.finish_reason
+
+
+@pytest.mark.parametrize("build", ["model_id", "from_model_id", "engine"])
+def test_any_built_llm_can_be_handed_to_the_chat_model(tiny_dir, make_engine, build):
+    """As ``ChatHuggingFace(llm=...)``: an LLM built from settings is validated again inside the chat model,
+    which must keep its engine (and refuse nothing)."""
+    settings = {
+        "chunk_size": 32,
+        "local_window": 24,
+        "dynamic_prompt_len": 8,
+        "native_window": 128,
+        "max_new_tokens": 4,
+    }
+    if build == "model_id":
+        llm = FocusLLM(model_id=str(tiny_dir), model_kwargs={"dtype": "float32"}, **settings)
+    elif build == "from_model_id":
+        llm = FocusLLM.from_model_id(str(tiny_dir), model_kwargs={"dtype": "float32"}, **settings)
+    else:
+        llm = FocusLLM(engine=make_engine(max_new_tokens=4))
+    chat = ChatFocusLLM(llm=llm)
+    assert chat.llm.engine is llm.engine and chat.llm.engine.config.chunk_size == 32
+    assert isinstance(chat.invoke([HumanMessage("hi")]), AIMessage)
 
 
 def test_qa_chain_reads_all_documents_and_reuses_their_chunks(llm):

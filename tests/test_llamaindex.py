@@ -192,3 +192,40 @@ def test_focusllm_settings_reach_the_engine_it_builds():
     llm = FocusLLM(chunk_size=512, local_window=256, max_new_tokens=4)
     assert llm.engine.config.chunk_size == 512 and llm.engine.config.local_window == 256
     assert llm.metadata.model_name == "SmolLM2-135M-Instruct"
+
+
+def test_completions_carry_the_finish_reason_and_usage_in_raw(llm):
+    prompt = llm.engine.tokenizer.decode(random_ids(300, seed=9))
+    completion = llm.engine.complete(prompt)
+    raw = llm.complete(prompt).raw
+    usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": len(completion.completion_ids)}
+    assert raw == {"finish_reason": completion.finish_reason, "usage": {**usage, "total_tokens": sum(usage.values())}}
+    responses = list(llm.stream_complete(prompt))
+    assert responses[-1].raw == raw and responses[-1].text == completion.text
+
+
+def test_async_completion_leaves_the_event_loop_free(llm):
+    """While the model reads, other coroutines keep running (the work is in a worker thread)."""
+    prompt = llm.engine.tokenizer.decode(random_ids(300, seed=10))
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        clock = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = ticks
+        response = await llm.acomplete(prompt)
+        during = ticks - before
+        streamed = [r.delta async for r in await llm.astream_complete(prompt)]
+        clock.cancel()
+        return response, during, streamed
+
+    response, during, streamed = asyncio.run(main())
+    assert response.text == llm.complete(prompt).text == "".join(streamed)
+    assert during > 1  # the ticker ran while the completion was computed
