@@ -59,7 +59,7 @@ class FocusLLM(CustomLLM, FocusFields):
     def __init__(self, engine: FocusEngine | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._engine = resolve_engine(engine, self.model_name, self.model_kwargs, self.focus_settings())
-        if self.messages_to_prompt is None or getattr(self.messages_to_prompt, "__name__", "") == "messages_to_prompt":
+        if kwargs.get("messages_to_prompt") is None:  # not given: the tokenizer's chat template
             self.messages_to_prompt = self._chat_prompt
 
     @classmethod

@@ -46,6 +46,8 @@ def test_chat_goes_through_the_chat_template(llm):
     reply = llm.chat(messages)
     assert reply.message.content == llm.engine.generate(rendered)
     assert "".join(r.delta for r in llm.stream_chat(messages)) == reply.message.content
+    own = FocusLLM(engine=llm.engine, max_new_tokens=8, messages_to_prompt=lambda ms: "|".join(m.content for m in ms))
+    assert own.messages_to_prompt(messages) == "Be brief.|Hi there"  # a caller's own formatting is kept
 
 
 def test_works_as_settings_llm(llm):
