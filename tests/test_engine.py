@@ -186,11 +186,18 @@ def test_entropy_mode_serves_models_without_rope(tokenizer):
         engine.generate_ids(random_ids(LONG), aggregation="kv")
 
 
-def test_auto_is_entropy_without_trained_candidates(make_engine):
+def test_auto_is_select_where_its_reading_fits_else_entropy(make_engine):
+    """Without trained candidates ``auto`` is ``select`` when 1 + passage + selection + local + answer fit
+    the window, else ``entropy`` (the tiny window of 128 cannot hold the default 1,024-token selection)."""
     engine = make_engine()
-    assert engine.aggregation_for() == "entropy"
     ids = random_ids(LONG, seed=10)
+    assert engine.aggregation_for() == "entropy"
     assert engine.generate_ids(ids) == engine.generate_ids(ids, aggregation="entropy")
+    small = engine.config.replace(select_tokens=48, passage_tokens=16)
+    assert engine.aggregation_for(small) == "select"
+    assert engine.generate_ids(ids, select_tokens=48, passage_tokens=16) == engine.generate_ids(
+        ids, aggregation="select", select_tokens=48, passage_tokens=16
+    )
 
 
 def test_entropy_aggregation_picks_the_most_confident_distribution():
