@@ -4,12 +4,13 @@ its slow reference."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY_ARCHS, TINY_CONFIG, random_ids, tiny_model
 
-from focus_core import FocusConfigError, FocusEngine
+from focus_core import FocusConfig, FocusConfigError, FocusEngine
 from focus_core.chunking import ChunkPlan
 from focus_core.memory import chunked_layout
 from focus_core.runner import SequenceBatch
@@ -26,6 +27,7 @@ from focus_core.selection import (
 )
 
 SELECT = {"aggregation": "select", "select_tokens": 48, "passage_tokens": 16}
+REFERENCE = Path(__file__).resolve().parent.parent / "examples" / "data" / "python_reference"
 LONG = 300  # tokens: well past the tiny engines' native window of 128
 
 
@@ -204,3 +206,21 @@ def test_describe_says_what_runs_and_which_aggregation_auto_resolves_to(make_eng
     text = engine.describe()
     assert "dtype float32 (asked for)" in text and "cpu" in text
     assert text.endswith("aggregation select -> select (exit layer 1 of 2)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [0.2, 0.8])
+def test_relevance_picks_the_needle_passage_in_real_prose_on_the_embedded_model(embedded, depth):
+    """A made-up fact in the 19K-token Python reference (past the 8K window): the passage the question
+    attends to most holds it, decoding reads it, and the answer follows."""
+    model, tokenizer = embedded
+    engine = FocusEngine(model, tokenizer, FocusConfig(aggregation="select", max_new_tokens=12, progress=False))
+    paragraphs = "\n\n".join(p.read_text() for p in sorted(REFERENCE.glob("*.txt"))).split("\n\n")
+    at = int(len(paragraphs) * depth)
+    needle = "At the harbour festival, the fish stew is always seasoned with smoked paprika from Murcia."
+    document = "\n\n".join([*paragraphs[:at], needle, *paragraphs[at:]])
+    question = "\n\nQuestion: What is the fish stew at the harbour festival seasoned with?\nAnswer: It is seasoned with"
+    completion = engine.complete(document + question)
+    assert engine.count_tokens(document) > 2 * engine.native_window
+    assert "paprika" in max(completion.relevance, key=lambda s: s.score).text
+    assert any("paprika" in s.text for s in completion.sources) and "paprika" in completion.text
