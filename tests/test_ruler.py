@@ -15,6 +15,8 @@ from benchmarks import ruler
 from benchmarks.haystack import NEEDLES, needle_case
 from benchmarks.methods import FocusMethod, FullAttention, Method, Truncation, VectorRAG
 from benchmarks.ruler import TASKS, Sample, answer_chunk_recall, make_sample, needle_coverage
+from benchmarks.ruler import tasks as ruler_tasks
+from benchmarks.ruler.runner import _answer as answer_case
 from focus_core import FocusConfig, FocusEngine
 
 NEEDLE_LINE = re.compile(r"One of the special magic (?:numbers|uuids) for (\S+) is: (\S+)\.")
@@ -156,7 +158,7 @@ def test_cwe_answers_are_the_ten_most_common_words(samples, length, common, unco
 
 def test_cwe_scales_both_frequencies_when_the_word_list_runs_out(tokenizer, monkeypatch):
     few = ruler.word_list()[:100]
-    monkeypatch.setattr(ruler, "word_list", lambda: few)
+    monkeypatch.setattr(ruler_tasks, "word_list", lambda: few)
     sample = make_sample("cwe", tokenizer, 8192, 0)
     counts = _cwe_counts(sample)
     common = {counts[w] for w in sample.outputs}
@@ -279,7 +281,7 @@ def test_methods_decoding_the_same_prompt_that_fits_the_window_share_one_run(sam
     first, second = Fixed("first"), Fixed("second", reply="other")
     chunked = Fixed("chunked")  # its own engine, whose window the prompt does not fit: it reads in chunks
     chunked.engine = SimpleNamespace(native_window=512)
-    records = list(ruler._answer(engine, samples["niah_single_1", 2048], [first, second, chunked]))
+    records = list(answer_case(engine, samples["niah_single_1", 2048], [first, second, chunked]))
     assert second.calls == [] and records[1]["same_run_as"] == "first" and records[1]["score"] == 1.0
     assert len(chunked.calls) == 1 and "same_run_as" not in records[2]
     assert [r["method"] for r in records] == ["first", "second", "chunked"]
