@@ -23,15 +23,11 @@ import argparse
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from focus_core import FocusConfig, FocusEngine, load_model
 from focus_core.loading import GEMMA3_270M
 
 from .methods import FocusMethod, FullAttention, Method, VectorRAG
+from .plots import plt, save_figure
 from .ruler import TASKS, run_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +40,8 @@ def fair_fight_methods(
     methods: list[Method] = [FullAttention("full attention")]
     for window in windows:
         engine = FocusEngine(model, tokenizer, FocusConfig(native_window=window, prefix_cache_bytes=0, progress=False))
-        methods += [FocusMethod(f"FocusLLM ({mode}, {window // 1024}K window)", mode, engine) for mode in modes]
+        size = f"{window // 1024}K" if window % 1024 == 0 else str(window)
+        methods += [FocusMethod(f"FocusLLM ({mode}, {size} window)", mode, engine) for mode in modes]
     methods.append(VectorRAG(f"RAG top-{rag_top_k} x {rag_chunk_size}", chunk_size=rag_chunk_size, top_k=rag_top_k))
     return methods
 
@@ -69,10 +66,7 @@ def plot_costs(summary: dict, path: Path, title: str) -> None:
         ax.set_title(label)
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _mib(value: float | None) -> float | None:

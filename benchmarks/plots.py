@@ -84,6 +84,7 @@ def perplexity_lines(ppl: dict, path: Path) -> None:
 
 def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

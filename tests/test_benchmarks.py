@@ -161,3 +161,25 @@ def test_gpu_check_stops_at_once_without_a_cuda_device(tmp_path):
     out = subprocess.run(["bash", str(GPU_CHECK)], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 1 and "gpu_check: no CUDA device visible to torch" in out.stderr, out.stderr
     assert "pytest" not in out.stdout
+
+
+def test_fair_fight_methods_share_the_model_and_its_costs_plot(make_engine, tmp_path):
+    from benchmarks.fair_fight import fair_fight_methods, plot_costs
+
+    engine = make_engine()
+    methods = fair_fight_methods(engine.model, engine.tokenizer, [2048, 3000], ["select", "entropy"], 4, 256)
+    assert [m.name for m in methods] == [
+        "full attention",
+        "FocusLLM (select, 2K window)",
+        "FocusLLM (entropy, 2K window)",
+        "FocusLLM (select, 3000 window)",
+        "FocusLLM (entropy, 3000 window)",
+        "RAG top-4 x 256",
+    ]
+    chunked = [m for m in methods if getattr(m, "engine", None) is not None]
+    assert [m.engine.native_window for m in chunked] == [2048, 2048, 3000, 3000]
+    assert all(m.engine.model is engine.model and m.engine.config.prefix_cache_bytes == 0 for m in chunked)
+    cost = {"seconds": 2.0, "first_token_seconds": 1.0, "peak_bytes": 2**20}
+    summary = {m: {"ruler_mean": {"8192": 50.0}, "by_length": {"8192": cost}} for m in ("full attention", "RAG")}
+    plot_costs(summary, tmp_path / "new" / "costs.png", "costs")
+    assert (tmp_path / "new" / "costs.png").stat().st_size > 5_000
