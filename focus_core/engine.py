@@ -683,7 +683,6 @@ class FocusEngine:
         """Text pieces of the new tokens, cut at a stop string; ``generation`` records the reading, the
         tokens and why decoding ended."""
         text = TextStream(self.tokenizer, cfg.stop)
-        generation.finish_reason = None
         for token in self._decode(ids, cfg, generation._on_read):
             generation.completion_ids.append(token)
             piece = text.push(token)
