@@ -18,6 +18,7 @@ from .errors import (
 )
 from .loading import DEFAULT_MODEL_NAME, load_model
 from .relevance import ChunkScore
+from .request import Request
 
 __all__ = [
     "AdapterError",
@@ -33,6 +34,7 @@ __all__ = [
     "Generation",
     "MemoryBudgetError",
     "ModelLoadError",
+    "Request",
     "UnsupportedModelError",
     "load_model",
 ]

@@ -12,7 +12,9 @@ Sharding is never implicit: an engine shards only when built with ``group=`` (a 
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -66,6 +68,24 @@ class ChunkGroup:
         gathered = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(gathered, padded, group=self.group)
         return torch.cat([g[:s] for g, s in zip(gathered, sizes)]).to(rows.device, rows.dtype)
+
+    def owner(self, index: int, n: int) -> int:
+        """The rank holding chunk ``index`` of ``n``."""
+        ends = itertools.accumulate(self.sizes(n))
+        return next(rank for rank, end in enumerate(ends) if index < end)
+
+    def exchange_prefixes(
+        self,
+        kept: dict[int, PrefixKV],
+        chosen: Sequence[int],
+        n: int,
+        shape: Callable[[int], tuple[int, ...]],
+        dtype: torch.dtype,
+    ) -> list[PrefixKV]:
+        """The prefix KV of the ``chosen`` chunks among ``n`` (``shape(i)`` each), on every rank, each sent
+        by the rank holding it; ``kept``: this rank's prefixes, by index within its share."""
+        offset = self.share(n).start
+        return [self.broadcast_prefix(kept.get(i - offset), self.owner(i, n), shape(i), dtype) for i in chosen]
 
     def broadcast_prefix(
         self, prefix: PrefixKV | None, owner: int, shape: tuple[int, ...], dtype: torch.dtype

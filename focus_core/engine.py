@@ -34,16 +34,17 @@ from .errors import FocusConfigError, FocusInputError, FocusInputTypeError
 from .kv_cache import PrefixCache, PrefixKV
 from .loading import load_model
 from .memory import (
-    KVBlock,
     Layout,
     MemoryEstimate,
     available_bytes,
     check_fits,
     chunked_layout,
+    estimate,
     format_bytes,
     plain_layout,
 )
 from .relevance import ChunkScore, select
+from .request import Prompt, Request
 from .rotary import KeyRotation
 from .runner import ModelRunner, SequenceBatch
 from .sampling import Sampler, TextStream
@@ -58,7 +59,6 @@ from .selection import (
     select_spans,
 )
 
-Prompt = str | Sequence[int] | torch.Tensor
 DecodingState = PlainDecoding | EntropyAggregation | KVAggregation
 
 
@@ -68,7 +68,6 @@ class Reading:
     chunks; in ``select``, passages of ``passage_tokens``) and what decoding reads: the chosen chunks
     (document order) with their prefix KV, or, in ``select``, the chosen spans of the memory."""
 
-    plan: ChunkPlan
     units: list[tuple[int, int]]  # [start, end) memory token ranges that were scored
     relevance: torch.Tensor  # [units]: nats of query likelihood, or attention mass (select)
     chosen: list[int] = field(default_factory=list)  # chunks decoding reads, document order
@@ -94,14 +93,14 @@ class Generation(Iterator[str]):
     decoded (a stop string's tokens included) and, once the text is exhausted, ``finish_reason`` says why
     it ended: ``"stop"`` (end-of-sequence token or a stop string) or ``"length"`` (``max_new_tokens``)."""
 
-    def __init__(self, engine: FocusEngine, prompt: Prompt, ids: list[int], cfg: FocusConfig):
-        self._engine, self._prompt = engine, prompt
+    def __init__(self, engine: FocusEngine, request: Request):
+        self._engine, self._request = engine, request
         self._reading: Reading | None = None
         self._scores: list[ChunkScore] | None = None
-        self.prompt_tokens = len(ids)
+        self.prompt_tokens = len(request.ids)
         self.completion_ids: list[int] = []
         self.finish_reason: str | None = None
-        self._pieces = engine._stream_text(ids, cfg, self)
+        self._pieces = engine._stream_text(request, self)
 
     def __next__(self) -> str:
         return next(self._pieces)
@@ -114,14 +113,14 @@ class Generation(Iterator[str]):
         if self._reading is None:
             return []
         if self._scores is None:  # spans need the prompt's offsets: worked out only when asked for
-            self._scores = self._engine._scored(self._prompt, self._reading.plan, self._reading.scored_units())
+            self._scores = self._engine._scored(self._request, self._reading.scored_units())
         return self._scores
 
     @property
     def sources(self) -> list[ChunkScore]:
         if self._reading is None:
             return []
-        sources = self._engine._scored(self._prompt, self._reading.plan, self._reading.sources())
+        sources = self._engine._scored(self._request, self._reading.sources())
         return sorted(sources, key=lambda c: -c.score)
 
 
@@ -218,8 +217,23 @@ class FocusEngine:
 
         Input, settings and memory are checked here, before the first piece is asked for.
         """
-        cfg, ids = self._prepare(prompt, overrides)
-        return Generation(self, prompt, ids, cfg)
+        return Generation(self, self.request(prompt, **overrides))
+
+    def request(self, prompt: Prompt, **overrides: Any) -> Request:
+        """``prompt`` resolved for one call with ``overrides`` (:class:`FocusConfig` settings): its tokens,
+        the aggregation used, the chunk plan, the buffers it allocates and the memory they take. Refused
+        here (:class:`MemoryBudgetError`, with what would fit) when it cannot fit the memory budget."""
+        cfg = self._settings(overrides)
+        ids = self.tokenize(prompt)
+        if self.aggregation_for(cfg) == "kv":
+            self._candidate_projections()  # refuses unsupported models now, not mid-stream
+        return self._fit_to_budget(self._resolve(prompt, ids, cfg))
+
+    def start(self, request: Request) -> DecodingState:
+        """Read ``request``'s prompt and return its decoding state (``next_logits()``, ``append(token)``),
+        for decoding loops of one's own (constrained decoding, ...). Call it, and the state's methods,
+        under ``torch.inference_mode()``."""
+        return self._start(request)
 
     def complete(self, prompt: Prompt, **overrides: Any) -> Completion:
         """The completion of ``prompt`` with the chunks it was read from (most relevant first)."""
@@ -240,14 +254,11 @@ class FocusEngine:
         how many nats better the chunk makes the model predict the dynamic prompt than no chunk does; in
         ``select``, every passage of ``passage_tokens`` with the attention the question pays it in the
         exit layer. Empty when the prompt fits the native window (it is then read whole)."""
-        cfg, ids = self._prepare(prompt, overrides)
-        if self._fits(ids, cfg):
+        request = self.request(prompt, **overrides)
+        if request.plain:
             return []
-        if self.aggregation_for(cfg) == "select":
-            reading = self._select(ids, cfg, self._layout(ids, cfg))
-        else:
-            reading = self._read(ids, cfg, self._layout(ids, cfg, keep=0))
-        return self._scored(prompt, reading.plan, reading.scored_units())
+        reading = self._select(request) if request.mode == "select" else self._read(request, keep=0)
+        return self._scored(request, reading.scored_units())
 
     def generate_ids(self, prompt: Prompt, **overrides: Any) -> list[int]:
         """The generated token ids (EOS excluded, stop strings not applied)."""
@@ -255,8 +266,7 @@ class FocusEngine:
 
     def stream_ids(self, prompt: Prompt, **overrides: Any) -> Iterator[int]:
         """Like :meth:`generate_ids`, yielding each token id as soon as it is decoded."""
-        cfg, ids = self._prepare(prompt, overrides)
-        return self._decode(ids, cfg)
+        return self._decode(self.request(prompt, **overrides))
 
     @torch.inference_mode()
     def score(self, prompt: Prompt, continuation: Prompt, **overrides: Any) -> torch.Tensor:
@@ -271,8 +281,7 @@ class FocusEngine:
                 raise FocusInputError("the continuation is empty")
             continuation = self.tokenizer(continuation, add_special_tokens=False).input_ids
         targets = self.tokenize(continuation)
-        cfg, ids = self._prepare(prompt, {**overrides, "max_new_tokens": len(targets)})
-        state = self._start(ids, cfg)
+        state = self._start(self.request(prompt, **{**overrides, "max_new_tokens": len(targets)}))
         logprobs = []
         for step, token in enumerate(targets):
             logprobs.append(torch.log_softmax(state.next_logits().float(), dim=-1)[token])
@@ -378,8 +387,7 @@ class FocusEngine:
 
     def estimate_memory(self, prompt: Prompt, **overrides: Any) -> MemoryEstimate:
         """Bytes the prompt will need (what the budget check compares)."""
-        cfg = self._settings(overrides)
-        return self._estimate(self.tokenize(prompt), cfg)
+        return self._resolve(prompt, self.tokenize(prompt), self._settings(overrides)).estimate
 
     # ----------------------------------------------------------------- internals
 
@@ -420,37 +428,42 @@ class FocusEngine:
             )
         return cfg.exit_layer
 
-    def _prepare(self, prompt: Prompt, overrides: dict[str, Any]) -> tuple[FocusConfig, list[int]]:
-        cfg = self._settings(overrides)
-        ids = self.tokenize(prompt)
-        if self.aggregation_for(cfg) == "kv":
-            self._candidate_projections()  # refuses unsupported models now, not mid-stream
-        cfg = self._fit_to_budget(ids, cfg)
-        return cfg, ids
+    def _resolve(self, prompt: Prompt, ids: list[int], cfg: FocusConfig, plan: ChunkPlan | None = None) -> Request:
+        """The request for ``ids`` under ``cfg``, not yet checked against the budget (``plan``: the chunk
+        plan, when already known)."""
+        if self._fits(ids, cfg):
+            layout = plain_layout(len(ids), cfg.max_new_tokens)
+            return Request(prompt, ids, cfg, "plain", None, layout, self._estimate(layout, cfg))
+        plan, mode = plan or self._plan(ids, cfg), self.aggregation_for(cfg)
+        exit_layer = self._exit_layer(cfg) if mode == "select" else None
+        layout = self._layout(plan, cfg, mode, exit_layer)
+        return Request(prompt, ids, cfg, mode, plan, layout, self._estimate(layout, cfg), exit_layer)
 
-    def _fit_to_budget(self, ids: list[int], cfg: FocusConfig) -> FocusConfig:
+    def _budget(self, cfg: FocusConfig) -> int:
+        return cfg.memory_budget_bytes or int(0.8 * available_bytes(self.runner.device))
+
+    def _fit_to_budget(self, request: Request) -> Request:
         """Shrink the encoding micro-batch until the estimate fits the budget, or refuse the prompt."""
-        budget = cfg.memory_budget_bytes or int(0.8 * available_bytes(self.runner.device))
-        estimate = self._estimate(ids, cfg)
-        while estimate.total > budget and cfg.encode_batch_tokens > cfg.chunk_size:
+        budget = self._budget(request.config)
+        while request.estimate.total > budget and request.config.encode_batch_tokens > request.config.chunk_size:
+            cfg = request.config
             cfg = cfg.replace(encode_batch_tokens=max(cfg.chunk_size, cfg.encode_batch_tokens // 2))
-            estimate = self._estimate(ids, cfg)
-        if estimate.total > budget:
-            check_fits(
-                estimate, budget, what=f"this prompt of {len(ids)} tokens", hint=self._fit_hint(ids, cfg, budget)
-            )
-        return cfg
+            request = self._resolve(request.prompt, request.ids, cfg, request.plan)
+        if request.estimate.total > budget:
+            what = f"this prompt of {len(request.ids)} tokens"
+            check_fits(request.estimate, budget, what=what, hint=self._fit_hint(request, budget))
+        return request
 
-    def _fit_hint(self, ids: list[int], cfg: FocusConfig, budget: int) -> str:
+    def _fit_hint(self, request: Request, budget: int) -> str:
         """Settings that would make an over-budget prompt fit, each with what it would need."""
-        options = []
+        options, ids, cfg = [], request.ids, request.config
         if cfg.prefix_cache_bytes > 0:
-            need = self._estimate(ids, cfg.replace(prefix_cache_bytes=0)).total
-            options.append(f"an engine with FocusConfig(prefix_cache_bytes=0) ({format_bytes(need)})")
+            need = self._resolve(request.prompt, ids, cfg.replace(prefix_cache_bytes=0), request.plan).estimate
+            options.append(f"an engine with FocusConfig(prefix_cache_bytes=0) ({format_bytes(need.total)})")
         low, high = 0, len(ids)  # the longest prefix of this prompt that fits: low fits, high does not
         while high - low > 1:
             mid = (low + high) // 2
-            low, high = (mid, high) if self._estimate(ids[:mid], cfg).total <= budget else (low, mid)
+            low, high = (mid, high) if self._resolve(ids[:mid], ids[:mid], cfg).estimate.total <= budget else (low, mid)
         if low:
             options.append(f"a prompt of at most ~{low} tokens")
         if self.runner.dtype.itemsize > 2:
@@ -476,62 +489,33 @@ class FocusEngine:
         """Chunk tokens ``focus`` can read beside [BOS], the local context and the answer."""
         return self.native_window - len(self.encoder.bos) - len(plan.local) - cfg.max_new_tokens
 
-    def _layout(self, ids: list[int], cfg: FocusConfig, keep: int | None = None) -> Layout:
-        """The KV buffers this call allocates; ``keep``: chunks kept for decoding (default: what the
-        aggregation reads)."""
-        if self._fits(ids, cfg):
-            return plain_layout(len(ids), cfg.max_new_tokens)
-        plan, mode, bos = self._plan(ids, cfg), self.aggregation_for(cfg), len(self.encoder.bos)
+    def _layout(
+        self, plan: ChunkPlan, cfg: FocusConfig, mode: str, exit_layer: int | None, keep: int | None = None
+    ) -> Layout:
+        """The KV buffers a call reading ``plan`` in aggregation ``mode`` allocates; ``keep``: chunks kept
+        for decoding (default: what the aggregation reads)."""
+        bos, mine = len(self.encoder.bos), self._my_chunks(plan).chunks
         longest = max(len(c) for c in plan.chunks)
         common = dict(
-            chunks=len(self._my_chunks(plan).chunks),
+            chunks=len(mine),
             prefix_slots=bos + longest,
             dynamic_prompt=len(plan.dynamic_prompt),
             local=len(plan.local),
             bos=bos,
             max_new_tokens=cfg.max_new_tokens,
             batch_tokens=cfg.encode_batch_tokens,
+            cached_tokens=sum(bos + len(c) for c in mine),
         )
         if mode == "select":
             read_tokens = min(cfg.passage_tokens + cfg.select_tokens, plan.memory_tokens)
-            exit_layers = self._exit_layer(cfg) + 1
-            return chunked_layout(mode, read=0, read_tokens=read_tokens, exit_layers=exit_layers, **common)
+            return chunked_layout(mode, read=0, read_tokens=read_tokens, exit_layers=exit_layer + 1, **common)
         read = min(cfg.chunks_read(self.native_window, mode) if keep is None else keep, len(plan.chunks))
         return chunked_layout(mode, read=read, read_tokens=min(read * longest, self._focus_room(plan, cfg)), **common)
 
-    def _estimate(self, ids: list[int], cfg: FocusConfig) -> MemoryEstimate:
-        """Peak bytes of one call, from its :class:`Layout`: the decoding state's KV, the largest transient
-        allocation (a micro-batch of the parallel pass, or the first decoding pass) and what the prefix
-        cache may grow by."""
-        per_token, runner = self.runner.kv_bytes_per_token(), self.runner
-        layout, layers = self._layout(ids, cfg), self.runner.num_layers
-        state = sum(block.nbytes(per_token, layers) for block in layout.state)
-        if layout.encode is None:  # the prompt fits: one forward over it
-            return MemoryEstimate(state, runner.activation_bytes(1, len(ids), len(ids)), 0)
-        plan = self._plan(ids, cfg)
-        p, width, group = len(plan.dynamic_prompt), layout.encode.slots, layout.encode.rows
-        scoring = (
-            layout.encode.nbytes(per_token, layers)
-            + layout.score.nbytes(per_token, layers)
-            + runner.activation_bytes(group, width, width)
-            + 2 * p * runner.vocab_size * 4
-        )  # buffers + activations + the dynamic prompt's logits
-        mode = self.aggregation_for(cfg)
-        if mode == "focus":
-            first_pass = runner.activation_bytes(1, len(plan.local), layout.state[0].slots)
-        elif mode == "select":  # the selection and the local context, read in one forward
-            first_pass = runner.activation_bytes(1, layout.state[0].slots, layout.state[0].slots)
-        else:
-            first_pass = runner.activation_bytes(layout.kept.rows, p, width + p)
-        if layout.step is not None:
-            first_pass += layout.step.nbytes(per_token, layers)
+    def _estimate(self, layout: Layout, cfg: FocusConfig) -> MemoryEstimate:
         # prefixes are cached in host memory: they count against the budget only when that is host memory too
-        new_prefixes = 0
-        if runner.device.type == "cpu":
-            own = KVBlock(1, sum(len(self.encoder.bos) + len(c) for c in self._my_chunks(plan).chunks))
-            cached = own if layout.encode.layers is None else dataclasses.replace(own, layers=layout.encode.layers)
-            new_prefixes = min(cached.nbytes(per_token, layers), cfg.prefix_cache_bytes)
-        return MemoryEstimate(state, layout.kept.nbytes(per_token, layers) + max(scoring, first_pass), new_prefixes)
+        host = self.runner.device.type == "cpu"
+        return estimate(layout, self.runner, prefix_cache_bytes=cfg.prefix_cache_bytes, host_cache=host)
 
     def _candidate_projections(self) -> CandidateProjections:
         with self._lock:
@@ -542,19 +526,16 @@ class FocusEngine:
     def _progress(self, cfg: FocusConfig) -> bool:
         return cfg.progress if cfg.progress is not None else sys.stderr.isatty()
 
-    def _start(
-        self, ids: list[int], cfg: FocusConfig, on_read: Callable[[Reading], None] | None = None
-    ) -> DecodingState:
-        """Read the prompt and build the decoding state of the configured aggregation."""
-        device, layout = self.runner.device, self._layout(ids, cfg)
-        if self._fits(ids, cfg):
+    def _start(self, request: Request, on_read: Callable[[Reading], None] | None = None) -> DecodingState:
+        """Read the prompt and build the decoding state of the request's aggregation."""
+        device, layout, cfg, mode = self.runner.device, request.layout, request.config, request.mode
+        if request.plain:
             sequence = SequenceBatch(self.runner, rows=1, capacity=layout.state[0].slots)
-            return PlainDecoding(sequence, sequence.append(torch.tensor(ids, device=device)))
-        mode = self.aggregation_for(cfg)
-        reading = self._select(ids, cfg, layout) if mode == "select" else self._read(ids, cfg, layout)
+            return PlainDecoding(sequence, sequence.append(torch.tensor(request.ids, device=device)))
+        reading = self._select(request) if mode == "select" else self._read(request)
         if on_read is not None:
             on_read(reading)
-        plan, bos = reading.plan, self.encoder.bos
+        plan, bos = request.plan, self.encoder.bos
         if mode == "select":  # ordinary attention over the opening, the selection and the local context
             memory = list(itertools.chain.from_iterable(plan.chunks))
             read = [t for start, end in merge(reading.spans) for t in memory[start:end]]
@@ -579,12 +560,16 @@ class FocusEngine:
         local_logits = local.append(torch.tensor(bos + plan.local, device=device))
         return EntropyAggregation(PlainDecoding(local, local_logits), chunks, chunk_logits)
 
-    def _read(self, ids: list[int], cfg: FocusConfig, layout: Layout) -> Reading:
-        """The parallel pass: score every chunk, choose the most relevant (``layout.kept.rows``, within the
-        window in ``focus``) and gather their prefix KV (from the processes holding them, in a process group)."""
-        plan, keep = self._plan(ids, cfg), layout.kept.rows
+    def _read(self, request: Request, keep: int | None = None) -> Reading:
+        """The parallel pass: score every chunk, choose the most relevant (``keep``, by default what the
+        request's layout keeps, within the window in ``focus``) and gather their prefix KV (from the
+        processes holding them, in a process group)."""
+        plan, cfg, layout = request.plan, request.config, request.layout
+        if keep is not None:
+            layout = self._layout(plan, cfg, request.mode, request.exit_layer, keep=keep)
+        keep = layout.kept.rows
         mine, offset = self._my_chunks(plan), self.group.share(len(plan.chunks)).start if self.group else 0
-        focus = self.aggregation_for(cfg) == "focus"
+        focus = request.mode == "focus"
         pinned = (0,) if focus and keep else ()  # focus always reads the prompt's opening (instructions)
         scored = self.encoder.score(
             mine,
@@ -601,19 +586,18 @@ class FocusEngine:
         if self.group is None:
             prefixes = [scored.kept[i] for i in chosen]
         else:
-            own = {offset + i: kv for i, kv in scored.kept.items()}
-            prefixes = [
-                self.group.broadcast_prefix(
-                    own.get(i), self._owner(plan, i), self._prefix_shape(plan, i), self.runner.dtype
-                )
-                for i in chosen
-            ]
-        return Reading(plan, _chunk_ranges(plan), relevance, chosen, prefixes)
+            r, bos = self.runner, len(self.encoder.bos)
 
-    def _select(self, ids: list[int], cfg: FocusConfig, layout: Layout) -> Reading:
+            def shape(i: int) -> tuple[int, ...]:
+                return (r.num_layers, r.kv_heads, bos + lengths[i], r.head_dim)
+
+            prefixes = self.group.exchange_prefixes(scored.kept, chosen, len(plan.chunks), shape, r.dtype)
+        return Reading(_chunk_ranges(plan), relevance, chosen, prefixes)
+
+    def _select(self, request: Request) -> Reading:
         """The early-exit pass of ``select``: the attention the question pays to every memory token in the
         exit layer (gathered from every process in a group), the passages it chooses, and the opening."""
-        plan, layer = self._plan(ids, cfg), self._exit_layer(cfg)
+        plan, cfg, layout, layer = request.plan, request.config, request.layout, request.exit_layer
         probe = probed(plan)  # every chunk at one length
         mine = self._my_chunks(probe)
         rows = probe_rows([self.tokenizer.decode([t]) for t in plan.dynamic_prompt[-PROBE_ROWS:]])
@@ -629,24 +613,12 @@ class FocusEngine:
         n, size = plan.memory_tokens, cfg.passage_tokens
         units = [(a, min(a + size, n)) for a in range(0, n, size)]
         relevance = torch.stack([mass[a:b].sum() for a, b in units])
-        return Reading(plan, units, relevance, spans=spans)
+        return Reading(units, relevance, spans=spans)
 
-    def _owner(self, plan: ChunkPlan, index: int) -> int:
-        sizes = self.group.sizes(len(plan.chunks))
-        return next(r for r in range(self.group.world) if index < sum(sizes[: r + 1]))
-
-    def _prefix_shape(self, plan: ChunkPlan, index: int) -> tuple[int, ...]:
-        r = self.runner
-        return (r.num_layers, r.kv_heads, len(self.encoder.bos) + len(plan.chunks[index]), r.head_dim)
-
-    def _scored(
-        self, prompt: Prompt, plan: ChunkPlan, items: Sequence[tuple[int, tuple[int, int], float]]
-    ) -> list[ChunkScore]:
+    def _scored(self, request: Request, items: Sequence[tuple[int, tuple[int, int], float]]) -> list[ChunkScore]:
         """``(index, memory range, score)`` items as :class:`ChunkScore`: with token spans in the prompt,
         character spans (text prompts) and text."""
-        offsets = None
-        if isinstance(prompt, str) and self.tokenizer.is_fast:
-            offsets = self.tokenizer(prompt, return_offsets_mapping=True).offset_mapping
+        prompt, plan, offsets = request.prompt, request.plan, request.offsets(self.tokenizer)
         memory = list(itertools.chain.from_iterable(plan.chunks))
         out = []
         for i, (a, b), score in items:
@@ -663,11 +635,9 @@ class FocusEngine:
         return dataclasses.replace(plan, chunks=plan.chunks[self.group.share(len(plan.chunks))])
 
     @torch.inference_mode()
-    def _decode(
-        self, ids: list[int], cfg: FocusConfig, on_read: Callable[[Reading], None] | None = None
-    ) -> Iterator[int]:
+    def _decode(self, request: Request, on_read: Callable[[Reading], None] | None = None) -> Iterator[int]:
         """The new tokens, up to ``max_new_tokens``; the end-of-sequence token ends them unyielded."""
-        state = self._start(ids, cfg, on_read)
+        cfg, state = request.config, self._start(request, on_read)
         sampler = Sampler(cfg, self.runner.device)
         for step in range(cfg.max_new_tokens):
             token = sampler(state.next_logits())
@@ -679,11 +649,11 @@ class FocusEngine:
             if step + 1 < cfg.max_new_tokens:
                 state.append(token)
 
-    def _stream_text(self, ids: list[int], cfg: FocusConfig, generation: Generation) -> Iterator[str]:
+    def _stream_text(self, request: Request, generation: Generation) -> Iterator[str]:
         """Text pieces of the new tokens, cut at a stop string; ``generation`` records the reading, the
         tokens and why decoding ended."""
-        text = TextStream(self.tokenizer, cfg.stop)
-        for token in self._decode(ids, cfg, generation._on_read):
+        cfg, text = request.config, TextStream(self.tokenizer, request.config.stop)
+        for token in self._decode(request, generation._on_read):
             generation.completion_ids.append(token)
             piece = text.push(token)
             if piece:

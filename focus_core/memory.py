@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -42,23 +43,77 @@ class KVBlock:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """The shape of one forward: ``rows`` sequences of ``new`` tokens attending to ``context`` slots."""
+
+    rows: int
+    new: int
+    context: int
+
+
+@dataclass(frozen=True)
 class Layout:
-    """The KV buffers one call allocates, stage by stage (docs/design.md, "Memory plan").
+    """The KV buffers one call allocates and the forwards it runs, stage by stage (docs/design.md, "Memory
+    plan").
 
     The single declaration of those shapes: the encoder and the decoding states allocate their buffers
-    from it, and the memory estimate adds it up.
+    from it, and :func:`estimate` adds it up.
     """
 
     state: tuple[KVBlock, ...]  # the decoding state, held until the last token
+    first_pass: Forward  # decoding's first forward (the prompt, or what reads the chosen chunks)
     encode: KVBlock | None = None  # one micro-batch of chunk prefixes being encoded
     score: KVBlock | None = None  # the same prefixes with the dynamic prompt appended (relevance)
     kept: KVBlock | None = None  # the best prefixes so far, held through the parallel pass
     step: KVBlock | None = None  # rebuilt at every decoding step (kv: the local pass)
+    encode_pass: Forward | None = None  # one micro-batch of the parallel pass
+    prompt_logits: int = 0  # rows of fp32 vocabulary logits the scoring holds (the dynamic prompt's)
+    cached: KVBlock | None = None  # the prefixes this process may add to the (host) prefix cache
+
+
+class ModelSizes(Protocol):
+    """What :func:`estimate` needs to know of a model (a :class:`~focus_core.runner.ModelRunner`)."""
+
+    num_layers: int
+    vocab_size: int
+
+    def kv_bytes_per_token(self) -> int: ...
+
+    def activation_bytes(self, rows: int, new_tokens: int, kv_len: int) -> int: ...
+
+
+def estimate(layout: Layout, model: ModelSizes, *, prefix_cache_bytes: int, host_cache: bool) -> MemoryEstimate:
+    """Peak bytes of one call: the decoding state's KV, the largest transient allocation (a micro-batch of
+    the parallel pass, or decoding's first forward) beside the prefixes kept, and what the prefix cache
+    may grow by (``host_cache``: counted only where the cache's host memory is the budget's memory)."""
+    per_token, layers = model.kv_bytes_per_token(), model.num_layers
+
+    def nbytes(block: KVBlock | None) -> int:
+        return block.nbytes(per_token, layers) if block is not None else 0
+
+    def activations(forward: Forward) -> int:
+        return model.activation_bytes(forward.rows, forward.new, forward.context)
+
+    state = sum(nbytes(block) for block in layout.state)
+    first_pass = activations(layout.first_pass) + nbytes(layout.step)
+    if layout.encode_pass is None:  # the prompt fits: one forward over it
+        return MemoryEstimate(state, first_pass, 0)
+    scoring = (
+        nbytes(layout.encode)
+        + nbytes(layout.score)
+        + activations(layout.encode_pass)
+        + layout.prompt_logits * model.vocab_size * 4
+    )
+    cache = min(nbytes(layout.cached), prefix_cache_bytes) if host_cache else 0
+    return MemoryEstimate(state, nbytes(layout.kept) + max(scoring, first_pass), cache)
 
 
 def plain_layout(prompt_tokens: int, max_new_tokens: int) -> Layout:
     """A prompt that fits the native window: one sequence."""
-    return Layout(state=(KVBlock(1, prompt_tokens + max_new_tokens),))
+    return Layout(
+        state=(KVBlock(1, prompt_tokens + max_new_tokens),),
+        first_pass=Forward(1, prompt_tokens, prompt_tokens),
+    )
 
 
 def chunked_layout(
@@ -73,34 +128,36 @@ def chunked_layout(
     bos: int,
     max_new_tokens: int,
     batch_tokens: int,
+    cached_tokens: int,
     exit_layers: int | None = None,
 ) -> Layout:
-    """A prompt read in chunks: ``chunks`` held by this process, each ``[BOS] + chunk`` in at most
-    ``prefix_slots`` slots; decoding reads ``read`` of them, ``read_tokens`` chunk tokens in all (focus),
-    or, in ``select``, ``read_tokens`` document tokens chosen after an early-exit pass through the first
-    ``exit_layers`` layers."""
+    """A prompt read in chunks: ``chunks`` held by this process (``cached_tokens`` prefix tokens in all),
+    each ``[BOS] + chunk`` in at most ``prefix_slots`` slots; decoding reads ``read`` of them,
+    ``read_tokens`` chunk tokens in all (focus), or, in ``select``, ``read_tokens`` document tokens chosen
+    after an early-exit pass through the first ``exit_layers`` layers."""
     group = max(1, min(chunks, batch_tokens // prefix_slots))  # chunks per micro-batch
-    local_slots = bos + local + max_new_tokens
-    if mode == "select":  # the early-exit pass keeps nothing; one sequence reads the selection
-        return Layout(
-            state=(KVBlock(1, bos + read_tokens + local + max_new_tokens),),
-            encode=KVBlock(group, prefix_slots, exit_layers),
-            score=KVBlock(group, prefix_slots + dynamic_prompt, exit_layers),
-            kept=KVBlock(0, prefix_slots),
-        )
     parallel = {
-        "encode": KVBlock(group, prefix_slots),
-        "score": KVBlock(group, prefix_slots + dynamic_prompt),
+        "encode": KVBlock(group, prefix_slots, exit_layers),
+        "score": KVBlock(group, prefix_slots + dynamic_prompt, exit_layers),
         "kept": KVBlock(read, prefix_slots),
+        "encode_pass": Forward(group, prefix_slots, prefix_slots),
+        "prompt_logits": 2 * dynamic_prompt,  # the dynamic prompt's after every prefix, and its baseline
+        "cached": KVBlock(1, cached_tokens, exit_layers),
     }
-    if mode == "focus":  # one sequence: [BOS] + the chosen chunks + local
-        return Layout(state=(KVBlock(1, bos + read_tokens + local + max_new_tokens),), **parallel)
+    if mode in ("select", "focus"):  # one sequence: [BOS] + what is read + local
+        sequence = KVBlock(1, bos + read_tokens + local + max_new_tokens)
+        # select reads the selection and the local context in one forward; focus only the local context
+        # (behind the chunks' reused KV)
+        new = sequence.slots if mode == "select" else local
+        return Layout(state=(sequence,), first_pass=Forward(1, new, sequence.slots), **parallel)
     rows = KVBlock(read, prefix_slots + dynamic_prompt + max_new_tokens)  # each chosen chunk decoding
+    first_pass = Forward(read, dynamic_prompt, prefix_slots + dynamic_prompt)  # the prompt after each
     if mode == "entropy":  # the local context decoded beside them
-        return Layout(state=(rows, KVBlock(1, local_slots)), **parallel)
+        return Layout(state=(rows, KVBlock(1, bos + local + max_new_tokens)), first_pass=first_pass, **parallel)
     # kv: the local pass behind the chunks' candidate entries, rebuilt every step (the last one with
     # every new token but the last)
-    return Layout(state=(rows,), step=KVBlock(1, read + local + max_new_tokens - 1), **parallel)
+    step = KVBlock(1, read + local + max_new_tokens - 1)
+    return Layout(state=(rows,), first_pass=first_pass, step=step, **parallel)
 
 
 def available_bytes(device: torch.device) -> int:

@@ -40,9 +40,8 @@ def test_text_prompt_equals_transformers_generate(make_engine):
 
 
 def _score(engine: FocusEngine, ids: list[int], batch_tokens: int):
-    cfg = engine.config.replace(encode_batch_tokens=batch_tokens)
-    plan = engine._plan(ids, cfg)
-    layout = engine._layout(ids, cfg, keep=len(plan.chunks))
+    plan = engine.plan(ids)
+    layout = engine.request(ids, encode_batch_tokens=batch_tokens, top_chunks=len(plan.chunks)).layout
     with torch.inference_mode():
         scored = engine.encoder.score(plan, keep=len(plan.chunks), layout=layout, progress=False)
     return plan, scored
@@ -87,12 +86,11 @@ def test_batched_chunk_scoring_equals_a_per_chunk_loop_and_each_chunk_alone(make
 
 def test_scoring_keeps_only_the_best_chunks_and_the_pinned_one(make_engine):
     engine = make_engine()
-    ids, cfg = random_ids(LONG * 3, seed=11), engine.config.replace(encode_batch_tokens=64)
-    plan = engine._plan(ids, cfg)
+    ids = random_ids(LONG * 3, seed=11)
+    request = engine.request(ids, encode_batch_tokens=64, top_chunks=3)
+    plan = request.plan
     with torch.inference_mode():
-        scored = engine.encoder.score(
-            plan, keep=3, layout=engine._layout(ids, cfg, keep=3), progress=False, pinned=(0,)
-        )
+        scored = engine.encoder.score(plan, keep=3, layout=request.layout, progress=False, pinned=(0,))
     best = sorted(range(1, len(plan.chunks)), key=lambda i: -float(scored.loglik[i]))[:2]
     assert sorted(scored.kept) == sorted([0, *best])
 
@@ -103,7 +101,7 @@ def test_cached_prefixes_give_the_same_tokens_and_are_not_reencoded(make_engine)
     ids = random_ids(LONG, seed=2)
     first = cached.generate_ids(ids)
     encoded = cached.stats.chunks_encoded
-    assert encoded == len(cached._plan(ids, cached.config).chunks)
+    assert encoded == len(cached.plan(ids).chunks)
     assert cached.generate_ids(ids) == first
     assert cached.stats.chunks_encoded == encoded  # nothing re-encoded
     assert cached.stats.chunks_reused == encoded
@@ -117,8 +115,8 @@ def test_second_question_over_the_same_document_reencodes_only_changed_chunks(ma
     doc = random_ids(LONG, seed=4)
     engine.generate_ids(doc + random_ids(5, seed=5))
     before = engine.stats.chunks_encoded
-    plan_a = engine._plan(doc + random_ids(5, seed=5), engine.config)
-    plan_b = engine._plan(doc + random_ids(11, seed=6), engine.config)
+    plan_a = engine.plan(doc + random_ids(5, seed=5))
+    plan_b = engine.plan(doc + random_ids(11, seed=6))
     changed = len(set(plan_b.chunks) - set(plan_a.chunks))
     engine.generate_ids(doc + random_ids(11, seed=6))
     assert engine.stats.chunks_encoded - before == changed

@@ -32,7 +32,7 @@ def _focus_logits(engine: FocusEngine, chunks, local, rotation) -> torch.Tensor:
 def test_focus_over_every_chunk_reencoded_is_full_attention(make_engine, arch):
     engine = make_engine(arch)
     ids = [1, *random_ids(200, seed=3)]
-    plan = engine._plan(ids, engine.config)
+    plan = engine.plan(ids)
     got = _focus_logits(engine, list(plan.chunks), list(plan.local), rotation=None)
     expected = engine.model(torch.tensor([ids])).logits[0, -1].float()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
@@ -119,7 +119,7 @@ def test_relevance_spans_tile_the_memory_and_point_into_the_text(make_engine):
 def test_relevance_is_the_gain_over_no_chunk(make_engine):
     engine = make_engine()
     ids = random_ids(LONG, seed=13)
-    plan = engine._plan(ids, engine.config)
+    plan = engine.plan(ids)
     d = list(plan.dynamic_prompt)
 
     def loglik(context):

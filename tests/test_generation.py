@@ -112,7 +112,8 @@ def test_allocations_are_the_declared_layout_and_the_estimate_counts_them(make_e
     sizes = {"select_tokens": 48, "passage_tokens": 16, "exit_layer": 0} if aggregation == "select" else {}
     engine = make_engine(aggregation=aggregation, **sizes)
     ids = random_ids(3000)
-    layout, estimate = engine._layout(ids, engine.config), engine.estimate_memory(ids)
+    request = engine.request(ids)
+    layout, estimate = request.layout, engine.estimate_memory(ids)
     allocated = []
     init = KVBuffer.__init__
 
@@ -122,7 +123,7 @@ def test_allocations_are_the_declared_layout_and_the_estimate_counts_them(make_e
 
     monkeypatch.setattr(KVBuffer, "__init__", recording_init)
     with torch.inference_mode():
-        state = engine._start(ids, engine.config)
+        state = engine.start(request)
         for _ in range(3):
             state.next_logits()
             state.append(5)
@@ -204,11 +205,12 @@ def test_score_of_a_long_input_follows_the_aggregated_decoding(make_engine, aggr
     engine = make_engine(max_new_tokens=6, aggregation=aggregation)
     prompt = random_ids(300, seed=6)
     greedy = engine.generate_ids(prompt)
-    state = engine._start(prompt, engine.config)
     best = []
-    for token in greedy:
-        best.append(torch.log_softmax(state.next_logits().float(), dim=-1).max())
-        state.append(token)
+    with torch.inference_mode():
+        state = engine.start(engine.request(prompt))
+        for token in greedy:
+            best.append(torch.log_softmax(state.next_logits().float(), dim=-1).max())
+            state.append(token)
     torch.testing.assert_close(engine.score(prompt, greedy), torch.stack(best))
     assert engine.score(prompt, greedy[:3]).tolist() == engine.score(prompt, greedy)[:3].tolist()
 

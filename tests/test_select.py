@@ -95,10 +95,9 @@ def test_select_reads_the_passages_the_question_attends_to(make_engine):
     that pools every window by hand), and sources name them with their character spans."""
     engine = make_engine("llama", **SELECT, exit_layer=0)
     ids = [1, *random_ids(LONG, seed=6)]
-    cfg = engine.config
-    plan = engine.plan(ids)
+    request = engine.request(ids)
+    plan, layout = request.plan, request.layout
     with torch.inference_mode():
-        layout = engine._layout(ids, cfg)
         mass = engine.encoder.attend(plan, layers=(0,), rows=16, layout=layout, progress=False)[0]
     assert mass.shape == (plan.memory_tokens,)
     starts = list(itertools.accumulate([0] + [len(c) for c in plan.chunks[:-1]]))
@@ -191,6 +190,7 @@ def test_select_layout_declares_the_early_exit_buffers(make_engine):
         bos=1,
         max_new_tokens=6,
         batch_tokens=128,
+        cached_tokens=10 * 33,
         exit_layers=1,
     )
     assert layout.state[0].slots == 1 + 64 + 24 + 6 and layout.kept.rows == 0
