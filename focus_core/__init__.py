@@ -13,6 +13,7 @@ from .errors import (
     FocusInputError,
     FocusInputTypeError,
     MemoryBudgetError,
+    MissingExtraError,
     ModelLoadError,
     UnsupportedModelError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "FocusInputTypeError",
     "Generation",
     "MemoryBudgetError",
+    "MissingExtraError",
     "ModelLoadError",
     "Request",
     "UnsupportedModelError",

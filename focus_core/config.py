@@ -8,17 +8,19 @@ tokens form the local context, the rest is cut into chunks of ``chunk_size`` (C)
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 from .errors import FocusConfigError
 from .memory import GiB
+from .settings import check_minimums, setting
 
 Aggregation = Literal["auto", "select", "focus", "entropy", "kv"]
-AGGREGATIONS: tuple[str, ...] = ("auto", "select", "focus", "entropy", "kv")
+AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
 FocusKV = Literal["reuse", "reencode"]
-FOCUS_KV: tuple[str, ...] = ("reuse", "reencode")
+FOCUS_KV: tuple[str, ...] = typing.get_args(FocusKV)
 # Settings of what the engine holds across calls; a per-call override of them is refused.
 ENGINE_SETTINGS: tuple[str, ...] = ("native_window", "prefix_cache_bytes")
 
@@ -27,61 +29,63 @@ ENGINE_SETTINGS: tuple[str, ...] = ("native_window", "prefix_cache_bytes")
 class FocusConfig:
     """Everything that decides what FocusLLM computes and how much memory it may use.
 
+    Each field is declared once, with its help and lowest value (:func:`~focus_core.settings.setting`):
+    the CLI's options and the wrappers' fields come from these declarations.
+
     Every setting can be overridden per call (``engine.generate(prompt, max_new_tokens=8)``) except
     :data:`ENGINE_SETTINGS`, which size what the engine holds across calls (its window, its prefix
     cache): those are refused per call, and set in the engine's own ``FocusConfig``.
     """
 
-    chunk_size: int = 1024
-    local_window: int = 512
-    dynamic_prompt_len: int = 64
-    aggregation: Aggregation = "auto"
-    top_chunks: int | None = None  # chunks decoding reads, most relevant first; None: a native window's worth
-    focus_kv: FocusKV = "reuse"  # focus: reuse the chunks' cached KV (re-positioned) or re-encode them together
-    select_tokens: int = 1024  # select: document tokens read (passages chosen by the question's attention)
-    passage_tokens: int = 128  # select: tokens per passage (the unit chosen)
-    exit_layer: int | None = None  # select: the layer whose attention chooses; None: derived from the depth
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 means greedy
-    top_k: int = 0  # 0 means no top-k filter
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    native_window: int | None = None  # None: the model's own max_position_embeddings
-    encode_batch_tokens: int = 4096  # tokens per micro-batch when encoding chunks
-    prefix_cache_bytes: int = 2 * GiB  # LRU budget of the content-addressed chunk-prefix cache
-    memory_budget_bytes: int | None = None  # None: 80% of the memory available on the device
-    progress: bool | None = None  # None: show bars only on a TTY
+    chunk_size: int = setting(1024, "tokens per memory chunk", minimum=1)
+    local_window: int = setting(
+        512, "the prompt's last N tokens, which hold the question, stay local context", minimum=1
+    )
+    dynamic_prompt_len: int = setting(
+        64, "the last N local tokens, appended to every chunk; at most the local window", minimum=1
+    )
+    aggregation: Aggregation = setting(
+        "auto", "how the chunks are read and their candidates decide each token (README, Configuration)"
+    )
+    top_chunks: int | None = setting(
+        None, "chunks decoding reads, most relevant first (default: a native window's worth)", minimum=1
+    )
+    focus_kv: FocusKV = setting("reuse", "focus: reuse the chunks' cached KV (re-positioned) or re-encode them")
+    select_tokens: int = setting(1024, "select: document tokens read, in passages the question attends to", minimum=1)
+    passage_tokens: int = setting(128, "select: tokens per passage (the unit chosen)", minimum=1)
+    exit_layer: int | None = setting(
+        None, "select: the layer whose attention chooses the passages (default: 60% of the model's depth)", minimum=0
+    )
+    max_new_tokens: int = setting(64, "longest answer in tokens", minimum=1)
+    temperature: float = setting(0.0, "sampling temperature; 0 = greedy", minimum=0)
+    top_k: int = setting(0, "sample among the k likeliest tokens; 0 = no top-k filter", minimum=0)
+    top_p: float = setting(1.0, "sample among the likeliest tokens holding this much probability, in (0, 1]")
+    seed: int | None = setting(None, "random seed for sampling", minimum=0)
+    stop: tuple[str, ...] = setting((), "stop where the answer produces one of these strings (not returned)")
+    native_window: int | None = setting(
+        None,
+        "pretend the model's window is N tokens, reading shorter prompts in chunks (default: the model's)",
+        minimum=2,
+    )
+    encode_batch_tokens: int = setting(
+        4096, "tokens per micro-batch when encoding chunks (halved until the memory budget fits)", minimum=1
+    )
+    prefix_cache_bytes: int = setting(
+        2 * GiB, "bytes of encoded chunks kept for later questions over the same documents (LRU)", minimum=0
+    )
+    memory_budget_bytes: int | None = setting(
+        None, "bytes one call may use (default: 80% of the memory available on the device)", minimum=1
+    )
+    progress: bool | None = setting(None, "progress bars: True, False, or None for only on a terminal")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", _normalise_stop(self.stop))
-        for name in (
-            "chunk_size",
-            "local_window",
-            "dynamic_prompt_len",
-            "max_new_tokens",
-            "encode_batch_tokens",
-            "select_tokens",
-            "passage_tokens",
-        ):
-            _require_int(name, getattr(self, name), minimum=1)
-        _require_int("top_k", self.top_k, minimum=0)
-        _require_int("prefix_cache_bytes", self.prefix_cache_bytes, minimum=0)
-        if self.top_chunks is not None:
-            _require_int("top_chunks", self.top_chunks, minimum=1)
-        if self.exit_layer is not None:
-            _require_int("exit_layer", self.exit_layer, minimum=0)
+        check_minimums(self)
         if self.passage_tokens > self.select_tokens:
             raise FocusConfigError(
                 f"passage_tokens ({self.passage_tokens}) must not exceed select_tokens ({self.select_tokens}): "
                 "the selection is made of passages"
             )
-        if self.native_window is not None:
-            _require_int("native_window", self.native_window, minimum=2)
-        if self.memory_budget_bytes is not None:
-            _require_int("memory_budget_bytes", self.memory_budget_bytes, minimum=1)
-        if self.seed is not None:
-            _require_int("seed", self.seed, minimum=0)
         if self.dynamic_prompt_len > self.local_window:
             raise FocusConfigError(
                 f"dynamic_prompt_len ({self.dynamic_prompt_len}) must not exceed local_window ({self.local_window}): "
@@ -91,8 +95,6 @@ class FocusConfig:
             raise FocusConfigError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if self.focus_kv not in FOCUS_KV:
             raise FocusConfigError(f"focus_kv must be one of {FOCUS_KV}, got {self.focus_kv!r}")
-        if not _is_number(self.temperature) or self.temperature < 0:
-            raise FocusConfigError(f"temperature must be a number >= 0, got {self.temperature!r}")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise FocusConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.progress is not None and not isinstance(self.progress, bool):
@@ -149,11 +151,6 @@ def _normalise_stop(stop: str | Iterable[str] | None) -> tuple[str, ...]:
         if not isinstance(item, str) or not item:
             raise FocusConfigError(f"stop sequences must be non-empty strings, got {item!r}")
     return items
-
-
-def _require_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise FocusConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _is_number(value: object) -> bool:

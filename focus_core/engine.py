@@ -222,7 +222,14 @@ class FocusEngine:
     def request(self, prompt: Prompt, **overrides: Any) -> Request:
         """``prompt`` resolved for one call with ``overrides`` (:class:`FocusConfig` settings): its tokens,
         the aggregation used, the chunk plan, the buffers it allocates and the memory they take. Refused
-        here (:class:`MemoryBudgetError`, with what would fit) when it cannot fit the memory budget."""
+        here (:class:`MemoryBudgetError`, with what would fit) when it cannot fit the memory budget.
+
+        ``generate``, ``stream``, ``complete``, ``relevance`` and the id methods also take a request made
+        here (without overrides), which is then not resolved again."""
+        if isinstance(prompt, Request):
+            if overrides:
+                raise FocusConfigError("a Request carries its settings: make another with engine.request(...)")
+            return prompt
         cfg = self._settings(overrides)
         ids = self.tokenize(prompt)
         if self.aggregation_for(cfg) == "kv":

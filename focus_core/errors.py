@@ -43,3 +43,7 @@ class ModelLoadError(FocusError, OSError):
 
 class AdapterError(FocusError, ValueError):
     """A candidate-projection adapter is missing, corrupt, or made for another model."""
+
+
+class MissingExtraError(FocusError, ImportError):
+    """A feature was asked for whose optional dependencies (a package extra) are not installed."""

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from focus_core import cli, load_model, loading
+from focus_core.documents import read_files
 from focus_core.loading import ModelLoadError
 
 ROOT = Path(__file__).parent.parent
@@ -95,7 +96,7 @@ def assert_user_error(code: int, err: str, *fragments: str) -> None:
 
 def test_folders_are_read_recursively_skipping_hidden_and_non_text(docs):
     notes = []
-    found = cli.read_inputs([docs], note=notes.append)
+    found = read_files([docs], note=notes.append)
     assert [p.relative_to(docs).as_posix() for p, _ in found] == ["a.txt", "sub/b.md", "sub/deeper/c.py"]
     assert found[0][1].startswith("Alpha.")
     assert sorted(notes) == [
@@ -105,7 +106,7 @@ def test_folders_are_read_recursively_skipping_hidden_and_non_text(docs):
 
 
 def test_files_keep_their_order_and_are_read_once(docs):
-    found = cli.read_inputs([docs / "sub" / "b.md", docs / "a.txt", docs / "a.txt", docs], note=lambda _: None)
+    found = read_files([docs / "sub" / "b.md", docs / "a.txt", docs / "a.txt", docs], note=lambda _: None)
     assert [p.name for p, _ in found] == ["b.md", "a.txt", "c.py"]
 
 
@@ -238,7 +239,7 @@ def test_inconsistent_settings_name_the_options(capsys, docs, option, message):
 @pytest.mark.parametrize(
     "option, message",
     [
-        (["--chunk-size", "0"], "argument --chunk-size: must be at least 1, got 0"),
+        (["--chunk-size", "0"], "argument --chunk-size: must be >= 1, got 0"),
         (["--max-new-tokens", "many"], "argument --max-new-tokens: not a whole number: 'many'"),
         (["--temperature", "-1"], "argument --temperature: must be >= 0"),
         (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
@@ -432,3 +433,38 @@ def test_cache_command_shows_and_clears(tmp_path, monkeypatch, capsys):
     code, out, _ = run_main(capsys, "cache", "--clear")
     assert code == 0 and out.strip() == f"cleared {tmp_path}: 2 entries, 4.0 MiB freed"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-ours", "notes.txt"]
+
+
+def test_train_without_its_extra_says_how_to_install_it(capsys, monkeypatch, tmp_path):
+    """accelerate (the train extra) is imported only by training; without it, one line names the fix."""
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "focus_core.training.loop", raising=False)
+    (tmp_path / "notes.txt").write_text(WORDS)
+    code, out, err = run_main(capsys, "train", "--data", tmp_path / "notes.txt", "--output", tmp_path / "adapter")
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        "focusllm: error: training needs accelerate, which is not installed: pip install 'focusllm-integrations[train]'"
+    )
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_every_setting_is_an_option_with_its_declared_help_and_check():
+    """The engine options are generated from FocusConfig's declarations: each setting (but stop, per
+    command, and progress, which is --quiet) is an option with its help and its minimum."""
+    import dataclasses
+
+    from focus_core import FocusConfig
+
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    for command in ("ask", "passkey"):
+        actions = {a.dest: a for a in commands[command]._actions}
+        for field in dataclasses.fields(FocusConfig):
+            if field.name in ("stop", "progress"):
+                continue
+            action = actions[field.name]
+            assert action.option_strings == ["--" + field.name.replace("_", "-")]
+            assert action.help.startswith(field.metadata["help"].replace("%", "%%"))
+    args = commands["ask"].parse_args(["a.txt", "-q", "?"])
+    assert (args.max_new_tokens, args.chunk_size) == (128, FocusConfig().chunk_size)  # ask's own default
+    with pytest.raises(SystemExit):
+        commands["ask"].parse_args(["a.txt", "-q", "?", "--top-k", "-1"])

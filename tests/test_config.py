@@ -53,3 +53,18 @@ def test_replace_validates_and_rejects_unknown_names():
 def test_window_check_names_the_overflow():
     with pytest.raises(FocusConfigError, match="exceeds the native window 1024"):
         FocusConfig(chunk_size=1000, dynamic_prompt_len=64, max_new_tokens=16).check_window(1024)
+
+
+def test_the_wrappers_settings_are_focusconfig_settings_of_the_same_type():
+    import dataclasses
+    import typing
+
+    from focusllm_integrations._engine import GENERATION_FIELDS, FocusFields
+
+    hints = typing.get_type_hints(FocusConfig)
+    declared = {f.name for f in dataclasses.fields(FocusConfig)}
+    assert set(FocusFields.model_fields) | set(GENERATION_FIELDS) <= declared
+    for name, field in FocusFields.model_fields.items():
+        assert field.default is None  # None keeps FocusConfig's default: one default per setting
+        allowed = set(typing.get_args(field.annotation)) - {type(None)}
+        assert allowed <= set(typing.get_args(hints[name])) | {hints[name], str}, name

@@ -33,8 +33,8 @@ LONG = 300
 
 def test_every_error_type_is_exported_and_a_builtin_type_too():
     errors = [getattr(focus_core, name) for name in focus_core.__all__ if name.endswith("Error")]
-    assert ModelLoadError in errors and AdapterError in errors and len(errors) == 8
-    builtin = (ValueError, TypeError, MemoryError, OSError)
+    assert ModelLoadError in errors and AdapterError in errors and len(errors) == 9
+    builtin = (ValueError, TypeError, MemoryError, OSError, ImportError)
     assert all(issubclass(e, FocusError) and (e is FocusError or issubclass(e, builtin)) for e in errors)
 
 

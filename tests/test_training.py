@@ -359,7 +359,7 @@ def test_training_data_reads_files_folders_and_jsonl(tokenizer, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"body": 1}\n')
     with pytest.raises(Exception, match='no "text"'):
         read_documents([tmp_path / "bad.jsonl"])
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(Exception, match="no such file or folder"):
         read_documents([tmp_path / "missing"])
     with pytest.raises(Exception, match="needs"):
         TokenStream(tokenizer, ["tiny"]).window(100, random.Random(0))

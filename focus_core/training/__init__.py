@@ -1,12 +1,22 @@
 """Training the candidate projections for `kv` (docs/design.md): data, the losses (the paper's two and
-distillation from full attention), the accelerate loop."""
+distillation from full attention), the accelerate loop.
 
+Experimental, and an extra: ``pip install 'focusllm-integrations[train]'`` brings accelerate, which only
+:func:`train` needs; it is imported when ``train`` is first used.
+"""
+
+from typing import Any
+
+from ..errors import MissingExtraError
+from .config import LOSSES, TrainingConfig
 from .data import TokenStream, read_documents, window_examples
-from .loop import TrainingConfig, train
-from .objective import LOSSES, CandidateObjective, Example, kl_divergence, make_example
+from .objective import CandidateObjective, Example, kl_divergence, make_example
+
+TRAIN_INSTALL = "pip install 'focusllm-integrations[train]'"
 
 __all__ = [
     "LOSSES",
+    "TRAIN_INSTALL",
     "CandidateObjective",
     "Example",
     "TokenStream",
@@ -17,3 +27,15 @@ __all__ = [
     "train",
     "window_examples",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name != "train":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from .loop import train
+    except ImportError as err:
+        if err.name != "accelerate":
+            raise
+        raise MissingExtraError(f"training needs accelerate, which is not installed: {TRAIN_INSTALL}") from err
+    return train

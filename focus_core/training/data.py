@@ -1,7 +1,7 @@
 """Training text: files, folders and JSONL given by path, tokenised into one stream, sampled in windows;
 and synthetic recall facts spliced into that text (docs/design.md, "Training").
 
-Nothing is downloaded. Folders are read recursively for text-like files; JSONL files give one document
+Nothing is downloaded. Folders are read recursively (every non-hidden UTF-8 text file); JSONL files give one document
 per line in a ``"text"`` field. The stream's last ``eval_fraction`` is held out for evaluation.
 
 The recall patterns are this package's own and are kept apart from the evaluations' shapes (no pass
@@ -19,37 +19,24 @@ from pathlib import Path
 
 import torch
 
+from ..documents import read_files
 from ..errors import FocusInputError
 from .objective import Example
 
-TEXT_SUFFIXES = frozenset({".txt", ".md", ".rst", ".py", ".jsonl"})
-
 
 def read_documents(paths: Iterable[str | os.PathLike]) -> list[str]:
-    """Every document under ``paths`` (files, or folders read recursively), in a stable order."""
-    documents: list[str] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
-        elif path.is_file():
-            files = [path]
-        else:
-            raise FocusInputError(f"training data path {path} does not exist")
-        for file in files:
-            documents.extend(_read(file))
+    """Every document under ``paths``, read as :func:`~focus_core.documents.read_files` reads them (files,
+    folders recursively, in a stable order); a ``.jsonl`` file gives one document per line."""
+    paths, documents = list(paths), []
+    for file, text in read_files(paths):
+        documents.extend(_records(file, text) if file.suffix == ".jsonl" else [text])
     documents = [d for d in documents if d.strip()]
     if not documents:
         raise FocusInputError(f"no text found in {list(map(str, paths))}")
     return documents
 
 
-def _read(file: Path) -> list[str]:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise FocusInputError(f"{file} is not UTF-8 text: {err}") from err
-    if file.suffix != ".jsonl":
-        return [text]
+def _records(file: Path, text: str) -> list[str]:
     docs = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -15,7 +15,6 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,56 +24,12 @@ from tqdm.auto import tqdm
 
 from ..adapters import save_adapter
 from ..candidates import CandidateProjections
-from ..errors import FocusConfigError
+from .config import TrainingConfig
 from .data import TokenStream, window_examples
-from .objective import LOSSES, CandidateObjective, Example
+from .objective import CandidateObjective, Example
 
 CHECKPOINT = "checkpoint"
 STATE = "trainer_state.json"
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    steps: int = 500  # optimizer updates
-    chunk_sizes: tuple[int, ...] = (64, 128, 256, 512)  # one drawn per step
-    memory_tokens: int = 2048
-    local_tokens: int = 128
-    dynamic_prompt_len: int = 64
-    target_tokens: int = 16  # positions predicted (and distilled) per example
-    losses: tuple[str, ...] = LOSSES  # one drawn per example; repeat a name to weight it
-    examples_per_window: int = 4  # consecutive examples over one memory (prefixes and teacher KV reused)
-    synthetic_fraction: float = 0.5  # share of memories with recall facts spliced in
-    rank: int | None = 16  # None: full copies of q/k/v/o
-    learning_rate: float = 1e-3
-    warmup_steps: int = 20
-    grad_accum: int = 4
-    max_grad_norm: float = 1.0
-    eval_every: int = 50
-    eval_examples: int = 16
-    save_every: int = 100
-    snapshot_every: int = 0  # also keep an adapter every this many steps (0: none), for learning curves
-    seed: int = 0
-
-    def __post_init__(self):
-        if min(self.steps, self.grad_accum, self.target_tokens, self.eval_examples, self.examples_per_window) < 1:
-            raise FocusConfigError(
-                "steps, grad_accum, target_tokens, eval_examples and examples_per_window must be positive"
-            )
-        if not 0.0 <= self.synthetic_fraction <= 1.0:
-            raise FocusConfigError("synthetic_fraction must lie in [0, 1]")
-        if not self.chunk_sizes or min(self.chunk_sizes) < 1 or max(self.chunk_sizes) > self.memory_tokens:
-            raise FocusConfigError(f"chunk sizes must lie in [1, memory_tokens={self.memory_tokens}]")
-        if not 1 <= self.dynamic_prompt_len <= self.local_tokens:
-            raise FocusConfigError("dynamic_prompt_len must lie in [1, local_tokens]")
-        if any(self.memory_tokens // c * c < self.local_tokens + self.target_tokens for c in self.chunk_sizes):
-            raise FocusConfigError(
-                "local_tokens + target_tokens must fit in the memory's whole chunks (repetition copies from it)"
-            )
-        if not self.losses or set(self.losses) - set(LOSSES):
-            raise FocusConfigError(f"losses must be drawn from {LOSSES}, got {self.losses}")
-
-    def replace(self, **changes) -> TrainingConfig:
-        return dataclasses.replace(self, **changes)
 
 
 class ExampleSource:
@@ -106,7 +61,7 @@ def train(
     tokenizer,
     stream: TokenStream,
     output_dir: str | Path,
-    cfg: TrainingConfig = TrainingConfig(),
+    cfg: TrainingConfig | None = None,
     resume: bool = False,
     progress: bool | None = None,
     until: int | None = None,
@@ -114,9 +69,10 @@ def train(
     """Train candidate projections for the frozen ``model``; write the adapter to ``output_dir``.
 
     ``until``: stop after this step (a checkpoint is written; ``resume`` continues the same run).
-    Returns the history (loss per step, held-out loss per evaluation, tokens, seconds).
+    Returns the history (loss per step, held-out loss per evaluation, tokens, seconds). ``cfg``: the
+    defaults of :class:`TrainingConfig` when not given.
     """
-    output_dir = Path(output_dir)
+    cfg, output_dir = cfg or TrainingConfig(), Path(output_dir)
     on_cpu = next(model.parameters()).device.type == "cpu"  # then processes launched together join gloo
     accelerator = Accelerator(
         cpu=on_cpu and not torch.cuda.is_available(),
@@ -124,7 +80,7 @@ def train(
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     model.requires_grad_(False).eval().to(accelerator.device)
-    projections = CandidateProjections(model, rank=cfg.rank, dtype=torch.float32)
+    projections = CandidateProjections(model, rank=cfg.rank or None, dtype=torch.float32)
     projections.attach()
     objective = CandidateObjective(model, projections, tokenizer.bos_token_id, cfg.dynamic_prompt_len)
     optimizer = torch.optim.AdamW([p for p in projections.parameters()], lr=cfg.learning_rate, weight_decay=0.0)

@@ -35,8 +35,7 @@ from ..candidates import CandidateProjections
 from ..errors import FocusConfigError
 from ..rotary import KeyRotation
 from ..runner import ModelRunner
-
-LOSSES = ("continuation", "repetition", "distill")
+from .config import LOSSES
 
 KV = tuple[list[torch.Tensor], list[torch.Tensor]]  # per layer keys and values [batch, kv_heads, T, head_dim]
 
