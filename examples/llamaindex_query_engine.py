@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llama_index.core import SimpleDirectoryReader
 
-from focusllm_integrations.llamaindex import FocusLLM, FocusQueryEngine
+from focusllm_integrations.llamaindex import FocusLlamaIndexLLM, FocusQueryEngine
 
 FOLDER = Path(__file__).parent / "data" / "python_reference"
 TEMPLATE = "{context_str}\n\n{query_str}"
@@ -27,7 +27,7 @@ def main() -> None:
     documents = SimpleDirectoryReader(
         str(FOLDER), file_metadata=lambda path: {"file_name": Path(path).name}
     ).load_data()
-    llm = FocusLLM(max_new_tokens=12, generate_kwargs={"stop": ["\n"]})
+    llm = FocusLlamaIndexLLM(max_new_tokens=12, generate_kwargs={"stop": ["\n"]})
     engine = FocusQueryEngine.from_documents(documents, llm=llm, prompt_template=TEMPLATE)
     for question in QUESTIONS:
         start = time.perf_counter()

@@ -16,7 +16,7 @@ from llama_index.core import PromptTemplate, Settings, SimpleDirectoryReader, Ve
 from llama_index.core.node_parser import SentenceSplitter
 from minilm_embedding import MiniLMEmbedding
 
-from focusllm_integrations.llamaindex import FocusLLM, FocusQueryEngine
+from focusllm_integrations.llamaindex import FocusLlamaIndexLLM, FocusQueryEngine
 
 FOLDER = Path(__file__).parent / "data" / "python_reference"
 QUESTION = "Who was the editor of the first printed volume?"
@@ -30,7 +30,7 @@ def main() -> None:
     documents = SimpleDirectoryReader(
         str(FOLDER), file_metadata=lambda path: {"file_name": Path(path).name}
     ).load_data()
-    llm = FocusLLM(max_new_tokens=12, generate_kwargs={"stop": ["\n"]})
+    llm = FocusLlamaIndexLLM(max_new_tokens=12, generate_kwargs={"stop": ["\n"]})
     Settings.tokenizer = llm.engine.tokenizer.encode  # LlamaIndex counts tokens with the model's tokenizer
 
     index = VectorStoreIndex.from_documents(

@@ -52,9 +52,10 @@ def resolve_engine(
         if not isinstance(engine, FocusEngine):
             raise FocusInputTypeError(f"engine must be a focus_core.FocusEngine, got {type(engine).__name__}")
         return engine
+    config = FocusConfig(**chosen)  # bad settings are refused before a model is loaded
     load_kwargs = dict(model_kwargs or {})
     load_kwargs.setdefault("progress", settings.get("progress"))  # loading bars follow the progress setting
-    engine = FocusEngine.from_pretrained(model_id, FocusConfig(**chosen), **load_kwargs)
+    engine = FocusEngine.from_pretrained(model_id, config, **load_kwargs)
     _BUILT[engine] = recipe
     return engine
 

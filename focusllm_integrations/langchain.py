@@ -5,7 +5,6 @@ retrieval-free question-answering chain. Field names follow ``langchain-huggingf
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -45,7 +44,6 @@ class FocusLLM(BaseLLM, FocusFields):
     model_id: str | None = None
     model_kwargs: dict[str, Any] | None = None
     pipeline_kwargs: dict[str, Any] | None = None  # generation settings applied to every call
-    batch_size: int = 4  # prompts of one batch run concurrently
     engine: FocusEngine | None = Field(default=None, exclude=True)
     # Generation settings; None keeps the engine's value.
     max_new_tokens: int | None = None
@@ -56,8 +54,6 @@ class FocusLLM(BaseLLM, FocusFields):
 
     @model_validator(mode="after")
     def _load(self) -> FocusLLM:
-        if self.batch_size < 1:
-            raise FocusConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         self.engine = resolve_engine(self.engine, self.model_id, self.model_kwargs, self.focus_settings())
         return self
 
@@ -109,9 +105,10 @@ class FocusLLM(BaseLLM, FocusFields):
         **kwargs: Any,
     ) -> LLMResult:
         settings = generation_overrides(self._settings(**kwargs), {}, stop)
-        streams = [self.engine.stream(p, **settings) for p in prompts]  # validates every prompt up front
-        with ThreadPoolExecutor(max_workers=min(self.batch_size, len(prompts))) as pool:
-            texts = list(pool.map("".join, streams))
+        # one prompt after another (an engine call already uses every core; LangChain's max_concurrency
+        # runs batches in threads, which the engine allows); every prompt is validated before any runs
+        streams = [self.engine.stream(p, **settings) for p in prompts]
+        texts = ["".join(stream) for stream in streams]
         # generation_info: "sources", the chunks (focus_core.ChunkScore) each answer was read from, most
         # relevant first; "finish_reason" ("stop" or "length"); "prompt_tokens" and "completion_tokens"
         generations = [[Generation(text=t, generation_info=_generation_info(g))] for t, g in zip(texts, streams)]

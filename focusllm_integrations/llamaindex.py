@@ -1,4 +1,5 @@
-"""LlamaIndex integration: ``FocusLLM`` (a ``CustomLLM``) and ``FocusQueryEngine``, a query engine that
+"""LlamaIndex integration: ``FocusLlamaIndexLLM`` (a ``CustomLLM``; also importable as ``FocusLLM``) and
+``FocusQueryEngine``, a query engine that
 answers over all the text of its documents with no retrieval. Field names follow
 ``llama-index-llms-huggingface``'s ``HuggingFaceLLM`` where the meaning is the same."""
 
@@ -38,11 +39,12 @@ dispatcher = get_dispatcher(__name__)
 DEFAULT_QA_TEMPLATE = qa_template("context_str", "query_str")
 
 
-class FocusLLM(CustomLLM, FocusFields):
+class FocusLlamaIndexLLM(CustomLLM, FocusFields):
     """A local Hugging Face model reading prompts far past its native window, via FocusLLM.
 
-    ``FocusLLM()`` uses the embedded SmolLM2-135M-Instruct; ``FocusLLM(model_name=..., model_kwargs=...)``
-    loads any causal LM (``model_kwargs`` go to :func:`focus_core.load_model`); ``FocusLLM(engine=...)``
+    ``FocusLlamaIndexLLM()`` uses the embedded SmolLM2-135M-Instruct;
+    ``FocusLlamaIndexLLM(model_name=..., model_kwargs=...)`` loads any causal LM (``model_kwargs`` go to
+    :func:`focus_core.load_model`); ``FocusLlamaIndexLLM(engine=...)``
     wraps an existing engine. ``metadata.context_window`` is the extended window the engine can serve.
     Chat goes through the tokenizer's chat template.
     """
@@ -64,7 +66,7 @@ class FocusLLM(CustomLLM, FocusFields):
 
     @classmethod
     def class_name(cls) -> str:
-        return "FocusLLM"
+        return "FocusLlamaIndexLLM"
 
     @property
     def engine(self) -> FocusEngine:
@@ -143,7 +145,7 @@ class FocusQueryEngine(BaseQueryEngine):
 
     The documents are laid out first in every prompt, so FocusLLM encodes their chunks once and later
     queries reuse them (only the chunk holding the end of the documents and the question is new).
-    ``llm=None`` takes ``Settings.llm`` (a FocusLLM; see :meth:`from_documents`). Callback events
+    ``llm=None`` takes ``Settings.llm`` (a FocusLlamaIndexLLM; see :meth:`from_documents`). Callback events
     (QUERY, SYNTHESIZE, and the LLM's own LLM event) go to ``callback_manager``, by default
     ``Settings.callback_manager``, which the LLM then shares, as in LlamaIndex's query engines.
     """
@@ -151,7 +153,7 @@ class FocusQueryEngine(BaseQueryEngine):
     def __init__(
         self,
         nodes: Sequence[BaseNode],
-        llm: FocusLLM | None = None,
+        llm: FocusLlamaIndexLLM | None = None,
         prompt_template: BasePromptTemplate | str | None = None,
         streaming: bool = False,
         callback_manager: CallbackManager | None = None,
@@ -166,9 +168,10 @@ class FocusQueryEngine(BaseQueryEngine):
             raise FocusInputError("the documents are empty")
         self._context = "\n\n".join(t for _, t in self._texts)
         self._llm = llm if llm is not None else _settings_llm()
-        if not isinstance(self._llm, FocusLLM):
+        if not isinstance(self._llm, FocusLlamaIndexLLM):
             raise FocusInputTypeError(
-                f"FocusQueryEngine needs a focusllm_integrations.llamaindex.FocusLLM, got {type(self._llm).__name__}"
+                "FocusQueryEngine needs a focusllm_integrations.llamaindex.FocusLlamaIndexLLM, "
+                f"got {type(self._llm).__name__}"
             )
         self._prompt = _as_prompt(prompt_template or DEFAULT_QA_TEMPLATE)
         self._streaming = streaming
@@ -181,18 +184,18 @@ class FocusQueryEngine(BaseQueryEngine):
     def from_documents(
         cls,
         documents: Sequence[BaseNode],
-        llm: FocusLLM | None = None,
+        llm: FocusLlamaIndexLLM | None = None,
         prompt_template: BasePromptTemplate | str | None = None,
         **kwargs: Any,
     ) -> FocusQueryEngine:
         """A query engine over whole ``documents`` (``Document`` or any node), in the given order.
 
-        ``llm``: the :class:`FocusLLM` to answer with; ``None`` takes ``Settings.llm`` when that is a
-        FocusLLM, the embedded default model when Settings has no LLM, and refuses any other LLM."""
+        ``llm``: the :class:`FocusLlamaIndexLLM` to answer with; ``None`` takes ``Settings.llm`` when that is a
+        FocusLlamaIndexLLM, the embedded default model when Settings has no LLM, and refuses any other LLM."""
         return cls(documents, llm=llm, prompt_template=prompt_template, **kwargs)
 
     @property
-    def llm(self) -> FocusLLM:
+    def llm(self) -> FocusLlamaIndexLLM:
         return self._llm
 
     @property
@@ -283,18 +286,19 @@ def _raw(generation: FocusGeneration) -> dict[str, Any]:
     return {"finish_reason": generation.finish_reason, "usage": usage}
 
 
-def _settings_llm() -> FocusLLM:
-    """``Settings.llm`` when it is a FocusLLM; a new default FocusLLM when Settings has none. Any other LLM
+def _settings_llm() -> FocusLlamaIndexLLM:
+    """``Settings.llm`` when it is a FocusLlamaIndexLLM; a new default one when Settings has none. Any other LLM
     there is refused (FocusQueryEngine cannot read whole documents with it, and silently loading a
     second model would ignore the user's settings)."""
     current = getattr(Settings, "_llm", None)  # the public property would build LlamaIndex's default LLM
     if current is None:
-        return FocusLLM()
-    if not isinstance(current, FocusLLM):
+        return FocusLlamaIndexLLM()
+    if not isinstance(current, FocusLlamaIndexLLM):
         raise FocusInputTypeError(
-            f"Settings.llm is a {type(current).__name__}, not a focusllm_integrations.llamaindex.FocusLLM: "
-            "FocusQueryEngine reads whole documents with FocusLLM only; pass llm=FocusLLM(...) or set "
-            "Settings.llm = FocusLLM(...)"
+            f"Settings.llm is a {type(current).__name__}, not a focusllm_integrations.llamaindex.FocusLlamaIndexLLM: "
+            "FocusQueryEngine reads whole documents with FocusLlamaIndexLLM only; pass llm=FocusLlamaIndexLLM(...) "
+            "or set "
+            "Settings.llm = FocusLlamaIndexLLM(...)"
         )
     return current
 
@@ -316,3 +320,6 @@ def _as_prompt(template: BasePromptTemplate | str) -> BasePromptTemplate:
     if missing:
         raise FocusConfigError(f"prompt_template lacks {sorted(missing)}")
     return prompt
+
+
+FocusLLM = FocusLlamaIndexLLM  # its name until 0.1; the LangChain class is also FocusLLM

@@ -42,7 +42,8 @@ def test_invoke_batch_stream_astream_agree(llm):
     prompts = [long_text(llm, 300 + 20 * i, seed=i) for i in range(4)]
     expected = [llm.engine.generate(p) for p in prompts]
     assert llm.invoke(prompts[0]) == expected[0]
-    assert llm.batch(prompts) == expected  # runs concurrently (batch_size=4)
+    assert llm.batch(prompts) == expected
+    assert llm.batch(prompts, config={"max_concurrency": 4}) == expected  # threads
     assert "".join(llm.stream(prompts[1])) == expected[1]
 
     async def collect() -> str:
@@ -200,8 +201,6 @@ def test_qa_chain_rejects_bad_input(llm, inputs, error):
 def test_bad_construction_is_refused(make_engine):
     with pytest.raises(ValueError):
         FocusLLM(engine=make_engine(), chunk_size=64)
-    with pytest.raises(ValueError):
-        FocusLLM(engine=make_engine(), batch_size=0)
     with pytest.raises(FocusInputError):
         FocusLLM(engine=make_engine()).invoke("")
 

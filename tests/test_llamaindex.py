@@ -15,12 +15,12 @@ from llama_index.core.schema import TextNode
 
 from focus_core import FocusConfig, FocusEngine, FocusInputError, FocusInputTypeError
 from focus_core.passkey import FILLER
-from focusllm_integrations.llamaindex import FocusLLM, FocusQueryEngine
+from focusllm_integrations.llamaindex import FocusLlamaIndexLLM, FocusQueryEngine
 
 
 @pytest.fixture
 def llm(make_engine):
-    return FocusLLM(engine=make_engine(max_new_tokens=8), max_new_tokens=8)
+    return FocusLlamaIndexLLM(engine=make_engine(max_new_tokens=8), max_new_tokens=8)
 
 
 def test_complete_and_stream_complete(llm):
@@ -36,7 +36,7 @@ def test_metadata_reports_the_extended_window(llm):
     meta = llm.metadata
     assert meta.context_window == llm.engine.max_context_tokens > llm.engine.native_window
     assert meta.num_output == 8 and meta.is_chat_model is False
-    assert FocusLLM(engine=llm.engine, context_window=50_000).metadata.context_window == 50_000
+    assert FocusLlamaIndexLLM(engine=llm.engine, context_window=50_000).metadata.context_window == 50_000
 
 
 def test_chat_goes_through_the_chat_template(llm):
@@ -46,7 +46,9 @@ def test_chat_goes_through_the_chat_template(llm):
     reply = llm.chat(messages)
     assert reply.message.content == llm.engine.generate(rendered)
     assert "".join(r.delta for r in llm.stream_chat(messages)) == reply.message.content
-    own = FocusLLM(engine=llm.engine, max_new_tokens=8, messages_to_prompt=lambda ms: "|".join(m.content for m in ms))
+    own = FocusLlamaIndexLLM(
+        engine=llm.engine, max_new_tokens=8, messages_to_prompt=lambda ms: "|".join(m.content for m in ms)
+    )
     assert own.messages_to_prompt(messages) == "Be brief.|Hi there"  # a caller's own formatting is kept
 
 
@@ -127,10 +129,14 @@ def test_from_documents_refuses_another_settings_llm(llm, clean_settings):
     from llama_index.core.llms import MockLLM
 
     clean_settings.llm = MockLLM()
-    with pytest.raises(FocusInputTypeError, match="Settings.llm is a MockLLM, not a .*FocusLLM.*pass llm=FocusLLM"):
+    with pytest.raises(
+        FocusInputTypeError, match="Settings.llm is a MockLLM, not a .*FocusLlamaIndexLLM.*pass llm=FocusLlamaIndexLLM"
+    ):
         FocusQueryEngine.from_documents([Document(text="Some text.")])
     assert FocusQueryEngine.from_documents([Document(text="Some text.")], llm=llm).llm is llm  # an explicit llm wins
-    with pytest.raises(FocusInputTypeError, match="needs a focusllm_integrations.llamaindex.FocusLLM, got MockLLM"):
+    with pytest.raises(
+        FocusInputTypeError, match="needs a focusllm_integrations.llamaindex.FocusLlamaIndexLLM, got MockLLM"
+    ):
         FocusQueryEngine.from_documents([Document(text="Some text.")], llm=MockLLM())
 
 
@@ -168,7 +174,7 @@ def test_query_engine_fires_query_synthesize_and_llm_events(llm, clean_settings,
 @pytest.mark.slow
 def test_query_engine_finds_a_pass_key_past_the_native_window(embedded):
     model, tokenizer = embedded
-    llm = FocusLLM(engine=FocusEngine(model, tokenizer, FocusConfig(progress=False)), max_new_tokens=8)
+    llm = FocusLlamaIndexLLM(engine=FocusEngine(model, tokenizer, FocusConfig(progress=False)), max_new_tokens=8)
     documents = [
         Document(text=FILLER * 120),
         Document(text=FILLER * 60 + "The pass key is 73519. Remember it. 73519 is the pass key. " + FILLER * 60),
@@ -191,7 +197,7 @@ def test_query_engine_finds_a_pass_key_past_the_native_window(embedded):
 
 @pytest.mark.slow
 def test_focusllm_settings_reach_the_engine_it_builds():
-    llm = FocusLLM(chunk_size=512, local_window=256, max_new_tokens=4)
+    llm = FocusLlamaIndexLLM(chunk_size=512, local_window=256, max_new_tokens=4)
     assert llm.engine.config.chunk_size == 512 and llm.engine.config.local_window == 256
     assert llm.metadata.model_name == "SmolLM2-135M-Instruct"
 
@@ -231,3 +237,9 @@ def test_async_completion_leaves_the_event_loop_free(llm):
     response, during, streamed = asyncio.run(main())
     assert response.text == llm.complete(prompt).text == "".join(streamed)
     assert during > 1  # the ticker ran while the completion was computed
+
+
+def test_the_old_name_is_the_same_class():
+    from focusllm_integrations import llamaindex
+
+    assert llamaindex.FocusLLM is FocusLlamaIndexLLM and FocusLlamaIndexLLM.class_name() == "FocusLlamaIndexLLM"
