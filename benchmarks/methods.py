@@ -154,8 +154,8 @@ def vector_index(engine: FocusEngine, context: str, chunk_size: int, chunk_overl
 
 @lru_cache(maxsize=1)
 def embedding_model():
-    """The MiniLM embedding of the examples, loaded once."""
-    from examples.minilm_embedding import MiniLMEmbedding
+    """The offline MiniLM embedding, loaded once."""
+    from focusllm_integrations.embeddings import MiniLMEmbedding
 
     return MiniLMEmbedding(embed_batch_size=64)
 

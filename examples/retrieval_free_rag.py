@@ -14,8 +14,8 @@ from pathlib import Path
 
 from llama_index.core import PromptTemplate, Settings, SimpleDirectoryReader, VectorStoreIndex
 from llama_index.core.node_parser import SentenceSplitter
-from minilm_embedding import MiniLMEmbedding
 
+from focusllm_integrations.embeddings import MiniLMEmbedding
 from focusllm_integrations.llamaindex import FocusLlamaIndexLLM, FocusQueryEngine
 
 FOLDER = Path(__file__).parent / "data" / "python_reference"

@@ -183,3 +183,17 @@ def test_fair_fight_methods_share_the_model_and_its_costs_plot(make_engine, tmp_
     summary = {m: {"ruler_mean": {"8192": 50.0}, "by_length": {"8192": cost}} for m in ("full attention", "RAG")}
     plot_costs(summary, tmp_path / "new" / "costs.png", "costs")
     assert (tmp_path / "new" / "costs.png").stat().st_size > 5_000
+
+
+def test_examples_and_benchmarks_do_not_import_each_other():
+    """Both depend on the package only: what one needs of the other belongs in the package."""
+    import ast
+
+    root = Path(__file__).parent.parent
+    for folder, other in (("examples", "benchmarks"), ("benchmarks", "examples")):
+        for file in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(file.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names.append(node.module)
+                assert not [n for n in names if n.split(".")[0] == other], (file, names)

