@@ -233,7 +233,7 @@ class FocusEngine:
         cfg = self._settings(overrides)
         ids = self.tokenize(prompt)
         if self.aggregation_for(cfg) == "kv":
-            self._candidate_projections()  # refuses unsupported models now, not mid-stream
+            self.candidate_projections()  # refuses unsupported models now, not mid-stream
         return self._fit_to_budget(self._resolve(prompt, ids, cfg))
 
     def start(self, request: Request) -> DecodingState:
@@ -353,6 +353,14 @@ class FocusEngine:
         """Replace the candidate projections (e.g. with ones being trained)."""
         with self._lock:
             self._install_candidates(projections, trained)
+
+    def candidate_projections(self) -> CandidateProjections:
+        """The candidate projections ``kv`` reads the chunks through: the trained ones once set or loaded,
+        else copies of the model's own (made on first use; a model ``kv`` cannot serve is refused)."""
+        with self._lock:
+            if self._candidates is None:
+                self._install_candidates(CandidateProjections(self.model), trained=False)
+            return self._candidates
 
     def _install_candidates(self, projections: CandidateProjections, trained: bool) -> None:
         """Hook ``projections`` in place of the current ones (caller holds the lock)."""
@@ -523,12 +531,6 @@ class FocusEngine:
         # prefixes are cached in host memory: they count against the budget only when that is host memory too
         host = self.runner.device.type == "cpu"
         return estimate(layout, self.runner, prefix_cache_bytes=cfg.prefix_cache_bytes, host_cache=host)
-
-    def _candidate_projections(self) -> CandidateProjections:
-        with self._lock:
-            if self._candidates is None:
-                self._install_candidates(CandidateProjections(self.model), trained=False)
-            return self._candidates
 
     def _progress(self, cfg: FocusConfig) -> bool:
         return cfg.progress if cfg.progress is not None else sys.stderr.isatty()

@@ -260,7 +260,7 @@ def test_every_option_has_help():
         for action in sub._actions:
             assert action.help, f"focusllm {name} {action.option_strings or action.dest} has no help"
     ask_help = " ".join(commands["ask"].format_help().split())
-    assert "--gguf-file" in ask_help and "blank line" in ask_help and "--no-adapter" not in ask_help
+    assert "--gguf-file" in ask_help and "blank line" in ask_help
 
 
 # ------------------------------------------------------------------------------- progress and verbose

@@ -23,7 +23,7 @@ def engine(embedded):
 
 
 def test_embedded_model_is_the_default(engine):
-    assert engine.native_window == 8192
+    assert engine.native_window == engine.model.config.max_position_embeddings  # the model's own window
     assert engine.model.dtype == precision.cpu_precision().dtype  # bf16 with bf16 instructions, else fp32
     assert engine.model.config.model_type == "llama"
 

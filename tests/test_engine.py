@@ -129,7 +129,7 @@ def test_kv_candidates_equal_a_plain_forward_repositioned(make_engine, arch):
     last dynamic-prompt token of [BOS] + chunk + prompt, computed with positions shifted so that token
     sits at position i (its slot in front of the local context)."""
     engine = make_engine(arch)
-    engine._candidate_projections()
+    engine.candidate_projections()
     ids = random_ids(LONG + 5, seed=7)
     plan, scored = _score(engine, ids, batch_tokens=10_000)
     batch, _ = _with_prompt(engine, plan, scored, candidate=True)
@@ -155,7 +155,7 @@ def test_candidate_projections_are_separate_weights_used_only_at_candidates(make
     engine = make_engine()
     ids = random_ids(LONG, seed=8)
     untrained = engine.generate_ids(ids, aggregation="kv")
-    candidates = engine._candidate_projections()
+    candidates = engine.candidate_projections()
     base = engine.model.get_decoder().layers[0].self_attn.q_proj
     assert candidates.layers[0]["q_proj"].linear.weight.data_ptr() != base.weight.data_ptr()
     torch.testing.assert_close(candidates.layers[0]["q_proj"].linear.weight, base.weight)

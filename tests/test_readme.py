@@ -1,5 +1,5 @@
-"""The README's commands and code blocks are true: CI runs its test command, and every Python block
-runs as written (on the embedded model)."""
+"""The README's commands and code blocks are true: every command line parses, and every Python block
+runs as written (on the embedded model). CI runs the README's test command (.ci/run reads it from there)."""
 
 from __future__ import annotations
 
@@ -34,10 +34,6 @@ def _cli(line: str) -> list[str] | None:
         if word.endswith("focusllm") or (word == "focus_core" and words[i - 1] == "-m"):
             return words[i + 1 :]
     return None
-
-
-def test_readme_has_no_doubled_headings():
-    assert not [line for line in README.splitlines() if line.startswith("#") and line.count("## ") > 1]
 
 
 def test_every_readme_command_line_is_valid():
@@ -77,12 +73,6 @@ def test_readme_cache_command_runs():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("cache of dequantized weights: "), out.stdout
-
-
-def test_ci_runs_the_readme_test_command():
-    commands = re.findall(r"```bash\n(bash scripts/setup.sh && [^\n]+)\n```", README)
-    assert len(commands) == 2
-    assert commands[1] in (ROOT / ".ci" / "run").read_text()
 
 
 @pytest.mark.slow
