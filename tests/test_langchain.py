@@ -213,3 +213,32 @@ def test_focusllm_settings_reach_the_engine_it_builds():
     assert llm.engine.config.chunk_size == 512 and llm.engine.native_window == 2048
     assert llm.engine.model.dtype.is_floating_point and str(llm.engine.model.dtype) == "torch.float32"
     assert llm.engine.model_name == "SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize("return_sources", [False, True])
+def test_qa_chain_passes_the_callers_config_to_the_llm_run(llm, return_sources):
+    """Tags, metadata and callbacks of the call reach the LLM's run; the run name names the chain's."""
+    from langchain_core.tracers.base import BaseTracer
+
+    class Recorder(BaseTracer):
+        def __init__(self):
+            super().__init__()
+            self.runs = []
+
+        def _persist_run(self, run):
+            pass
+
+        def _on_chain_start(self, run):
+            self.runs.append(run)
+
+        def _on_llm_start(self, run):
+            self.runs.append(run)
+
+    recorder = Recorder()
+    config = {"callbacks": [recorder], "tags": ["mine"], "metadata": {"user": "u1"}, "run_name": "my qa"}
+    chain = create_focus_qa_chain(llm, return_sources=return_sources)
+    chain.invoke({"documents": long_text(llm, 200, seed=3), "question": "Why?"}, config=config)
+    outer, llm_run = recorder.runs[0], next(r for r in recorder.runs if r.run_type == "llm")
+    assert outer.name == "my qa" and llm_run.name == "FocusLLM"
+    for run in (outer, llm_run):
+        assert "mine" in run.tags and run.extra["metadata"]["user"] == "u1"
