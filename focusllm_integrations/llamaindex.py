@@ -52,6 +52,8 @@ class FocusLlamaIndexLLM(CustomLLM, FocusFields):
     model_name: str | None = Field(default=None, description="model name or path; None: the embedded default")
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="kwargs for focus_core.load_model")
     generate_kwargs: dict[str, Any] = Field(default_factory=dict, description="generation settings for every call")
+    # LlamaIndex's own default output size (DEFAULT_NUM_OUTPUTS, as HuggingFaceLLM), which its prompt helpers
+    # reserve room for; the engine's default is 64
     max_new_tokens: int = Field(default=256, gt=0, description="tokens generated per call")
     context_window: int | None = Field(default=None, description="None: computed from the memory budget")
     is_chat_model: bool = Field(default=False, description="whether prompts are chat-formatted by default")
