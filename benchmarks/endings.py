@@ -7,7 +7,7 @@ that fits (the model's own score, the yardstick).
 
     python -m benchmarks.endings --tokens 32768 --full-attention-tokens 4096
 
-Writes ``benchmarks/results/endings.json``.
+Writes ``benchmarks/results/endings.json`` (``--name select/endings``: ``benchmarks/results/select/endings.json``).
 """
 
 from __future__ import annotations
@@ -72,11 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full-attention-tokens", type=int, default=4096)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--aggregations", nargs="+", default=["focus", "entropy"])
+    parser.add_argument("--name", default="endings", help="results/<name>.json (default: %(default)s)")
     args = parser.parse_args(argv)
     config = FocusConfig(max_new_tokens=16, stop=("\n",), progress=False)
     engine = FocusEngine.from_pretrained(None, config)
     result = run(engine, args.tokens, args.full_attention_tokens, args.seeds, args.aggregations)
-    write_result("endings", result, engine)
+    write_result(args.name, result, engine)
 
 
 if __name__ == "__main__":
