@@ -32,7 +32,7 @@ from focus_core import ChunkScore, FocusConfigError, FocusEngine, FocusInputErro
 from focus_core import Generation as FocusGeneration
 from focus_core.prompts import qa_template
 
-from ._engine import FocusFields, Passage, generation_overrides, resolve_engine, source_passages
+from ._shared import FocusFields, Passage, generation_overrides, resolve_engine, source_passages
 
 dispatcher = get_dispatcher(__name__)
 

@@ -1,4 +1,4 @@
-"""What the LangChain and LlamaIndex wrappers share: turning wrapper fields into a FocusEngine and
+"""What the LangChain and LlamaIndex wrappers share (no engine of its own): wrapper fields to a FocusEngine and
 generation overrides. All real work stays in focus_core."""
 
 from __future__ import annotations
