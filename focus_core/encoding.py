@@ -143,7 +143,9 @@ class ChunkEncoder:
             group.start_padded([sequences[i] for i in missing], exit_layer=exit_layer)
             for row, i in enumerate(missing):
                 k, v = group.kv.read_prefix(row)
-                entries[i] = PrefixKV(k.to(self.store_device), v.to(self.store_device))
+                entries[i] = PrefixKV(
+                    k.to(self.store_device), v.to(self.store_device), **self.runner.sliding_windows
+                )
                 self.prefix_cache.put(keys[i], entries[i])
             self.stats.add(
                 encoded=len(missing),
@@ -156,13 +158,13 @@ class ChunkEncoder:
         """A batch of ``slots`` slots per row: ``prefixes`` right-aligned (left-padded) in the first
         ``slots - extra_slots``, then room for ``extra_slots`` more tokens."""
         width = slots - extra_slots
-        if max(p.keys.shape[2] for p in prefixes) > width:
+        if max(p.tokens for p in prefixes) > width:
             raise ValueError(f"a prefix is longer than the {width} slots the batch holds for them")
         batch = SequenceBatch(self.runner, rows=len(prefixes), capacity=slots)
         batch.kv.skip(width)
         for row, p in enumerate(prefixes):
             batch.kv.write_prefix(row, p.keys.to(self.runner.device), p.values.to(self.runner.device))
-        batch.next_positions = torch.tensor([p.keys.shape[2] for p in prefixes], device=self.runner.device)
+        batch.next_positions = torch.tensor([p.tokens for p in prefixes], device=self.runner.device)
         return batch
 
     def with_prompt(
@@ -177,6 +179,6 @@ class ChunkEncoder:
         """The decoding batch (``slots`` per row): ``prefixes`` with ``d`` appended and room for the new
         tokens after it, and the logits ``[rows, vocab]`` at each row's candidate position."""
         d = torch.tensor(dynamic_prompt, device=self.runner.device)
-        longest = max(p.keys.shape[2] for p in prefixes)
+        longest = max(p.tokens for p in prefixes)
         batch = self.batch(prefixes, slots=slots, extra_slots=slots - longest)
         return batch, batch.append(d, candidate_last=candidate, max_batch_tokens=batch_tokens)

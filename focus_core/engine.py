@@ -34,6 +34,7 @@ from .errors import FocusConfigError, FocusInputError, FocusInputTypeError
 from .kv_cache import PrefixCache, PrefixKV
 from .loading import load_model
 from .memory import (
+    KVBlock,
     Layout,
     MemoryEstimate,
     available_bytes,
@@ -519,13 +520,24 @@ class FocusEngine:
             bos=bos,
             max_new_tokens=cfg.max_new_tokens,
             batch_tokens=cfg.encode_batch_tokens,
-            cached_tokens=sum(bos + len(c) for c in mine),
+            cached=self._stored_prefixes([bos + len(c) for c in mine], exit_layer),
         )
         if mode == "select":
             read_tokens = min(cfg.passage_tokens + cfg.select_tokens, plan.memory_tokens)
             return chunked_layout(mode, read=0, read_tokens=read_tokens, exit_layers=exit_layer + 1, **common)
         read = min(cfg.chunks_read(self.native_window, mode) if keep is None else keep, len(plan.chunks))
         return chunked_layout(mode, read=read, read_tokens=min(read * longest, self._focus_room(plan, cfg)), **common)
+
+    def _stored_prefixes(self, lengths: list[int], exit_layer: int | None) -> tuple[KVBlock, ...]:
+        """What prefixes of ``lengths`` tokens take in the prefix cache (:class:`PrefixKV`): every layer
+        they hold (all, or up to ``exit_layer``), the sliding-window ones with their window only."""
+        r = self.runner
+        held = r.num_layers if exit_layer is None else exit_layer + 1
+        windowed = sum(1 for i in r.windowed_layers if i < held)
+        blocks = (KVBlock(1, sum(lengths), held - windowed),)
+        if windowed:
+            blocks += (KVBlock(1, sum(min(n, r.sliding_window) for n in lengths), windowed),)
+        return blocks
 
     def _estimate(self, layout: Layout, cfg: FocusConfig) -> MemoryEstimate:
         # prefixes are cached in host memory: they count against the budget only when that is host memory too

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -129,16 +129,51 @@ class _BufferLayer(CacheLayerMixin):
         return self.buffer.capacity
 
 
-@dataclass(frozen=True)
 class PrefixKV:
-    """The KV cache of one ``[BOS] + chunk`` prefix: ``[layers, kv_heads, tokens, head_dim]`` each."""
+    """The KV cache of one ``[BOS] + chunk`` prefix of ``tokens`` tokens: ``keys`` and ``values``
+    ``[layers, kv_heads, tokens, head_dim]`` each.
 
-    keys: torch.Tensor
-    values: torch.Tensor
+    Layers with sliding-window attention (``windowed``, of ``window`` tokens) are stored with their last
+    ``window`` tokens only: any token after the prefix attends, in those layers, to fewer than ``window``
+    tokens back, so the rest is never read (Gemma 3: 5 of every 6 layers keep 512 tokens of a 1K chunk).
+    ``keys`` and ``values`` give them back zero-filled in front, where the window mask hides them.
+    """
+
+    def __init__(
+        self, keys: torch.Tensor, values: torch.Tensor, *, windowed: Sequence[int] = (), window: int | None = None
+    ):
+        layers, _, self.tokens, _ = keys.shape
+        trimmed = [i for i in windowed if i < layers] if window is not None and window < self.tokens else []
+        self._layers, self._trimmed = layers, trimmed
+        if not trimmed:
+            self._whole, self._tails = (keys, values), None
+            return
+        whole = [i for i in range(layers) if i not in trimmed]
+        self._whole = (keys[whole], values[whole])  # [whole layers, kv_heads, tokens, head_dim]
+        self._tails = (keys[trimmed, :, -window:], values[trimmed, :, -window:])  # [.., window, ..]
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._expanded(0)
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._expanded(1)
+
+    def _expanded(self, which: int) -> torch.Tensor:
+        whole = self._whole[which]
+        if self._tails is None:
+            return whole
+        tail = self._tails[which]
+        out = whole.new_zeros(self._layers, whole.shape[1], self.tokens, whole.shape[3])
+        out[[i for i in range(self._layers) if i not in self._trimmed]] = whole
+        out[self._trimmed, :, self.tokens - tail.shape[2] :] = tail
+        return out
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.keys.numel() * self.keys.element_size()
+        stored = [*self._whole, *(self._tails or ())]
+        return sum(t.numel() * t.element_size() for t in stored)
 
 
 def prefix_key(token_ids: tuple[int, ...], dtype: torch.dtype, layers: int | None = None) -> str:

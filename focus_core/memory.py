@@ -29,8 +29,9 @@ class MemoryEstimate:
 
 @dataclass(frozen=True)
 class KVBlock:
-    """A KV buffer: ``rows`` sequences of ``slots`` token slots, keys and values of every layer, or of the
-    first ``layers`` only (an early-exit pass)."""
+    """A KV buffer: ``rows`` sequences of ``slots`` token slots, keys and values of every layer, or of
+    ``layers`` of them (an early-exit pass holds the first ``layers``; a stored prefix, its sliding-window
+    layers apart)."""
 
     rows: int
     slots: int
@@ -68,7 +69,7 @@ class Layout:
     step: KVBlock | None = None  # rebuilt at every decoding step (kv: the local pass)
     encode_pass: Forward | None = None  # one micro-batch of the parallel pass
     prompt_logits: int = 0  # rows of fp32 vocabulary logits the scoring holds (the dynamic prompt's)
-    cached: KVBlock | None = None  # the prefixes this process may add to the (host) prefix cache
+    cached: tuple[KVBlock, ...] = ()  # the prefixes this process may add to the (host) prefix cache
 
 
 class ModelSizes(Protocol):
@@ -104,7 +105,7 @@ def estimate(layout: Layout, model: ModelSizes, *, prefix_cache_bytes: int, host
         + activations(layout.encode_pass)
         + layout.prompt_logits * model.vocab_size * 4
     )
-    cache = min(nbytes(layout.cached), prefix_cache_bytes) if host_cache else 0
+    cache = min(sum(nbytes(block) for block in layout.cached), prefix_cache_bytes) if host_cache else 0
     return MemoryEstimate(state, nbytes(layout.kept) + max(scoring, first_pass), cache)
 
 
@@ -128,13 +129,14 @@ def chunked_layout(
     bos: int,
     max_new_tokens: int,
     batch_tokens: int,
-    cached_tokens: int,
+    cached: tuple[KVBlock, ...],
     exit_layers: int | None = None,
 ) -> Layout:
-    """A prompt read in chunks: ``chunks`` held by this process (``cached_tokens`` prefix tokens in all),
-    each ``[BOS] + chunk`` in at most ``prefix_slots`` slots; decoding reads ``read`` of them,
-    ``read_tokens`` chunk tokens in all (focus), or, in ``select``, ``read_tokens`` document tokens chosen
-    after an early-exit pass through the first ``exit_layers`` layers."""
+    """A prompt read in chunks: ``chunks`` held by this process (their prefixes, as the prefix cache
+    stores them, are ``cached``), each ``[BOS] + chunk`` in at most ``prefix_slots`` slots; decoding
+    reads ``read`` of them, ``read_tokens`` chunk tokens in all (focus), or, in ``select``,
+    ``read_tokens`` document tokens chosen after an early-exit pass through the first ``exit_layers``
+    layers."""
     group = max(1, min(chunks, batch_tokens // prefix_slots))  # chunks per micro-batch
     parallel = {
         "encode": KVBlock(group, prefix_slots, exit_layers),
@@ -142,7 +144,7 @@ def chunked_layout(
         "kept": KVBlock(read, prefix_slots),
         "encode_pass": Forward(group, prefix_slots, prefix_slots),
         "prompt_logits": 2 * dynamic_prompt,  # the dynamic prompt's after every prefix, and its baseline
-        "cached": KVBlock(1, cached_tokens, exit_layers),
+        "cached": cached,
     }
     if mode in ("select", "focus"):  # one sequence: [BOS] + what is read + local
         sequence = KVBlock(1, bos + read_tokens + local + max_new_tokens)

@@ -39,6 +39,11 @@ class ModelRunner:
         self.hidden_size: int = config.hidden_size
         self.intermediate_size: int = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
         self.vocab_size: int = config.vocab_size
+        # layers with sliding-window attention, where a layer-type list names them (Gemma 2/3, Qwen2 ...)
+        window = getattr(config, "sliding_window", None)
+        types = list(getattr(config, "layer_types", None) or []) if window else []
+        self.windowed_layers: tuple[int, ...] = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+        self.sliding_window: int | None = window if self.windowed_layers else None
         self.candidates: CandidateProjections | None = None  # applied where a forward's candidate mask is set
         self._cache_argument = cache_argument(model)
         install(model)  # the attention probe of early-exit passes (inert otherwise)
@@ -50,6 +55,11 @@ class ModelRunner:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def sliding_windows(self) -> dict:
+        """``windowed`` and ``window`` for :class:`PrefixKV`: which layers keep only their window."""
+        return {"windowed": self.windowed_layers, "window": self.sliding_window}
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of keys + values one token occupies across all layers."""

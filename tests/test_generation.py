@@ -107,10 +107,11 @@ def test_over_budget_prompt_is_refused_before_allocation(make_engine):
     assert len(engine.generate_ids(random_ids(40))) > 0  # short prompts still fit
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])  # gemma3: prefixes keep sliding layers' window only
 @pytest.mark.parametrize("aggregation", ["select", "focus", "entropy", "kv"])
-def test_allocations_are_the_declared_layout_and_the_estimate_counts_them(make_engine, aggregation, monkeypatch):
+def test_allocations_are_the_declared_layout_and_the_estimate_counts_them(make_engine, aggregation, arch, monkeypatch):
     sizes = {"select_tokens": 48, "passage_tokens": 16, "exit_layer": 0} if aggregation == "select" else {}
-    engine = make_engine(aggregation=aggregation, **sizes)
+    engine = make_engine(arch, aggregation=aggregation, **sizes)
     ids = random_ids(3000)
     request = engine.request(ids)
     layout, estimate = request.layout, engine.estimate_memory(ids)
@@ -240,3 +241,17 @@ def test_a_generation_reports_its_tokens_and_why_it_ended(make_engine):
     completion = engine.complete(ids, stop=[stop])
     assert completion.finish_reason == "stop" and stop not in completion.text
     assert completion.prompt_tokens == len(ids) and 2 <= len(completion.completion_ids) < 6
+
+
+@pytest.mark.parametrize("aggregation", ["select", "focus", "entropy", "kv"])
+def test_prefixes_keeping_only_the_sliding_window_give_the_same_tokens(make_engine, aggregation):
+    """Gemma 3's sliding-window layers store only their window of each chunk prefix (the rest is never
+    attended to): the tokens equal those of an engine storing every layer whole, in less memory."""
+    sizes = {"select_tokens": 48, "passage_tokens": 16} if aggregation == "select" else {}
+    trimmed, whole = (make_engine("gemma3_text", aggregation=aggregation, **sizes) for _ in range(2))
+    whole.runner.windowed_layers, whole.runner.sliding_window = (), None
+    assert trimmed.runner.windowed_layers == (0,) and trimmed.runner.sliding_window == 16
+    ids = random_ids(400, seed=21)
+    assert trimmed.generate_ids(ids) == whole.generate_ids(ids)
+    assert trimmed.relevance(ids) == whole.relevance(ids)
+    assert 0 < trimmed.prefix_cache.nbytes < whole.prefix_cache.nbytes
