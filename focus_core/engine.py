@@ -205,8 +205,7 @@ class FocusEngine:
     @property
     def max_context_tokens(self) -> int:
         """The longest prompt whose KV cache, with a prefix-cache copy of it, fits the memory budget."""
-        budget = self.config.memory_budget_bytes or int(0.8 * available_bytes(self.runner.device))
-        return max(self.native_window, budget // (2 * self.runner.kv_bytes_per_token()))
+        return max(self.native_window, self._budget(self.config) // (2 * self.runner.kv_bytes_per_token()))
 
     def generate(self, prompt: Prompt, **overrides: Any) -> str:
         """The completion of ``prompt``; ``overrides`` replace :class:`FocusConfig` generation settings."""
@@ -456,6 +455,7 @@ class FocusEngine:
         return Request(prompt, ids, cfg, mode, plan, layout, self._estimate(layout, cfg), exit_layer)
 
     def _budget(self, cfg: FocusConfig) -> int:
+        """Bytes one call may use: ``memory_budget_bytes``, by default 80% of what the device has free."""
         return cfg.memory_budget_bytes or int(0.8 * available_bytes(self.runner.device))
 
     def _fit_to_budget(self, request: Request) -> Request:
