@@ -432,3 +432,17 @@ def test_needle_coverage_counts_needles_read_whole_and_ranked_first():
     assert needle_coverage(sample, out) == {"in_read": 0.5, "recall@1": 0.5, "recall@3": 1.0}
     in_local = {**out, "memory_end": second}  # the second needle lies in the local context, read as is
     assert needle_coverage(sample, in_local)["in_read"] == 1.0
+
+
+def test_speed_times_rag_a_first_and_a_second_select_question_on_one_case(make_engine):
+    from benchmarks.ruler import speed
+
+    engine = make_engine(select_tokens=16, passage_tokens=8)  # room for niah's 64 new tokens in 128
+    rag = VectorRAG("RAG top-2 x 64", chunk_size=64, top_k=2)
+    record = speed.time_case(engine, "niah_single_1", 1024, 0, rag)
+    first, second = record["select"], record["select, second question"]
+    assert first["chunks_encoded"] > 0 and second["chunks_encoded"] == 0  # the documents' prefixes cached
+    assert first["reply"] == second["reply"]
+    summary = speed.summarize([record])
+    assert summary["second_over_first"] == second["seconds"] / first["seconds"]
+    assert summary["select_over_rag"] == first["seconds"] / record["rag"]["seconds"]
