@@ -143,9 +143,7 @@ class ChunkEncoder:
             group.start_padded([sequences[i] for i in missing], exit_layer=exit_layer)
             for row, i in enumerate(missing):
                 k, v = group.kv.read_prefix(row)
-                entries[i] = PrefixKV(
-                    k.to(self.store_device), v.to(self.store_device), **self.runner.sliding_windows
-                )
+                entries[i] = PrefixKV(k.to(self.store_device), v.to(self.store_device), **self.runner.sliding_windows)
                 self.prefix_cache.put(keys[i], entries[i])
             self.stats.add(
                 encoded=len(missing),
