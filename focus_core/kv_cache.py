@@ -145,10 +145,11 @@ class PrefixKV:
         layers, _, self.tokens, _ = keys.shape
         trimmed = [i for i in windowed if i < layers] if window is not None and window < self.tokens else []
         self._layers, self._trimmed = layers, trimmed
+        self._whole_layers = [i for i in range(layers) if i not in trimmed]
         if not trimmed:
             self._whole, self._tails = (keys, values), None
             return
-        whole = [i for i in range(layers) if i not in trimmed]
+        whole = self._whole_layers
         self._whole = (keys[whole], values[whole])  # [whole layers, kv_heads, tokens, head_dim]
         self._tails = (keys[trimmed, :, -window:], values[trimmed, :, -window:])  # [.., window, ..]
 
@@ -166,7 +167,7 @@ class PrefixKV:
             return whole
         tail = self._tails[which]
         out = whole.new_zeros(self._layers, whole.shape[1], self.tokens, whole.shape[3])
-        out[[i for i in range(self._layers) if i not in self._trimmed]] = whole
+        out[self._whole_layers] = whole
         out[self._trimmed, :, self.tokens - tail.shape[2] :] = tail
         return out
 

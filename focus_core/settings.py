@@ -87,9 +87,7 @@ def add_options(
         field, hint = fields[name], hints[name]
         kind, choices = value_type(hint)
         choices = choices or field.metadata["choices"]
-        default = (defaults or {}).get(name, field.default)
-        if default is dataclasses.MISSING:
-            default = field.default_factory()
+        default = (defaults or {}).get(name, field.default)  # setting() always declares a default
         help = field.metadata["help"].replace("%", "%%")  # argparse formats help with %
         options: dict[str, Any] = {"dest": name, "default": default, "help": help}
         if default is not None:
