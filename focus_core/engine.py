@@ -37,6 +37,7 @@ from .memory import (
     KVBlock,
     Layout,
     MemoryEstimate,
+    Windows,
     available_bytes,
     check_fits,
     chunked_layout,
@@ -447,7 +448,7 @@ class FocusEngine:
         """The request for ``ids`` under ``cfg``, not yet checked against the budget (``plan``: the chunk
         plan, when already known)."""
         if self._fits(ids, cfg):
-            layout = plain_layout(len(ids), cfg.max_new_tokens)
+            layout = plain_layout(len(ids), cfg.max_new_tokens, self._windows(cfg))
             return Request(prompt, ids, cfg, "plain", None, layout, self._estimate(layout, cfg))
         plan, mode = plan or self._plan(ids, cfg), self.aggregation_for(cfg)
         exit_layer = self._exit_layer(cfg) if mode == "select" else None
@@ -521,12 +522,18 @@ class FocusEngine:
             max_new_tokens=cfg.max_new_tokens,
             batch_tokens=cfg.encode_batch_tokens,
             cached=self._stored_prefixes([bos + len(c) for c in mine], exit_layer),
+            windows=self._windows(cfg),
         )
         if mode == "select":
             read_tokens = min(cfg.passage_tokens + cfg.select_tokens, plan.memory_tokens)
             return chunked_layout(mode, read=0, read_tokens=read_tokens, exit_layers=exit_layer + 1, **common)
         read = min(cfg.chunks_read(self.native_window, mode) if keep is None else keep, len(plan.chunks))
         return chunked_layout(mode, read=read, read_tokens=min(read * longest, self._focus_room(plan, cfg)), **common)
+
+    def _windows(self, cfg: FocusConfig) -> Windows:
+        """The sliding-window layers as a sequence read ``encode_batch_tokens`` at a time keeps them."""
+        r = self.runner
+        return Windows(len(r.windowed_layers), r.sliding_window or 0, cfg.encode_batch_tokens)
 
     def _stored_prefixes(self, lengths: list[int], exit_layer: int | None) -> tuple[KVBlock, ...]:
         """What prefixes of ``lengths`` tokens take in the prefix cache (:class:`PrefixKV`): every layer
@@ -551,7 +558,7 @@ class FocusEngine:
         """Read the prompt and build the decoding state of the request's aggregation."""
         device, layout, cfg, mode = self.runner.device, request.layout, request.config, request.mode
         if request.plain:
-            sequence = SequenceBatch(self.runner, rows=1, capacity=layout.state[0].slots)
+            sequence = self._sequence(layout, cfg)
             return PlainDecoding(sequence, sequence.append(torch.tensor(request.ids, device=device)))
         reading = self._select(request) if mode == "select" else self._read(request)
         if on_read is not None:
@@ -560,7 +567,7 @@ class FocusEngine:
         if mode == "select":  # ordinary attention over the opening, the selection and the local context
             memory = list(itertools.chain.from_iterable(plan.chunks))
             read = [t for start, end in merge(reading.spans) for t in memory[start:end]]
-            sequence = SequenceBatch(self.runner, rows=1, capacity=layout.state[0].slots)
+            sequence = self._sequence(layout, cfg)
             return PlainDecoding(sequence, sequence.append(torch.tensor(bos + tuple(read) + plan.local, device=device)))
         if mode == "focus":
             rotation = KeyRotation.of(self.model) if cfg.focus_kv == "reuse" else None
@@ -580,6 +587,12 @@ class FocusEngine:
         local = SequenceBatch(self.runner, rows=1, capacity=layout.state[1].slots)
         local_logits = local.append(torch.tensor(bos + plan.local, device=device))
         return EntropyAggregation(PlainDecoding(local, local_logits), chunks, chunk_logits)
+
+    def _sequence(self, layout: Layout, cfg: FocusConfig) -> SequenceBatch:
+        """The one sequence of ``plain`` and ``select`` decoding, read ``encode_batch_tokens`` at a time."""
+        return SequenceBatch(
+            self.runner, rows=1, capacity=layout.state[0].slots, forward_tokens=cfg.encode_batch_tokens
+        )
 
     def _read(self, request: Request, keep: int | None = None) -> Reading:
         """The parallel pass: score every chunk, choose the most relevant (``keep``, by default what the

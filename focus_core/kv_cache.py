@@ -22,21 +22,70 @@ class KVBuffer:
     ``length`` slots are in use in every row; ``valid[r, s]`` says whether slot ``s`` of row ``r`` holds a
     real token (left padding does not). Layer tensors are allocated on first write, shaped from the
     model's own key states, so any attention layout with a standard KV cache fits.
+
+    Layers with sliding-window attention (``windowed``, of ``window`` tokens) may keep only what a forward
+    of at most ``forward_tokens`` new tokens still attends to: the last ``window - 1`` slots and the new
+    ones, ``window - 1 + forward_tokens`` slots in all (Gemma 3 at 32K: 15 of 18 layers hold 4.6K slots,
+    not 32K). Their tensors hold slots ``first_slot[i]`` onwards; :meth:`span` moves them along.
     """
 
-    def __init__(self, num_layers: int, rows: int, capacity: int, device: torch.device | str, dtype: torch.dtype):
+    def __init__(
+        self,
+        num_layers: int,
+        rows: int,
+        capacity: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        *,
+        windowed: Sequence[int] = (),
+        window: int | None = None,
+        forward_tokens: int | None = None,
+    ):
         self.rows, self.capacity, self.device, self.dtype = rows, capacity, torch.device(device), dtype
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self.valid = torch.zeros(rows, capacity, dtype=torch.bool, device=self.device)
         self.length = 0
+        trimmed = window is not None and forward_tokens is not None and window - 1 + forward_tokens < capacity
+        self.windowed = frozenset(windowed) if trimmed else frozenset()
+        self.window = window if trimmed else None
+        self.window_slots = window - 1 + forward_tokens if trimmed else capacity
+        self.first_slot = [0] * num_layers  # the slot each layer's tensors begin at
 
     def layer(self, idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``idx``'s keys and values over all ``capacity`` slots (a layer kept whole)."""
+        if idx in self.windowed:
+            raise RuntimeError(f"layer {idx} keeps only its sliding window; use span()")
         if self.keys[idx] is None:
-            shape = (self.rows, like.shape[1], self.capacity, like.shape[3])
-            self.keys[idx] = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            self.values[idx] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self._allocate(idx, like, self.capacity)
         return self.keys[idx], self.values[idx]
+
+    def reach(self, idx: int, start: int) -> int:
+        """The first slot that tokens written from slot ``start`` on attend to in layer ``idx``."""
+        return max(0, start - self.window + 1) if idx in self.windowed else 0
+
+    def span(self, idx: int, like: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Layer ``idx``'s keys and values, able to take slots up to ``end`` (exclusive), and the slot
+        their index 0 holds. A windowed layer first drops the slots no token from ``length`` on attends to."""
+        if idx not in self.windowed:
+            keys, values = self.layer(idx, like)
+            return keys, values, 0
+        if self.keys[idx] is None:
+            self._allocate(idx, like, self.window_slots)
+        first, offset = self.reach(idx, self.length), self.first_slot[idx]
+        if end - offset > self.window_slots:  # move the slots still attended to, [first, length), to the front
+            if end - first > self.window_slots:
+                raise RuntimeError(f"KVBuffer window overflow: slots {first}..{end} in {self.window_slots}")
+            live = slice(first - offset, self.length - offset)
+            for tensors in (self.keys, self.values):
+                tensors[idx][:, :, : live.stop - live.start] = tensors[idx][:, :, live].clone()
+            self.first_slot[idx] = offset = first
+        return self.keys[idx], self.values[idx], offset
+
+    def _allocate(self, idx: int, like: torch.Tensor, slots: int) -> None:
+        shape = (self.rows, like.shape[1], slots, like.shape[3])
+        self.keys[idx] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.values[idx] = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     def cache(self, rows: slice = slice(None)) -> Cache:
         """A `transformers` Cache writing the next tokens of ``rows`` at slot ``length`` onwards."""
@@ -89,8 +138,8 @@ class KVBuffer:
 
     def last_slot(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per layer, the keys and values ``[rows, kv_heads, head_dim]`` at the last used slot."""
-        s = self.length - 1
-        return [k[:, :, s] for k in self.keys], [v[:, :, s] for v in self.values]
+        slots = [self.length - 1 - first for first in self.first_slot]
+        return [k[:, :, s] for k, s in zip(self.keys, slots)], [v[:, :, s] for v, s in zip(self.values, slots)]
 
     @property
     def nbytes(self) -> int:
@@ -100,27 +149,30 @@ class KVBuffer:
 class _BufferLayer(CacheLayerMixin):
     """One layer's view of a :class:`KVBuffer` for one forward pass over some of its rows."""
 
-    is_sliding = False
-
     def __init__(self, buffer: KVBuffer, layer_idx: int, rows: slice):
         super().__init__()
         self.buffer, self.layer_idx, self.rows, self.start = buffer, layer_idx, rows, buffer.length
+        self.is_sliding = layer_idx in buffer.windowed  # transformers builds its sliding mask from such a layer
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         pass
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        keys, values = self.buffer.layer(self.layer_idx, key_states)
+        """Store the new tokens' keys and values; return those the new tokens attend to (slots
+        ``reach .. end``, as :meth:`get_mask_sizes` told the mask)."""
         end = self.start + key_states.shape[-2]
         if end > self.buffer.capacity:
             raise RuntimeError(f"KVBuffer overflow: writing up to slot {end} of {self.buffer.capacity}")
-        keys[self.rows, :, self.start : end] = key_states
-        values[self.rows, :, self.start : end] = value_states
-        return keys[self.rows, :, :end], values[self.rows, :, :end]
+        keys, values, offset = self.buffer.span(self.layer_idx, key_states, end)
+        keys[self.rows, :, self.start - offset : end - offset] = key_states
+        values[self.rows, :, self.start - offset : end - offset] = value_states
+        first = self.buffer.reach(self.layer_idx, self.start) - offset
+        return keys[self.rows, :, first : end - offset], values[self.rows, :, first : end - offset]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.start + query_length, 0
+        first = self.buffer.reach(self.layer_idx, self.start)
+        return self.start + query_length - first, first
 
     def get_seq_length(self) -> int:
         return self.start

@@ -31,16 +31,37 @@ class MemoryEstimate:
 class KVBlock:
     """A KV buffer: ``rows`` sequences of ``slots`` token slots, keys and values of every layer, or of
     ``layers`` of them (an early-exit pass holds the first ``layers``; a stored prefix, its sliding-window
-    layers apart)."""
+    layers apart). ``windowed`` of those layers hold only ``window_slots`` slots (sliding-window attention
+    in a sequence appended to piece by piece)."""
 
     rows: int
     slots: int
     layers: int | None = None
+    windowed: int = 0
+    window_slots: int = 0
 
     def nbytes(self, bytes_per_token: int, num_layers: int) -> int:
         """Bytes held, given the model's KV bytes per token over all its ``num_layers`` layers."""
         held = num_layers if self.layers is None else self.layers
-        return self.rows * self.slots * bytes_per_token * held // num_layers
+        layer_slots = (held - self.windowed) * self.slots + self.windowed * min(self.window_slots, self.slots)
+        return self.rows * layer_slots * bytes_per_token // num_layers
+
+
+@dataclass(frozen=True)
+class Windows:
+    """A model's sliding-window layers as a sequence appended ``forward_tokens`` at a time holds them
+    (:class:`~focus_core.kv_cache.KVBuffer`): ``layers`` of them keep ``window - 1 + forward_tokens``
+    slots."""
+
+    layers: int = 0
+    window: int = 0
+    forward_tokens: int = 0
+
+    def sequence(self, slots: int) -> KVBlock:
+        """One sequence of ``slots`` slots."""
+        if not self.layers or self.window - 1 + self.forward_tokens >= slots:
+            return KVBlock(1, slots)
+        return KVBlock(1, slots, windowed=self.layers, window_slots=self.window - 1 + self.forward_tokens)
 
 
 @dataclass(frozen=True)
@@ -109,11 +130,11 @@ def estimate(layout: Layout, model: ModelSizes, *, prefix_cache_bytes: int, host
     return MemoryEstimate(state, nbytes(layout.kept) + max(scoring, first_pass), cache)
 
 
-def plain_layout(prompt_tokens: int, max_new_tokens: int) -> Layout:
-    """A prompt that fits the native window: one sequence."""
+def plain_layout(prompt_tokens: int, max_new_tokens: int, windows: Windows) -> Layout:
+    """A prompt that fits the native window: one sequence, read ``windows.forward_tokens`` at a time."""
     return Layout(
-        state=(KVBlock(1, prompt_tokens + max_new_tokens),),
-        first_pass=Forward(1, prompt_tokens, prompt_tokens),
+        state=(windows.sequence(prompt_tokens + max_new_tokens),),
+        first_pass=Forward(1, min(prompt_tokens, windows.forward_tokens), prompt_tokens),
     )
 
 
@@ -130,13 +151,14 @@ def chunked_layout(
     max_new_tokens: int,
     batch_tokens: int,
     cached: tuple[KVBlock, ...],
+    windows: Windows,
     exit_layers: int | None = None,
 ) -> Layout:
     """A prompt read in chunks: ``chunks`` held by this process (their prefixes, as the prefix cache
     stores them, are ``cached``), each ``[BOS] + chunk`` in at most ``prefix_slots`` slots; decoding
     reads ``read`` of them, ``read_tokens`` chunk tokens in all (focus), or, in ``select``,
     ``read_tokens`` document tokens chosen after an early-exit pass through the first ``exit_layers``
-    layers."""
+    layers, that sequence read ``windows.forward_tokens`` at a time."""
     group = max(1, min(chunks, batch_tokens // prefix_slots))  # chunks per micro-batch
     parallel = {
         "encode": KVBlock(group, prefix_slots, exit_layers),
@@ -146,12 +168,12 @@ def chunked_layout(
         "prompt_logits": 2 * dynamic_prompt,  # the dynamic prompt's after every prefix, and its baseline
         "cached": cached,
     }
-    if mode in ("select", "focus"):  # one sequence: [BOS] + what is read + local
-        sequence = KVBlock(1, bos + read_tokens + local + max_new_tokens)
-        # select reads the selection and the local context in one forward; focus only the local context
-        # (behind the chunks' reused KV)
-        new = sequence.slots if mode == "select" else local
-        return Layout(state=(sequence,), first_pass=Forward(1, new, sequence.slots), **parallel)
+    slots = bos + read_tokens + local + max_new_tokens
+    if mode == "select":  # one sequence, [BOS] + the selection + local, read as a prompt is
+        first_pass = Forward(1, min(slots - max_new_tokens, windows.forward_tokens), slots)
+        return Layout(state=(windows.sequence(slots),), first_pass=first_pass, **parallel)
+    if mode == "focus":  # the same sequence, the local context read behind the chunks' reused KV
+        return Layout(state=(KVBlock(1, slots),), first_pass=Forward(1, local, slots), **parallel)
     rows = KVBlock(read, prefix_slots + dynamic_prompt + max_new_tokens)  # each chosen chunk decoding
     first_pass = Forward(read, dynamic_prompt, prefix_slots + dynamic_prompt)  # the prompt after each
     if mode == "entropy":  # the local context decoded beside them

@@ -146,12 +146,17 @@ class ModelRunner:
 class SequenceBatch:
     """``rows`` sequences in one KV buffer, appended to together.
 
-    ``next_positions[r]`` is the position the next token of row ``r`` takes.
+    ``next_positions[r]`` is the position the next token of row ``r`` takes. With ``forward_tokens``,
+    :meth:`append` runs long inputs in pieces of at most that many tokens (the same keys, values and
+    logits, a bounded transient) and the model's sliding-window layers keep only their window.
     """
 
-    def __init__(self, runner: ModelRunner, rows: int, capacity: int):
-        self.runner = runner
-        self.kv = KVBuffer(runner.num_layers, rows, capacity, runner.device, runner.dtype)
+    def __init__(self, runner: ModelRunner, rows: int, capacity: int, *, forward_tokens: int | None = None):
+        self.runner, self.forward_tokens = runner, forward_tokens
+        windows = runner.sliding_windows if forward_tokens is not None else {}
+        self.kv = KVBuffer(
+            runner.num_layers, rows, capacity, runner.device, runner.dtype, forward_tokens=forward_tokens, **windows
+        )
         self.next_positions = torch.zeros(rows, dtype=torch.long, device=runner.device)
 
     @property
@@ -201,17 +206,43 @@ class SequenceBatch:
         """Append ``tokens`` ([rows, t], or [t] for the same tokens in every row) to every row.
 
         With ``candidate_last`` the last new token of each row is a candidate token (kv aggregation).
-        Rows are processed in groups of at most ``max_batch_tokens`` new tokens. Returns the logits
-        ``[rows, vocab]`` of each row's last new token; with ``loglik`` also, per row, the summed
-        log-probability of ``tokens[1:]`` given what precedes each (``[rows]``, fp32).
+        Rows are processed in groups of at most ``max_batch_tokens`` new tokens, and the tokens in
+        pieces of at most ``forward_tokens``. Returns the logits ``[rows, vocab]`` of each row's last new
+        token; with ``loglik`` also, per row, the summed log-probability of ``tokens[1:]`` given what
+        precedes each (``[rows]``, fp32).
         """
         if tokens.dim() == 1:
             tokens = tokens[None, :].expand(self.rows, -1)
         t = tokens.shape[1]
-        group = self.rows if max_batch_tokens is None else max(1, max_batch_tokens // t)
-        positions = self.next_positions[:, None] + torch.arange(t, device=tokens.device)[None, :]
+        piece = t if self.forward_tokens is None else self.forward_tokens
         candidate = torch.zeros_like(tokens, dtype=torch.bool)
         candidate[:, -1] = candidate_last
+        loglik_sum = torch.zeros(self.rows, device=tokens.device)
+        for start in range(0, t, piece):
+            end = min(start + piece, t)
+            logits, piece_loglik = self._forward(
+                tokens[:, start:end],
+                candidate[:, start:end] if candidate_last else None,
+                max_batch_tokens,
+                tokens[:, start + 1 : end + 1] if loglik else None,
+            )
+            if loglik:
+                loglik_sum += piece_loglik
+        return (logits, loglik_sum) if loglik else logits
+
+    def _forward(
+        self,
+        tokens: torch.Tensor,
+        candidate: torch.Tensor | None,
+        max_batch_tokens: int | None,
+        targets: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward of ``tokens`` ([rows, t]) per group of rows; the last token's logits ``[rows, vocab]``
+        and, with ``targets`` ([rows, <= t], the tokens that follow each new one), their summed
+        log-probabilities ``[rows]``."""
+        t = tokens.shape[1]
+        group = self.rows if max_batch_tokens is None else max(1, max_batch_tokens // t)
+        positions = self.next_positions[:, None] + torch.arange(t, device=tokens.device)[None, :]
         logits, logliks = [], []
         for start in range(0, self.rows, group):
             rows = slice(start, min(start + group, self.rows))
@@ -221,13 +252,11 @@ class SequenceBatch:
                 positions[rows],
                 self.kv.cache(rows),
                 None if bool(mask.all()) else mask,
-                candidate[rows] if candidate_last else None,
+                candidate[rows] if candidate is not None else None,
             )  # [group, t, hidden]
             logits.append(self.runner.logits(hidden[:, -1]))
-            if loglik:
-                logliks.append(self.runner.token_loglik(hidden[:, :-1], tokens[rows, 1:]))
+            if targets is not None:
+                logliks.append(self.runner.token_loglik(hidden[:, : targets.shape[1]], targets[rows]))
         self.kv.advance(t)
         self.next_positions = self.next_positions + t
-        if loglik:
-            return torch.cat(logits), torch.cat(logliks)
-        return torch.cat(logits)
+        return torch.cat(logits), torch.cat(logliks) if targets is not None else None

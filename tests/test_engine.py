@@ -31,6 +31,26 @@ def test_short_input_equals_transformers_greedy_generate(make_engine, arch):
     assert engine.generate_ids(ids) == plain_greedy(engine.model, ids, 12)
 
 
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+@pytest.mark.parametrize("piece", [7, 1])
+def test_a_prompt_read_in_pieces_equals_one_forward(make_engine, arch, piece):
+    """A prompt that fits, read ``encode_batch_tokens`` at a time, scores every next token as one plain
+    forward does and generates what transformers does; Gemma 3's sliding layer (window 16) keeps only
+    ``16 - 1 + piece`` slots of the 72, as the estimate says."""
+    engine = make_engine(arch, max_new_tokens=12, encode_batch_tokens=piece)
+    ids, continuation = random_ids(60, seed=3), random_ids(12, seed=4)
+    logits = engine.model(torch.tensor([ids + continuation])).logits[0, len(ids) - 1 : -1]
+    expected = torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(continuation)[:, None])[:, 0]
+    torch.testing.assert_close(engine.score(ids, continuation), expected, atol=1e-4, rtol=1e-4)
+    assert engine.generate_ids(ids) == plain_greedy(engine.model, ids, 12)
+    request = engine.request(ids)
+    with torch.inference_mode():
+        kv = engine.start(request).sequence.kv
+    whole = engine.runner.kv_bytes_per_token() * (60 + 12)
+    assert kv.nbytes == request.estimate.kv_bytes
+    assert kv.nbytes == (whole if arch != "gemma3_text" else whole // 2 + whole // 2 * (16 - 1 + piece) // 72)
+
+
 def test_text_prompt_equals_transformers_generate(make_engine):
     engine = make_engine(max_new_tokens=8)
     prompt = "The quick brown fox jumps over the lazy dog."

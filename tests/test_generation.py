@@ -118,9 +118,9 @@ def test_allocations_are_the_declared_layout_and_the_estimate_counts_them(make_e
     allocated = []
     init = KVBuffer.__init__
 
-    def recording_init(buffer, num_layers, rows, capacity, device, dtype):
+    def recording_init(buffer, num_layers, rows, capacity, device, dtype, **windows):
         allocated.append((rows, capacity))
-        init(buffer, num_layers, rows, capacity, device, dtype)
+        init(buffer, num_layers, rows, capacity, device, dtype, **windows)
 
     monkeypatch.setattr(KVBuffer, "__init__", recording_init)
     with torch.inference_mode():

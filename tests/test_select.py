@@ -12,7 +12,7 @@ from conftest import TINY_ARCHS, TINY_CONFIG, random_ids, tiny_model
 
 from focus_core import FocusConfig, FocusConfigError, FocusEngine
 from focus_core.chunking import ChunkPlan
-from focus_core.memory import KVBlock, chunked_layout
+from focus_core.memory import KVBlock, Windows, chunked_layout
 from focus_core.runner import SequenceBatch
 from focus_core.selection import (
     PROBE_ROWS,
@@ -191,6 +191,7 @@ def test_select_layout_declares_the_early_exit_buffers(make_engine):
         max_new_tokens=6,
         batch_tokens=128,
         cached=(KVBlock(1, 10 * 33, 1),),
+        windows=Windows(),
         exit_layers=1,
     )
     assert layout.state[0].slots == 1 + 64 + 24 + 6 and layout.kept.rows == 0
