@@ -68,7 +68,10 @@ class FocusConfig:
         minimum=2,
     )
     encode_batch_tokens: int = setting(
-        4096, "tokens per micro-batch when encoding chunks (halved until the memory budget fits)", minimum=1
+        4096,
+        "tokens per forward: a micro-batch of chunks being encoded, or a piece of a prompt read whole (halved until "
+        "the memory budget fits)",
+        minimum=1,
     )
     prefix_cache_bytes: int = setting(
         2 * GiB, "bytes of encoded chunks kept for later questions over the same documents (LRU)", minimum=0
