@@ -131,6 +131,8 @@ class KVBuffer:
     def read_prefix(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Copy of row ``row``'s real tokens as ``[layers, kv_heads, T, head_dim]`` keys and values (the
         layers written so far: all of them, or those up to an early exit)."""
+        if self.windowed:
+            raise RuntimeError("a buffer keeping only sliding windows holds no whole prefix")
         slots = self.valid[row, : self.length].nonzero().squeeze(1)
         keys = torch.stack([k[row].index_select(1, slots) for k in self.keys if k is not None])
         values = torch.stack([v[row].index_select(1, slots) for v in self.values if v is not None])
