@@ -215,20 +215,21 @@ class SequenceBatch:
             tokens = tokens[None, :].expand(self.rows, -1)
         t = tokens.shape[1]
         piece = t if self.forward_tokens is None else self.forward_tokens
-        candidate = torch.zeros_like(tokens, dtype=torch.bool)
-        candidate[:, -1] = candidate_last
-        loglik_sum = torch.zeros(self.rows, device=tokens.device)
+        candidate = None
+        if candidate_last:
+            candidate = torch.zeros_like(tokens, dtype=torch.bool)
+            candidate[:, -1] = True
+        logliks = []
         for start in range(0, t, piece):
             end = min(start + piece, t)
             logits, piece_loglik = self._forward(
                 tokens[:, start:end],
-                candidate[:, start:end] if candidate_last else None,
+                candidate[:, start:end] if candidate is not None else None,
                 max_batch_tokens,
                 tokens[:, start + 1 : end + 1] if loglik else None,
             )
-            if loglik:
-                loglik_sum += piece_loglik
-        return (logits, loglik_sum) if loglik else logits
+            logliks.append(piece_loglik)
+        return (logits, torch.stack(logliks).sum(0)) if loglik else logits
 
     def _forward(
         self,
