@@ -37,7 +37,6 @@ from .memory import (
     KVBlock,
     Layout,
     MemoryEstimate,
-    Windows,
     available_bytes,
     check_fits,
     chunked_layout,
@@ -448,7 +447,7 @@ class FocusEngine:
         """The request for ``ids`` under ``cfg``, not yet checked against the budget (``plan``: the chunk
         plan, when already known)."""
         if self._fits(ids, cfg):
-            layout = plain_layout(len(ids), cfg.max_new_tokens, self._windows(cfg))
+            layout = plain_layout(len(ids), cfg.max_new_tokens, self.runner.windows(cfg.encode_batch_tokens))
             return Request(prompt, ids, cfg, "plain", None, layout, self._estimate(layout, cfg))
         plan, mode = plan or self._plan(ids, cfg), self.aggregation_for(cfg)
         exit_layer = self._exit_layer(cfg) if mode == "select" else None
@@ -522,18 +521,13 @@ class FocusEngine:
             max_new_tokens=cfg.max_new_tokens,
             batch_tokens=cfg.encode_batch_tokens,
             cached=self._stored_prefixes([bos + len(c) for c in mine], exit_layer),
-            windows=self._windows(cfg),
+            windows=self.runner.windows(cfg.encode_batch_tokens),
         )
         if mode == "select":
             read_tokens = min(cfg.passage_tokens + cfg.select_tokens, plan.memory_tokens)
             return chunked_layout(mode, read=0, read_tokens=read_tokens, exit_layers=exit_layer + 1, **common)
         read = min(cfg.chunks_read(self.native_window, mode) if keep is None else keep, len(plan.chunks))
         return chunked_layout(mode, read=read, read_tokens=min(read * longest, self._focus_room(plan, cfg)), **common)
-
-    def _windows(self, cfg: FocusConfig) -> Windows:
-        """The sliding-window layers as a sequence read ``encode_batch_tokens`` at a time keeps them."""
-        r = self.runner
-        return Windows(len(r.windowed_layers), r.sliding_window or 0, cfg.encode_batch_tokens)
 
     def _stored_prefixes(self, lengths: list[int], exit_layer: int | None) -> tuple[KVBlock, ...]:
         """What prefixes of ``lengths`` tokens take in the prefix cache (:class:`PrefixKV`): every layer

@@ -11,9 +11,13 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+
+if TYPE_CHECKING:
+    from .memory import Windows
 
 
 class KVBuffer:
@@ -23,8 +27,8 @@ class KVBuffer:
     real token (left padding does not). Layer tensors are allocated on first write, shaped from the
     model's own key states, so any attention layout with a standard KV cache fits.
 
-    Layers with sliding-window attention (``windowed``, of ``window`` tokens) may keep only what a forward
-    of at most ``forward_tokens`` new tokens still attends to: the last ``window - 1`` slots and the new
+    Layers with sliding-window attention (``windows``) may keep only what a forward of at most
+    ``windows.forward_tokens`` new tokens still attends to: the last ``window - 1`` slots and the new
     ones, ``window - 1 + forward_tokens`` slots in all (Gemma 3 at 32K: 15 of 18 layers hold 4.6K slots,
     not 32K). Their tensors hold slots ``first_slot[i]`` onwards; :meth:`span` moves them along.
     """
@@ -37,19 +41,17 @@ class KVBuffer:
         device: torch.device | str,
         dtype: torch.dtype,
         *,
-        windowed: Sequence[int] = (),
-        window: int | None = None,
-        forward_tokens: int | None = None,
+        windows: Windows | None = None,
     ):
         self.rows, self.capacity, self.device, self.dtype = rows, capacity, torch.device(device), dtype
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self.valid = torch.zeros(rows, capacity, dtype=torch.bool, device=self.device)
         self.length = 0
-        trimmed = window is not None and forward_tokens is not None and window - 1 + forward_tokens < capacity
-        self.windowed = frozenset(windowed) if trimmed else frozenset()
-        self.window = window if trimmed else None
-        self.window_slots = window - 1 + forward_tokens if trimmed else capacity
+        kept = windows.kept_slots(capacity) if windows else None
+        self.windowed = frozenset(windows.layers) if kept else frozenset()
+        self.window = windows.window if kept else 0
+        self.window_slots = kept or capacity
         self.first_slot = [0] * num_layers  # the slot each layer's tensors begin at
 
     def layer(self, idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,19 +49,24 @@ class KVBlock:
 
 @dataclass(frozen=True)
 class Windows:
-    """A model's sliding-window layers as a sequence appended ``forward_tokens`` at a time holds them
-    (:class:`~focus_core.kv_cache.KVBuffer`): ``layers`` of them keep ``window - 1 + forward_tokens``
-    slots."""
+    """A model's sliding-window ``layers`` (indices) as a sequence appended ``forward_tokens`` at a time
+    holds them (:class:`~focus_core.kv_cache.KVBuffer`): the last ``window - 1`` slots and the new ones."""
 
-    layers: int = 0
+    layers: tuple[int, ...] = ()
     window: int = 0
     forward_tokens: int = 0
 
+    def kept_slots(self, slots: int) -> int | None:
+        """The slots each of ``layers`` keeps in a sequence of ``slots``; None where that saves nothing."""
+        kept = self.window - 1 + self.forward_tokens
+        return kept if self.layers and kept < slots else None
+
     def sequence(self, slots: int) -> KVBlock:
         """One sequence of ``slots`` slots."""
-        if not self.layers or self.window - 1 + self.forward_tokens >= slots:
+        kept = self.kept_slots(slots)
+        if kept is None:
             return KVBlock(1, slots)
-        return KVBlock(1, slots, windowed=self.layers, window_slots=self.window - 1 + self.forward_tokens)
+        return KVBlock(1, slots, windowed=len(self.layers), window_slots=kept)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from torch import nn
 from .candidates import CandidateProjections, candidate_positions
 from .errors import UnsupportedModelError
 from .kv_cache import KVBuffer
+from .memory import Windows
 from .probe import EarlyExit, Probe, install, probing
 
 
@@ -60,6 +61,10 @@ class ModelRunner:
     def sliding_windows(self) -> dict:
         """``windowed`` and ``window`` for :class:`PrefixKV`: which layers keep only their window."""
         return {"windowed": self.windowed_layers, "window": self.sliding_window}
+
+    def windows(self, forward_tokens: int) -> Windows:
+        """The sliding-window layers as a sequence appended ``forward_tokens`` at a time keeps them."""
+        return Windows(self.windowed_layers, self.sliding_window or 0, forward_tokens)
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of keys + values one token occupies across all layers."""
@@ -153,10 +158,8 @@ class SequenceBatch:
 
     def __init__(self, runner: ModelRunner, rows: int, capacity: int, *, forward_tokens: int | None = None):
         self.runner, self.forward_tokens = runner, forward_tokens
-        windows = runner.sliding_windows if forward_tokens is not None else {}
-        self.kv = KVBuffer(
-            runner.num_layers, rows, capacity, runner.device, runner.dtype, forward_tokens=forward_tokens, **windows
-        )
+        windows = runner.windows(forward_tokens) if forward_tokens is not None else None
+        self.kv = KVBuffer(runner.num_layers, rows, capacity, runner.device, runner.dtype, windows=windows)
         self.next_positions = torch.zeros(rows, dtype=torch.long, device=runner.device)
 
     @property
