@@ -49,6 +49,7 @@ def focus_decoding(
     bos: tuple[int, ...],
     local: list[int],
     capacity: int,
+    forward_tokens: int | None = None,
 ) -> PlainDecoding:
     """Ordinary attention over ``[BOS] + the chosen chunks (document order) + local``.
 
@@ -57,11 +58,12 @@ def focus_decoding(
     positions it takes in the joint sequence and the chunks' own BOS entries are dropped (one BOS
     leads). Without one (absolute position embeddings) the chunks are encoded again, together.
     Chunk tokens then see their own chunk only, while the local context sees all of them. ``capacity``:
-    the slots of the sequence (the new tokens included).
+    the slots of the sequence (the new tokens included); ``forward_tokens``: the most tokens one forward
+    reads (the model's sliding-window layers then keep only their window, as in ``plain``).
     """
     device = runner.device
     total = len(bos) + sum(len(c) for c in chunks)
-    sequence = SequenceBatch(runner, rows=1, capacity=capacity)
+    sequence = SequenceBatch(runner, rows=1, capacity=capacity, forward_tokens=forward_tokens)
     if rotation is None:
         ids = list(bos) + [t for c in chunks for t in c] + local
         return PlainDecoding(sequence, sequence.append(torch.tensor(ids, device=device)))

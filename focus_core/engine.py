@@ -527,7 +527,13 @@ class FocusEngine:
             read_tokens = min(cfg.passage_tokens + cfg.select_tokens, plan.memory_tokens)
             return chunked_layout(mode, read=0, read_tokens=read_tokens, exit_layers=exit_layer + 1, **common)
         read = min(cfg.chunks_read(self.native_window, mode) if keep is None else keep, len(plan.chunks))
-        return chunked_layout(mode, read=read, read_tokens=min(read * longest, self._focus_room(plan, cfg)), **common)
+        read_tokens = min(read * longest, self._focus_room(plan, cfg))
+        reencode = mode == "focus" and self._rotation(cfg) is None
+        return chunked_layout(mode, read=read, read_tokens=read_tokens, reencode=reencode, **common)
+
+    def _rotation(self, cfg: FocusConfig) -> KeyRotation | None:
+        """How ``focus`` moves the chosen chunks' stored keys into place; None: it reads the chunks again."""
+        return KeyRotation.of(self.model) if cfg.focus_kv == "reuse" else None
 
     def _stored_prefixes(self, lengths: list[int], exit_layer: int | None) -> tuple[KVBlock, ...]:
         """What prefixes of ``lengths`` tokens take in the prefix cache (:class:`PrefixKV`): every layer
@@ -564,10 +570,17 @@ class FocusEngine:
             sequence = self._sequence(layout, cfg)
             return PlainDecoding(sequence, sequence.append(torch.tensor(bos + tuple(read) + plan.local, device=device)))
         if mode == "focus":
-            rotation = KeyRotation.of(self.model) if cfg.focus_kv == "reuse" else None
+            rotation = self._rotation(cfg)
             chunks = [plan.chunks[i] for i in reading.chosen]
             return focus_decoding(
-                self.runner, rotation, chunks, reading.prefixes, bos, list(plan.local), layout.state[0].slots
+                self.runner,
+                rotation,
+                chunks,
+                reading.prefixes,
+                bos,
+                list(plan.local),
+                layout.state[0].slots,
+                cfg.encode_batch_tokens,
             )
         chunks, chunk_logits = self.encoder.with_prompt(
             reading.prefixes,

@@ -66,19 +66,23 @@ class KVBuffer:
         """The first slot that tokens written from slot ``start`` on attend to in layer ``idx``."""
         return max(0, start - self.window + 1) if idx in self.windowed else 0
 
-    def span(self, idx: int, like: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def span(
+        self, idx: int, like: torch.Tensor, end: int, reader: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Layer ``idx``'s keys and values, able to take slots up to ``end`` (exclusive), and the slot
-        their index 0 holds. A windowed layer first drops the slots no token from ``length`` on attends to."""
+        their index 0 holds. A windowed layer first drops the slots no token from ``reader`` on (by
+        default ``length``, the next one written) attends to."""
         if idx not in self.windowed:
             keys, values = self.layer(idx, like)
             return keys, values, 0
         if self.keys[idx] is None:
             self._allocate(idx, like, self.window_slots)
-        first, offset = self.reach(idx, self.length), self.first_slot[idx]
+        first = self.reach(idx, self.length if reader is None else reader)
+        offset = self.first_slot[idx]
         if end - offset > self.window_slots:  # move the slots still attended to, [first, length), to the front
             if end - first > self.window_slots:
                 raise RuntimeError(f"KVBuffer window overflow: slots {first}..{end} in {self.window_slots}")
-            live = slice(first - offset, self.length - offset)
+            live = slice(min(first, self.length) - offset, self.length - offset)
             for tensors in (self.keys, self.values):
                 tensors[idx][:, :, : live.stop - live.start] = tensors[idx][:, :, live].clone()
             self.first_slot[idx] = offset = first
@@ -122,12 +126,14 @@ class KVBuffer:
         self.valid[row, start : self.length] = True
 
     def extend(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Write ``[layers, kv_heads, T, head_dim]`` keys and values at the next ``T`` slots of every row."""
+        """Write ``[layers, kv_heads, T, head_dim]`` keys and values at the next ``T`` slots of every row
+        (a windowed layer: those the tokens after them will attend to)."""
         end = self.length + keys.shape[2]
         for i in range(keys.shape[0]):
-            k, v = self.layer(i, keys[i][None])
-            k[:, :, self.length : end] = keys[i]
-            v[:, :, self.length : end] = values[i]
+            k, v, offset = self.span(i, keys[i][None], end, reader=end)
+            start = max(self.length, self.reach(i, end))  # the first slot written
+            k[:, :, start - offset : end - offset] = keys[i][:, start - self.length :]
+            v[:, :, start - offset : end - offset] = values[i][:, start - self.length :]
         self.advance(keys.shape[2])
 
     def read_prefix(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:

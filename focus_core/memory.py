@@ -158,12 +158,14 @@ def chunked_layout(
     cached: tuple[KVBlock, ...],
     windows: Windows,
     exit_layers: int | None = None,
+    reencode: bool = False,
 ) -> Layout:
     """A prompt read in chunks: ``chunks`` held by this process (their prefixes, as the prefix cache
     stores them, are ``cached``), each ``[BOS] + chunk`` in at most ``prefix_slots`` slots; decoding
     reads ``read`` of them, ``read_tokens`` chunk tokens in all (focus), or, in ``select``,
     ``read_tokens`` document tokens chosen after an early-exit pass through the first ``exit_layers``
-    layers, that sequence read ``windows.forward_tokens`` at a time."""
+    layers, that sequence read ``windows.forward_tokens`` at a time. ``reencode``: ``focus`` reads the
+    chosen chunks' tokens again rather than their stored KV."""
     group = max(1, min(chunks, batch_tokens // prefix_slots))  # chunks per micro-batch
     parallel = {
         "encode": KVBlock(group, prefix_slots, exit_layers),
@@ -178,7 +180,8 @@ def chunked_layout(
         first_pass = Forward(1, min(slots - max_new_tokens, windows.forward_tokens), slots)
         return Layout(state=(windows.sequence(slots),), first_pass=first_pass, **parallel)
     if mode == "focus":  # the same sequence, the local context read behind the chunks' reused KV
-        return Layout(state=(KVBlock(1, slots),), first_pass=Forward(1, local, slots), **parallel)
+        first_pass = Forward(1, min(read_tokens + local if reencode else local, windows.forward_tokens), slots)
+        return Layout(state=(windows.sequence(slots),), first_pass=first_pass, **parallel)
     rows = KVBlock(read, prefix_slots + dynamic_prompt + max_new_tokens)  # each chosen chunk decoding
     first_pass = Forward(read, dynamic_prompt, prefix_slots + dynamic_prompt)  # the prompt after each
     if mode == "entropy":  # the local context decoded beside them

@@ -20,33 +20,42 @@ def _prefixes(engine: FocusEngine, chunks: list[tuple[int, ...]]):
         return engine.encoder.prefixes([engine.encoder.bos + c for c in chunks])
 
 
-def _focus_logits(engine: FocusEngine, chunks, local, rotation) -> torch.Tensor:
+def _focus_logits(engine: FocusEngine, chunks, local, rotation, forward_tokens: int | None) -> torch.Tensor:
+    """``focus`` decoding's first logits; with ``forward_tokens`` the sequence is read that many tokens per
+    forward and a sliding-window layer (tiny Gemma 3: window 16) keeps ``16 - 1 + forward_tokens`` slots."""
     with torch.inference_mode():
         bos = engine.encoder.bos
         capacity = len(bos) + sum(len(c) for c in chunks) + len(local) + 1
-        state = focus_decoding(engine.runner, rotation, chunks, _prefixes(engine, chunks), bos, local, capacity)
-        return state.next_logits()
+        prefixes = _prefixes(engine, chunks)
+        state = focus_decoding(engine.runner, rotation, chunks, prefixes, bos, local, capacity, forward_tokens)
+    kv, windowed = state.sequence.kv, engine.runner.windowed_layers
+    kept = 16 - 1 + forward_tokens if windowed and forward_tokens else capacity
+    per_layer = engine.runner.kv_bytes_per_token() // engine.runner.num_layers
+    assert kv.nbytes == per_layer * (len(kv.keys) * capacity - len(windowed) * (capacity - kept))
+    return state.next_logits()
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_focus_over_every_chunk_reencoded_is_full_attention(make_engine, arch):
+@pytest.mark.parametrize("forward_tokens", [None, 5])
+def test_focus_over_every_chunk_reencoded_is_full_attention(make_engine, arch, forward_tokens):
     engine = make_engine(arch)
     ids = [1, *random_ids(200, seed=3)]
     plan = engine.plan(ids)
-    got = _focus_logits(engine, list(plan.chunks), list(plan.local), rotation=None)
+    got = _focus_logits(engine, list(plan.chunks), list(plan.local), None, forward_tokens)
     expected = engine.model(torch.tensor([ids])).logits[0, -1].float()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_reused_chunk_kv_equals_its_block_masked_reencoding(make_engine, arch):
+@pytest.mark.parametrize("forward_tokens", [None, 5])
+def test_reused_chunk_kv_equals_its_block_masked_reencoding(make_engine, arch, forward_tokens):
     """Reusing cached chunk KV, re-positioned, equals one forward over ``[BOS] c0 [BOS] c1 [BOS] c2 local``
     in which each chunk (with its own BOS, placed just before it) sees only itself, and the local context
     sees the leading BOS, every chunk and itself: what the chunks' independent encoding computed."""
     engine = make_engine(arch)
     rng = random_ids(90, seed=4)
     chunks, local = [tuple(rng[0:30]), tuple(rng[30:55]), tuple(rng[55:80])], rng[80:90]
-    got = _focus_logits(engine, chunks, local, KeyRotation.of(engine.model))
+    got = _focus_logits(engine, chunks, local, KeyRotation.of(engine.model), forward_tokens)
 
     tokens, positions, block = [], [], []  # block: which chunk a slot belongs to (-1: local)
     at = 1

@@ -107,10 +107,12 @@ def test_over_budget_prompt_is_refused_before_allocation(make_engine):
     assert len(engine.generate_ids(random_ids(40))) > 0  # short prompts still fit
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])  # gemma3: prefixes keep sliding layers' window only
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
 @pytest.mark.parametrize("aggregation", ["select", "focus", "entropy", "kv"])
 def test_allocations_are_the_declared_layout_and_the_estimate_counts_them(make_engine, aggregation, arch, monkeypatch):
     sizes = {"select_tokens": 48, "passage_tokens": 16, "exit_layer": 0} if aggregation == "select" else {}
+    if arch == "gemma3_text":  # prefixes keep the sliding layer's window (16); sequences 16 - 1 + 8 slots of it
+        sizes["encode_batch_tokens"] = 8
     engine = make_engine(arch, aggregation=aggregation, **sizes)
     ids = random_ids(3000)
     request = engine.request(ids)
@@ -130,6 +132,7 @@ def test_allocations_are_the_declared_layout_and_the_estimate_counts_them(make_e
             state.append(5)
     if aggregation in ("focus", "select"):
         held = [state.sequence.kv]
+        assert len(held[0].windowed) == (arch == "gemma3_text")  # its one sliding layer trimmed
     else:
         held = [state.chunks.kv] + ([state.local.sequence.kv] if aggregation == "entropy" else [])
     # the decoding state is exactly the declared blocks, and the estimate counts exactly those bytes
