@@ -53,6 +53,12 @@ class FocusConfig:
     focus_kv: FocusKV = setting("reuse", "focus: reuse the chunks' cached KV (re-positioned) or re-encode them")
     select_tokens: int = setting(1024, "select: document tokens read, in passages the question attends to", minimum=1)
     passage_tokens: int = setting(128, "select: tokens per passage (the unit chosen)", minimum=1)
+    select_drop: float | None = setting(
+        2.0,
+        "select: stop at the first passage drawing under 1/N of the attention of the one chosen before it (the "
+        "relevant passages end where the attention falls off); None or inf: always read select_tokens",
+        minimum=1,
+    )
     exit_layer: int | None = setting(
         None, "select: the layer whose attention chooses the passages (default: 60% of the model's depth)", minimum=0
     )

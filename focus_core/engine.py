@@ -649,7 +649,9 @@ class FocusEngine:
             grid = self.group.gather_rows(grid, len(probe.chunks))
         mass = memory_mass(grid, plan)  # [memory tokens]
         opening = min(cfg.passage_tokens, plan.memory_tokens)
-        spans = select_spans(mass, passage=cfg.passage_tokens, budget=cfg.select_tokens, skip=opening)
+        spans = select_spans(
+            mass, passage=cfg.passage_tokens, budget=cfg.select_tokens, skip=opening, drop=cfg.select_drop
+        )
         spans = [Span(0, opening, float(mass[:opening].sum())), *spans]
         n, size = plan.memory_tokens, cfg.passage_tokens
         units = [(a, min(a + size, n)) for a in range(0, n, size)]

@@ -5,8 +5,11 @@ The early-exit pass gives every memory token an attention mass: how much the que
 dynamic prompt) attend to it in the probe layer. A fact the question needs draws attention to a few
 neighbouring tokens (a phrase), so the mass is pooled over a window of ``passage`` tokens (InfiniRetri's
 phrase pooling); the best-pooled window is chosen, centred on its peak, then the next best window that
-does not overlap it, and so on until ``budget`` tokens are chosen. Windows are taken from anywhere in the
-document, so an answer made of several needles in several chunks is read together.
+does not overlap it, and so on until ``budget`` tokens are chosen or the attention falls off a cliff (a
+window drawing under ``1 / drop`` of the mass of the one chosen before it). Windows are taken from
+anywhere in the document, so an answer made of several needles in several chunks is read together; and
+where one or a few passages stand far above the rest, only they are read (a small model answers a
+distractor's value when the filler around the answer holds lookalikes).
 """
 
 from __future__ import annotations
@@ -106,9 +109,12 @@ def pooled(mass: torch.Tensor, window: int) -> torch.Tensor:
     return F.conv1d(padded, kernel)[0, 0]
 
 
-def select_spans(mass: torch.Tensor, *, passage: int, budget: int, skip: int = 0) -> list[Span]:
+def select_spans(
+    mass: torch.Tensor, *, passage: int, budget: int, skip: int = 0, drop: float | None = None
+) -> list[Span]:
     """Non-overlapping windows of ``passage`` tokens with the most pooled mass, ``budget`` tokens in all,
-    in document order. The first ``skip`` tokens (the opening, read anyway) are not chosen again.
+    in document order. The first ``skip`` tokens (the opening, read anyway) are not chosen again. With
+    ``drop``, the choosing stops before a window whose mass is under ``1 / drop`` of the previous one's.
 
     mass: ``[tokens]`` attention mass of each memory token."""
     n = mass.shape[0]
@@ -125,7 +131,10 @@ def select_spans(mass: torch.Tensor, *, passage: int, budget: int, skip: int = 0
         if not bool(fits.any()):
             break
         start = _recentred(mass, free, int(starts[int(score.masked_fill(~fits, float("-inf")).argmax())]), passage)
-        chosen.append(Span(start, start + passage, float(mass[start : start + passage].float().sum())))
+        span = Span(start, start + passage, float(mass[start : start + passage].float().sum()))
+        if drop is not None and chosen and span.score * drop < chosen[-1].score:
+            break
+        chosen.append(span)
         free[start : start + passage] = False
     return sorted(chosen, key=lambda s: s.start)
 

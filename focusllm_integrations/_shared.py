@@ -22,6 +22,7 @@ class FocusFields(BaseModel):
     aggregation: str | None = None
     select_tokens: int | None = None
     passage_tokens: int | None = None
+    select_drop: float | None = None
     exit_layer: int | None = None
     native_window: int | None = None
     encode_batch_tokens: int | None = None

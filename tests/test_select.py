@@ -72,7 +72,7 @@ def test_the_probe_records_the_attention_eager_attention_returns(tokenizer, arch
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_the_selected_read_is_full_attention_over_the_same_tokens(make_engine, arch):
     """select decodes as the plain model does over [BOS] + opening + selected spans + local, token for token."""
-    engine = make_engine(arch, **SELECT)
+    engine = make_engine(arch, **SELECT, select_drop=None)  # the whole budget, cliff or not
     ids = [1, *random_ids(LONG, seed=5)]
     completion = engine.stream(ids)
     tokens = engine.generate_ids(ids)
@@ -119,6 +119,21 @@ def test_select_spans_choose_peaks_without_overlap_within_the_budget():
     torch.testing.assert_close(pooled(torch.ones(5), 3), torch.tensor([2.0, 3, 3, 3, 2]))
 
 
+def test_select_spans_stop_where_the_attention_falls_off():
+    """With ``drop``, a group of passages far above the rest is read alone; a gentle decline is read to the
+    budget; without it the budget is always filled."""
+    mass = torch.full((1000,), 0.01)
+    for start, height in [(100, 1.0), (400, 0.8), (700, 0.6)]:  # three needles, then filler at 1/60 of the third
+        mass[start : start + 10] = height
+    cliff = select_spans(mass, passage=50, budget=400, drop=2.0)
+    assert [(s.start < n and n + 10 < s.end) for s, n in zip(cliff, (100, 400, 700), strict=True)] == [True] * 3
+    assert len(select_spans(mass, passage=50, budget=400)) == 8  # no drop: the budget
+    assert len(select_spans(mass, passage=50, budget=400, drop=100.0)) == 8  # the cliff is gentler than 100x
+    assert len(select_spans(mass, passage=50, budget=400, drop=1.0)) == 1  # any decline stops at the best
+    slope = torch.linspace(1.0, 0.5, 1000)  # no passage draws under half of the one before it
+    assert len(select_spans(slope, passage=50, budget=400, drop=2.0)) == 8
+
+
 def test_the_probe_reads_chunks_of_one_length_and_scores_what_they_say_not_where():
     """A short last chunk is widened to the memory's last C tokens (its overlap dropped again), and the
     mass every chunk draws at the same place (chunk edges) is taken off: a needle that draws less than a
@@ -148,7 +163,14 @@ def test_the_probe_queries_are_the_question_after_its_blank_line():
 
 @pytest.mark.parametrize(
     "setting",
-    [{"select_tokens": 0}, {"passage_tokens": -1}, {"exit_layer": -1}, {"passage_tokens": 64, "select_tokens": 32}],
+    [
+        {"select_tokens": 0},
+        {"passage_tokens": -1},
+        {"exit_layer": -1},
+        {"passage_tokens": 64, "select_tokens": 32},
+        {"select_drop": 0.5},
+        {"select_drop": "2"},
+    ],
 )
 def test_bad_select_settings_are_refused_naming_the_setting(make_engine, setting):
     engine = make_engine()
