@@ -129,6 +129,7 @@ def test_select_spans_stop_where_the_attention_falls_off():
     assert [(s.start < n and n + 10 < s.end) for s, n in zip(cliff, (100, 400, 700), strict=True)] == [True] * 3
     assert len(select_spans(mass, passage=50, budget=400)) == 8  # no drop: the budget
     assert len(select_spans(mass, passage=50, budget=400, drop=100.0)) == 8  # the cliff is gentler than 100x
+    assert len(select_spans(mass, passage=50, budget=400, drop=float("inf"))) == 8  # inf: never stops (the CLI's None)
     assert len(select_spans(mass, passage=50, budget=400, drop=1.0)) == 1  # any decline stops at the best
     slope = torch.linspace(1.0, 0.5, 1000)  # no passage draws under half of the one before it
     assert len(select_spans(slope, passage=50, budget=400, drop=2.0)) == 8
