@@ -83,7 +83,7 @@ class ChunkEncoder:
                 rows = list(range(start, min(start + rows_per_step, len(plan.chunks))))
                 prefixes = self.prefixes([self.bos + plan.chunks[i] for i in rows], slots=layout.encode.slots)
                 batch = self.batch(prefixes, slots=layout.score.slots, extra_slots=len(d))
-                _, loglik[rows] = batch.append(d, loglik=True)
+                loglik[rows] = batch.append(d, loglik=True)[1].cpu()  # scores live on the host
                 kept.update(zip(rows, prefixes))
                 for i in set(kept) - set(top_indices(loglik, list(kept), keep, pinned)):
                     del kept[i]
@@ -91,18 +91,20 @@ class ChunkEncoder:
         return ScoredChunks(loglik, kept)
 
     def attend(
-        self, plan: ChunkPlan, *, layers: tuple[int, ...], rows: int, layout: Layout, progress: bool
+        self, plan: ChunkPlan, *, layers: tuple[int, ...], rows: tuple[int, int], layout: Layout, progress: bool
     ) -> dict[int, torch.Tensor]:
         """The early-exit pass: ``[BOS] + m_i`` (cached, or run through the layers up to ``max(layers)``
         only) then ``d`` after it, a micro-batch at a time. Returns, per layer of ``layers``, the attention
-        mass ``[memory tokens]`` (document order, fp32) that the last ``rows`` tokens of ``d`` pay to each
-        memory token, 0 for the first tokens of each chunk (attention sinks). Nothing is kept but the
-        prefix cache's copies."""
-        masses: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        mass ``[chunks, queries, C]`` (fp32, on the host) that each of ``d``'s tokens ``rows`` =
+        ``[start, end)`` pays to each token of each chunk (C: the longest chunk; a shorter chunk's mass is
+        right-padded with 0), 0 for the first tokens of each chunk (attention sinks). Nothing is kept but
+        the prefix cache's copies."""
+        queries, width = rows[1] - rows[0], max((len(c) for c in plan.chunks), default=0)
+        masses = {layer: torch.zeros(len(plan.chunks), queries, width) for layer in layers}
         if not plan.chunks:
-            return {layer: torch.empty(0) for layer in layers}
+            return masses
         d = torch.tensor(plan.dynamic_prompt, device=self.runner.device)
-        width = layout.score.slots - len(d)  # slots of the prefixes, right-aligned
+        slots = layout.score.slots - len(d)  # slots of the prefixes, right-aligned
         with tqdm(total=len(plan.chunks), desc="reading chunks", unit="chunk", disable=not progress) as bar:
             for start in range(0, len(plan.chunks), layout.score.rows):
                 chunks = plan.chunks[start : start + layout.score.rows]
@@ -110,13 +112,14 @@ class ChunkEncoder:
                     [self.bos + c for c in chunks], slots=layout.encode.slots, layers=max(layers) + 1
                 )
                 batch = self.batch(prefixes, slots=layout.score.slots, extra_slots=len(d))
-                for layer, mass in batch.attend(d, layers=layers, rows=rows).items():  # [rows, slots]
-                    for m, c in zip(mass, chunks):
-                        m = m[width - len(c) : width].cpu()
-                        m[:SINK_TOKENS] = 0  # attention sinks (selection.SINK_TOKENS)
-                        masses[layer].append(m)
+                for layer, mass in batch.attend(d, layers=layers, rows=rows).items():  # [batch, queries, slots]
+                    mass = mass[:, :, :slots].cpu()  # one move to the host per micro-batch
+                    for i, c in enumerate(chunks):
+                        masses[layer][start + i, :, : len(c)] = mass[i, :, slots - len(c) :]
                 bar.update(len(chunks))
-        return {layer: torch.cat(parts) for layer, parts in masses.items()}
+        for mass in masses.values():
+            mass[:, :, :SINK_TOKENS] = 0  # attention sinks (selection.SINK_TOKENS)
+        return masses
 
     def baseline(self, dynamic_prompt: tuple[int, ...]) -> float:
         """``log p(d[1:] | [BOS] + d[0])``: how well the dynamic prompt is predicted with no chunk."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import os
 import sys
 import threading
@@ -50,17 +51,18 @@ from .rotary import KeyRotation
 from .runner import ModelRunner, SequenceBatch
 from .sampling import Sampler, TextStream
 from .selection import (
-    PROBE_ROWS,
     Span,
+    choose_spans,
     default_exit_layer,
     memory_mass,
     merge,
-    probe_rows,
     probed,
-    select_spans,
+    question_marks,
+    question_rows,
 )
 
 DecodingState = PlainDecoding | EntropyAggregation | KVAggregation
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,7 +94,9 @@ class Generation(Iterator[str]):
     chunks or passages decoding read, most relevant first (both empty when the prompt fits the native
     window). ``prompt_tokens`` counts the prompt's tokens, ``completion_ids`` grows with every token
     decoded (a stop string's tokens included) and, once the text is exhausted, ``finish_reason`` says why
-    it ended: ``"stop"`` (end-of-sequence token or a stop string) or ``"length"`` (``max_new_tokens``)."""
+    it ended: ``"stop"`` (end-of-sequence token or a stop string), ``"length"`` (``max_new_tokens``) or
+    ``"empty"`` (the model's very first token ended the answer: nothing was generated, which a small model
+    does when the prompt's ending does not invite an answer; a warning says so too)."""
 
     def __init__(self, engine: FocusEngine, request: Request):
         self._engine, self._request = engine, request
@@ -641,17 +645,18 @@ class FocusEngine:
         plan, cfg, layout, layer = request.plan, request.config, request.layout, request.exit_layer
         probe = probed(plan)  # every chunk at one length
         mine = self._my_chunks(probe)
-        rows = probe_rows([self.tokenizer.decode([t]) for t in plan.dynamic_prompt[-PROBE_ROWS:]])
-        mass = self.encoder.attend(mine, layers=(layer,), rows=rows, layout=layout, progress=self._progress(cfg))
+        rows = question_rows(plan.dynamic_prompt, *question_marks(self.tokenizer, plan.dynamic_prompt))
+        grid = self.encoder.attend(mine, layers=(layer,), rows=rows, layout=layout, progress=self._progress(cfg))
         width = len(probe.chunks[0]) if probe.chunks else 0
-        grid = mass[layer].view(len(mine.chunks), width)  # [this process's chunks, C]
+        grid = grid[layer].reshape(len(mine.chunks), rows[1] - rows[0], width)  # [this process's chunks, queries, C]
         if self.group is not None:
             grid = self.group.gather_rows(grid, len(probe.chunks))
-        mass = memory_mass(grid, plan)  # [memory tokens]
+        mass = memory_mass(grid, plan)  # [queries, memory tokens]
         opening = min(cfg.passage_tokens, plan.memory_tokens)
-        spans = select_spans(
+        spans = choose_spans(
             mass, passage=cfg.passage_tokens, budget=cfg.select_tokens, skip=opening, drop=cfg.select_drop
         )
+        mass = mass.sum(dim=0)  # [memory tokens]: what the whole question draws
         spans = [Span(0, opening, float(mass[:opening].sum())), *spans]
         n, size = plan.memory_tokens, cfg.passage_tokens
         units = [(a, min(a + size, n)) for a in range(0, n, size)]
@@ -705,7 +710,13 @@ class FocusEngine:
                 generation.finish_reason = "stop"
                 return
         reached = len(generation.completion_ids) == cfg.max_new_tokens
-        generation.finish_reason = "length" if reached else "stop"
+        generation.finish_reason = "length" if reached else "stop" if generation.completion_ids else "empty"
+        if generation.finish_reason == "empty":
+            logger.warning(
+                "%s ended its answer at its first token (end-of-sequence): the reply is empty. Ask the "
+                "question so that it invites an answer (a chat template, or an answer prefix after 'Answer:')",
+                self.model_name,
+            )
         tail = text.flush()
         if tail:
             yield tail

@@ -5,8 +5,8 @@ Every attention call of a `transformers` model goes through its attention interf
 (``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``), which receives the layer's queries and all
 its keys after normalisation and RoPE, and the layer's own scaling. :func:`install` wraps that entry
 once. The wrapper passes through unless a forward runs under :func:`probing`; then, at each probed
-layer, it records how much attention the last ``rows`` queries pay to every key (softmax
-probabilities summed over heads and rows), and after the last probed layer it stops the forward by
+layer, it records how much attention each of the question's queries pays to every key (softmax
+probabilities summed over heads, one row per query), and after the last probed layer it stops the forward by
 raising :class:`EarlyExit`: the layers above it never run. The cache has already received that layer's
 keys and values when the interface is called, so the prefix KV up to the probed layer is complete.
 
@@ -33,16 +33,17 @@ class EarlyExit(Exception):
 
 @dataclass
 class Probe:
-    """What to record in one forward: the attention of the last ``rows`` new tokens at ``layers``
-    (``rows=0``: nothing, the forward only stops after the last of ``layers``).
+    """What to record in one forward: the attention of the new tokens ``rows`` = ``[start, end)`` (counted
+    among the forward's new tokens) at ``layers`` (an empty range: nothing, the forward only stops after
+    the last of ``layers``).
 
     ``key_valid`` ``[batch, keys]`` marks the key slots that hold real tokens (left padding does not).
-    After the forward, ``mass[layer]`` is ``[batch, keys]`` fp32: each key's attention probability summed
-    over heads and the recorded rows.
+    After the forward, ``mass[layer]`` is ``[batch, rows, keys]`` fp32: each key's attention probability
+    summed over heads, per recorded query.
     """
 
     layers: tuple[int, ...]
-    rows: int
+    rows: tuple[int, int]
     key_valid: torch.Tensor
     mass: dict[int, torch.Tensor] = field(default_factory=dict)
 
@@ -63,20 +64,20 @@ class Probe:
         ``window``: a sliding-window layer's span (a query sees the ``window`` slots ending at its own)."""
         b, heads, t, _ = query.shape
         keys = key.shape[2]
-        rows = min(self.rows, t)
-        q = query[:, :, -rows:].float()  # [b, heads, rows, head_dim]
+        start, end = self.rows
+        q = query[:, :, start:end].float()  # [b, heads, rows, head_dim]
         k = key.float().repeat_interleave(heads // key.shape[1], dim=1)  # [b, heads, keys, head_dim]
         logits = (q @ k.transpose(-1, -2)) * scaling  # [b, heads, rows, keys]
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         slot = torch.arange(keys, device=q.device)
-        query_slot = (keys - rows + torch.arange(rows, device=q.device))[:, None]
+        query_slot = (keys - t + torch.arange(start, end, device=q.device))[:, None]
         causal = slot[None, :] <= query_slot  # [rows, keys]
         if window:
             causal &= slot[None, :] > query_slot - window
         allowed = causal[None, None] & self.key_valid[:, None, None, -keys:].to(q.device)
         probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
-        self.mass[layer] = probs.sum(dim=(1, 2))  # [b, keys]
+        self.mass[layer] = probs.sum(dim=1)  # [b, rows, keys]
 
 
 _active: contextvars.ContextVar[Probe | None] = contextvars.ContextVar("attention_probe", default=None)
@@ -109,7 +110,7 @@ def _probed(original: Callable | None) -> Callable:
     def attention(module: nn.Module, query, key, value, attention_mask, *args, **kwargs):
         probe, layer = _active.get(), getattr(module, "layer_idx", None)
         if probe is not None and layer in probe.layers:
-            if probe.rows:
+            if probe.rows[1] > probe.rows[0]:
                 scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
                 probe.record(layer, query, key, scaling, kwargs.get("softcap"), kwargs.get("sliding_window"))
             if layer == probe.exit_layer:

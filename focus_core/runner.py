@@ -180,14 +180,17 @@ class SequenceBatch:
         if exit_layer is None:
             self.runner.hidden_states(ids, positions, self.kv.cache(), mask)
         else:
-            self.runner.probe(ids, positions, self.kv.cache(), mask, Probe((exit_layer,), 0, valid))
+            self.runner.probe(ids, positions, self.kv.cache(), mask, Probe((exit_layer,), (0, 0), valid))
         self.kv.advance(width, valid)
         self.next_positions = width - pad
 
-    def attend(self, tokens: torch.Tensor, *, layers: tuple[int, ...], rows: int) -> dict[int, torch.Tensor]:
+    def attend(
+        self, tokens: torch.Tensor, *, layers: tuple[int, ...], rows: tuple[int, int]
+    ) -> dict[int, torch.Tensor]:
         """Append ``tokens`` ([t], the same in every row) through the layers up to ``max(layers)`` only,
-        and return, per layer of ``layers``, the attention mass ``[rows_of_batch, slots]`` (fp32) that the
-        last ``rows`` of them pay to every slot of their row (summed over heads and those rows)."""
+        and return, per layer of ``layers``, the attention mass ``[rows_of_batch, queries, slots]`` (fp32)
+        that each of the tokens ``rows`` = ``[start, end)`` pays to every slot of its row (summed over
+        heads)."""
         t = len(tokens)
         positions = self.next_positions[:, None] + torch.arange(t, device=tokens.device)[None, :]
         mask = self.kv.attention_mask(slice(None), t)  # [rows, length + t]

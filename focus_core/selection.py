@@ -15,33 +15,33 @@ distractor's value when the filler around the answer holds lookalikes).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import PretrainedConfig
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from .chunking import ChunkPlan
 
 # Chosen by measurement on the embedded model (README, "Selection"; SmolLM2-135M, 30 layers, RULER and
 # needle cases at 32K): the question's attention points at every needle from 60% of the way up (layer
-# 18; GemFilter finds the same band, 40-60%, on 8B-12B models); the queries are the question's tokens,
-# at most the last PROBE_ROWS (the question and the answer's first words; rows further back are document
-# text, which attends to its lookalikes in the chunks, not to what the question needs); the first
-# SINK_TOKENS tokens of every chunk draw attention whatever they hold (attention sinks, as a BOS does)
-# and say nothing of relevance.
+# 18; GemFilter finds the same band, 40-60%, on 8B-12B models); the first SINK_TOKENS tokens of every
+# chunk draw attention whatever they hold (attention sinks, as a BOS does) and say nothing of relevance.
+# The queries are the question's own tokens (:func:`question_rows`): a line of at least MIN_QUESTION_TOKENS
+# words, so that an answer cue ("Answer:") or a chat template's turn markers are not taken for it.
 EXIT_DEPTH = 0.6
-PROBE_ROWS = 24
-MIN_PROBE_ROWS = 4
+MIN_QUESTION_TOKENS = 4
+MIN_PART_QUERIES = 2
 SINK_TOKENS = 4
 
 
-def default_exit_layer(config: PretrainedConfig) -> int:
-    """The probe layer for a model of this depth: ``EXIT_DEPTH`` of the way up, moved up to the next
-    layer with full (not sliding-window) attention where layers differ (Gemma 2/3, ...)."""
+def default_exit_layer(config: PretrainedConfig, depth: float = EXIT_DEPTH) -> int:
+    """The probe layer for a model of this depth: ``depth`` of the way up, moved up to the next layer with
+    full (not sliding-window) attention where layers differ (Gemma 2/3, ...)."""
     layers = config.num_hidden_layers
-    layer = int(EXIT_DEPTH * layers)
+    layer = int(depth * layers)
     types = getattr(config, "layer_types", None) or ["full_attention"] * layers
     full = [i for i, kind in enumerate(types) if kind == "full_attention"]
     return next((i for i in full if i >= layer), full[-1] if full else layer)
@@ -60,31 +60,53 @@ def probed(plan: ChunkPlan) -> ChunkPlan:
 
 
 def memory_mass(grid: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
-    """Per memory token of ``plan``, its mass in ``grid`` (``[chunks, C]``, what the probe read for
-    :func:`probed` ``(plan)``) less what a typical chunk's token draws at the same place.
+    """Per query and memory token of ``plan``, its mass in ``grid`` (``[chunks, queries, C]``, what the
+    probe read for :func:`probed` ``(plan)``) less what a typical chunk's token draws at the same place
+    from the same query; returns ``[queries, memory tokens]``.
 
     Every chunk is read on its own with the question right after it, so its first tokens draw attention
     whatever they hold (sinks) and so do its last (recency); over a hundred chunks of filler those chunk
-    edges together outscore a needle. The median over chunks at each position is that positional share;
-    what is left is the attention a token draws for what it says (with fewer than three chunks there is
-    no median to take and the mass is kept as it is). The overlap of a widened last chunk is dropped."""
+    edges together outscore a needle. The median over chunks at each position is that positional share
+    (what attention gives a place whatever the document says there); what is left is the attention a
+    token draws for what it says (with fewer than three chunks there is no median to take and the mass
+    is kept as it is). The overlap of a widened last chunk is dropped."""
     if grid.shape[0] >= 3:
         grid = (grid - grid.median(dim=0).values).clamp_min(0)
-    overlap = grid.shape[1] - len(plan.chunks[-1]) if plan.chunks else 0  # a widened last chunk's first tokens
-    return torch.cat([grid[:-1].reshape(-1), grid[-1, overlap:]]) if overlap else grid.reshape(-1)
+    grid = grid.transpose(0, 1)  # [queries, chunks, C]
+    overlap = grid.shape[2] - len(plan.chunks[-1]) if plan.chunks else 0  # a widened last chunk's first tokens
+    flat = grid[:, :-1].reshape(grid.shape[0], -1)
+    return torch.cat([flat, grid[:, -1, overlap:]], dim=1)
 
 
-def probe_rows(tail: Sequence[str]) -> int:
-    """How many of the prompt's last tokens ask the question: those after its last blank line when one
-    falls among the last ``PROBE_ROWS`` tokens (a short question set apart from its document, leaving at
-    least ``MIN_PROBE_ROWS``), else the last ``PROBE_ROWS``.
+def question_marks(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> tuple[frozenset[int], frozenset[int]]:
+    """Of ``ids``, those of tokens that end a line (their text holds a newline); and the special tokens'
+    ids (:func:`question_rows`). Each id is decoded once per tokenizer."""
+    return frozenset(i for i in set(ids) if _ends_line(tokenizer, i)), frozenset(tokenizer.all_special_ids)
 
-    tail: the prompt's last tokens, each decoded on its own."""
-    tail = list(tail)[-PROBE_ROWS:]
-    for i in range(len(tail) - MIN_PROBE_ROWS - 1, 0, -1):
-        if "\n\n" in tail[i] or (tail[i].startswith("\n") and tail[i - 1].endswith("\n")):
-            return len(tail) - i - 1
-    return len(tail)
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ends_line(tokenizer: PreTrainedTokenizerBase, token: int) -> bool:
+    return "\n" in tokenizer.decode([token])
+
+
+def question_rows(prompt: Sequence[int], line_ends: Set[int], special: Set[int]) -> tuple[int, int]:
+    """``[start, end)`` of the question's tokens in ``prompt`` (the dynamic prompt): its last line that
+    holds at least :data:`MIN_QUESTION_TOKENS` ordinary tokens, without the special and line-ending
+    tokens that close it; the whole prompt when no line does. Lines shorter than that after the question
+    (an answer cue such as ``Answer:``, a chat template's ``<|im_start|>assistant``) are passed over, and
+    the document text before the question's line is not read.
+
+    line_ends: the ids of tokens that end a line (their text holds a newline); special: special tokens."""
+    end = len(prompt)
+    while end > 0:
+        start = end - 1
+        while start > 0 and prompt[start - 1] not in line_ends:
+            start -= 1
+        words = [i for i in range(start, end) if prompt[i] not in special and prompt[i] not in line_ends]
+        if len(words) >= MIN_QUESTION_TOKENS:
+            return start, words[-1] + 1
+        end = start
+    return 0, len(prompt)
 
 
 @dataclass(frozen=True)
@@ -100,13 +122,87 @@ class Span:
 
 
 def pooled(mass: torch.Tensor, window: int) -> torch.Tensor:
-    """``out[i]`` = the mass of the ``window`` tokens centred on token ``i`` (clipped at the ends).
+    """``out[..., i]`` = the mass of the ``window`` tokens centred on token ``i`` (clipped at the ends).
 
-    mass: ``[tokens]``; returns ``[tokens]`` fp32."""
+    mass: ``[tokens]`` or ``[queries, tokens]``; returns the same shape, fp32."""
     kernel = torch.ones(1, 1, window, dtype=torch.float32, device=mass.device)
     left = (window - 1) // 2
-    padded = F.pad(mass.float()[None, None], (left, window - 1 - left))
-    return F.conv1d(padded, kernel)[0, 0]
+    rows = mass.float().reshape(-1, 1, mass.shape[-1])  # [queries, 1, tokens]
+    return F.conv1d(F.pad(rows, (left, window - 1 - left)), kernel).reshape(mass.shape)
+
+
+def choose_spans(
+    mass: torch.Tensor,
+    *,
+    passage: int,
+    budget: int,
+    skip: int = 0,
+    drop: float | None = None,
+    min_queries: int = MIN_PART_QUERIES,
+) -> list[Span]:
+    """The passages the question's attention chooses, document order: what the whole question draws to
+    (:func:`select_spans` over the mass summed over queries), and, with ``drop``, the passage each part of
+    the question points at on its own (:func:`part_peaks`), in place of the whole question's weakest
+    choices where the ``budget`` runs out. A question naming several keys spreads its summed attention
+    over their needles, and a cliff over the sum cuts the weaker keys; each key's own queries find its
+    needle.
+
+    mass: ``[queries, tokens]`` attention mass each query of the question pays each memory token."""
+    whole = select_spans(mass.sum(dim=0), passage=passage, budget=budget, skip=skip, drop=drop)
+    if drop is None or not whole:
+        return whole
+    width = len(whole[0])
+    missing: list[Span] = []
+    for peak in part_peaks(mass, passage=width, skip=skip, drop=drop, min_queries=min_queries):
+        if not _overlaps(peak, whole + missing):
+            missing.append(peak)
+    room = max(0, budget // width - len(whole))
+    cut = max(0, min(len(missing), len(whole) - 1) - room)  # the whole question's weakest give way
+    kept = sorted(whole, key=lambda s: -s.score)[: len(whole) - cut]
+    return sorted(kept + missing[: room + cut], key=lambda s: s.start)
+
+
+def part_peaks(
+    mass: torch.Tensor, *, passage: int, skip: int, drop: float, min_queries: int = MIN_PART_QUERIES
+) -> list[Span]:
+    """The passages parts of the question point at, strongest first. A query points at a passage when
+    the window of ``passage`` tokens it draws most to draws at least ``drop`` times what any window apart
+    from it draws; queries pointing at overlapping windows are one part (the tokens of one key), and a
+    part of at least ``min_queries`` queries keeps the window its queries together draw most to. Queries
+    whose attention is spread (words every needle shares, such as the question's template) point at
+    nothing, and a lone query's peak is as often a chance one.
+
+    mass: ``[queries, tokens]``."""
+    n = mass.shape[1]
+    if n - skip < 2 * passage:
+        return []
+    score = pooled(mass, passage)[:, skip:]  # [queries, tokens - skip]
+    best, centre = score.max(dim=1)
+    apart = (torch.arange(score.shape[1])[None, :] - centre[:, None]).abs() >= passage
+    second = score.masked_fill(~apart, 0).amax(dim=1)
+    pointing = sorted(int(q) for q in torch.nonzero(best > drop * second.clamp_min(1e-12)).flatten())
+    parts: list[list[int]] = []
+    for q in sorted(pointing, key=lambda q: int(centre[q])):
+        if parts and int(centre[q]) - int(centre[parts[-1][-1]]) < passage:
+            parts[-1].append(q)
+        else:
+            parts.append([q])
+    peaks = []
+    for queries in (p for p in parts if len(p) >= min_queries):
+        together = score[queries].sum(dim=0)
+        near = (torch.arange(score.shape[1]) - int(centre[queries[0]])).abs() < 2 * passage
+        at = int(together.masked_fill(~near, float("-inf")).argmax()) + skip
+        start = min(max(at - (passage - 1) // 2, skip), n - passage)
+        part_mass = mass[queries].sum(dim=0)
+        free = torch.ones(n, dtype=torch.bool)
+        free[:skip] = False
+        start = _recentred(part_mass, free, start, passage)
+        peaks.append(Span(start, start + passage, float(mass[:, start : start + passage].sum())))
+    return sorted(peaks, key=lambda s: -s.score)
+
+
+def _overlaps(span: Span, others: Sequence[Span]) -> bool:
+    return any(span.start < o.end and o.start < span.end for o in others)
 
 
 def select_spans(

@@ -246,6 +246,19 @@ def test_a_generation_reports_its_tokens_and_why_it_ended(make_engine):
     assert completion.prompt_tokens == len(ids) and 2 <= len(completion.completion_ids) < 6
 
 
+def test_an_answer_ended_by_its_first_token_says_so(make_engine, caplog):
+    """When the model's first token is end-of-sequence the reply is empty, and the finish reason and a
+    warning say why rather than leaving an empty string unexplained."""
+    engine = make_engine(max_new_tokens=6)
+    ids = random_ids(300, seed=14)
+    first = engine.generate_ids(ids)[0]
+    engine.eos_token_ids = engine.eos_token_ids | {first}  # this model's first answer token now ends it
+    with caplog.at_level("WARNING", logger="focus_core"):
+        completion = engine.complete(ids)
+    assert completion.text == "" and completion.completion_ids == () and completion.finish_reason == "empty"
+    assert any("first token" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("aggregation", ["select", "focus", "entropy", "kv"])
 def test_prefixes_keeping_only_the_sliding_window_give_the_same_tokens(make_engine, aggregation):
     """Gemma 3's sliding-window layers store only their window of each chunk prefix (the rest is never

@@ -15,14 +15,16 @@ from focus_core.chunking import ChunkPlan
 from focus_core.memory import KVBlock, Windows, chunked_layout
 from focus_core.runner import SequenceBatch
 from focus_core.selection import (
-    PROBE_ROWS,
     SINK_TOKENS,
     Span,
+    choose_spans,
     memory_mass,
     merge,
+    part_peaks,
     pooled,
-    probe_rows,
     probed,
+    question_marks,
+    question_rows,
     select_spans,
 )
 
@@ -47,26 +49,27 @@ def test_early_exit_prefix_equals_the_full_pass_up_to_its_layer(make_engine, arc
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])  # Gemma 3's layer 0 has a sliding window of 16
 def test_the_probe_records_the_attention_eager_attention_returns(tokenizer, arch, layer):
     """The probe's mass equals the softmax probabilities of an eager forward (output_attentions), summed
-    over heads and the last rows, for a batch with left padding."""
+    over heads, per query row, for a batch with left padding."""
     model = tiny_model(arch)
     eager = tiny_model(arch)
     eager.set_attn_implementation("eager")
     from focus_core.runner import ModelRunner
 
-    runner, rows = ModelRunner(model), 3
+    runner, rows = ModelRunner(model), (1, 4)
     sequences = [random_ids(20, seed=2), random_ids(14, seed=3)]
     question = torch.tensor(random_ids(5, seed=4))
     batch = SequenceBatch(runner, rows=2, capacity=25)
     with torch.inference_mode():
         batch.start_padded(sequences)
-        mass = batch.attend(question, layers=(layer,), rows=rows)[layer]  # [2, 25]
+        mass = batch.attend(question, layers=(layer,), rows=rows)[layer]  # [2, 3, 25]
         for r, seq in enumerate(sequences):
             ids = torch.tensor([seq + question.tolist()])
             attentions = eager(ids, output_attentions=True).attentions[layer][0]  # [heads, t, t]
-            expected = attentions[:, -rows:].sum(dim=(0, 1))  # [t]
+            first = len(seq)  # the question's first token
+            expected = attentions[:, first + rows[0] : first + rows[1]].sum(dim=0)  # [3, t]
             pad = 20 - len(seq)
-            torch.testing.assert_close(mass[r, pad:], expected, atol=1e-5, rtol=1e-4)
-            assert float(mass[r, :pad].abs().sum()) == 0.0  # padding draws nothing
+            torch.testing.assert_close(mass[r, :, pad:], expected, atol=1e-5, rtol=1e-4)
+            assert float(mass[r, :, :pad].abs().sum()) == 0.0  # padding draws nothing
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
@@ -98,10 +101,11 @@ def test_select_reads_the_passages_the_question_attends_to(make_engine):
     request = engine.request(ids)
     plan, layout = request.plan, request.layout
     with torch.inference_mode():
-        mass = engine.encoder.attend(plan, layers=(0,), rows=16, layout=layout, progress=False)[0]
-    assert mass.shape == (plan.memory_tokens,)
-    starts = list(itertools.accumulate([0] + [len(c) for c in plan.chunks[:-1]]))
-    assert all(float(mass[s : s + SINK_TOKENS].sum()) == 0 for s in starts)  # attention sinks left out
+        rows = (0, len(plan.dynamic_prompt))
+        grid = engine.encoder.attend(plan, layers=(0,), rows=rows, layout=layout, progress=False)[0]
+    assert grid.shape == (len(plan.chunks), rows[1], len(plan.chunks[0]))
+    assert float(grid[:, :, :SINK_TOKENS].abs().sum()) == 0  # attention sinks left out
+    mass = torch.cat([g[:, : len(c)] for g, c in zip(grid, plan.chunks)], dim=1).sum(dim=0)  # [memory tokens]
     best = max(range(16, plan.memory_tokens - 16 + 1), key=lambda a: float(mass[a : a + 16].sum()))
     spans = select_spans(mass, passage=16, budget=48, skip=16)
     assert any(s.start <= best + 8 < s.end for s in spans)  # the best window's middle is read
@@ -143,23 +147,60 @@ def test_the_probe_reads_chunks_of_one_length_and_scores_what_they_say_not_where
     assert probed(plan).chunks[-1] == (11, 12, 13, 14) and probed(plan).chunks[:3] == plan.chunks[:3]
     assert probed(probed(plan)) == probed(plan)
     edges = torch.tensor([0.0, 0.1, 0.2, 1.0])  # every chunk's last token draws 1.0 whatever it holds
-    grid = edges.repeat(4, 1)
-    grid[1, 1] += 0.5  # token 6: the needle
-    grid[3, 1] += 0.3  # token 12, scored twice (chunk 3 and the widened chunk 4): the first is kept
+    grid = edges.repeat(4, 2, 1)  # [chunks, queries, C]
+    grid[1, 0, 1] += 0.5  # token 6: the needle, for the first query
+    grid[2, 1, 2] += 0.4  # token 11 for the second query
+    grid[3, 1, 1] += 0.3  # token 12, scored twice (chunk 3 and the widened chunk 4): the first is kept
     mass = memory_mass(grid, plan)
-    assert mass.shape == (plan.memory_tokens,)
-    torch.testing.assert_close(mass, torch.tensor([0.0, 0, 0, 0, 0, 0.5, 0, 0, 0, 0, 0, 0, 0, 0]))
+    assert mass.shape == (2, plan.memory_tokens)
+    expected = torch.zeros(2, 14)
+    expected[0, 5], expected[1, 10] = 0.5, 0.4
+    torch.testing.assert_close(mass, expected)
     two = ChunkPlan(chunks=((1, 2, 3, 4), (5, 6)), local=(7,), dynamic_prompt=(7,))
-    torch.testing.assert_close(memory_mass(edges.repeat(2, 1), two), torch.tensor([0.0, 0.1, 0.2, 1.0, 0.2, 1.0]))
+    torch.testing.assert_close(memory_mass(edges.repeat(2, 1, 1), two), torch.tensor([[0.0, 0.1, 0.2, 1.0, 0.2, 1.0]]))
 
 
-def test_the_probe_queries_are_the_question_after_its_blank_line():
-    text = ["back", " again", ".", "\n\n", "What", " is", " the", " key", "?", " The", " key", " is", " "]
-    assert probe_rows(text) == 9  # the tokens after the blank line
-    assert probe_rows(text[:3] + ["\n", "\n"] + text[4:]) == 9  # a blank line written as two newlines
-    assert probe_rows(["word"] * 40) == PROBE_ROWS  # no blank line: the last PROBE_ROWS tokens
-    assert probe_rows(["word"] * 40 + ["\n\n", "Q", "?"]) == PROBE_ROWS  # too short to be the question alone
-    assert probe_rows(["\n\n"] + ["word"] * 30) == PROBE_ROWS  # the blank line lies further back
+def test_the_probe_queries_are_the_question_line_without_template_tokens():
+    """The question is its last line of at least four ordinary tokens: an answer cue on the line after it,
+    a chat template's closing and opening turn markers, and the document before it are not queries."""
+    nl, eot, bot = 10, 90, 91  # a token ending a line; two special tokens
+    marks = ({nl}, {eot, bot})
+    doc, question = [5, 6, 7, nl], [20, 21, 22, 23, 24]
+    assert question_rows(doc + question, *marks) == (4, 9)
+    assert question_rows(doc + question + [nl, 30, 31], *marks) == (4, 9)  # "\nAnswer:" after it
+    chat = doc + question + [eot, nl, bot, 40, nl]  # <|im_end|>\n<|im_start|>assistant\n
+    assert question_rows(chat, *marks) == (4, 9)
+    assert question_rows([5, 6, 7, 8, 9, 11], *marks) == (0, 6)  # one line: all of it
+    assert question_rows([nl, 5, nl, 6], *marks) == (0, 4)  # no line long enough: the whole prompt
+
+
+def test_each_part_of_the_question_keeps_its_own_passage():
+    """Four keys asked together: each key's two queries point at its own needle, and the summed attention
+    draws the strongest key's needle far above the others. The whole question's cliff reads that one
+    needle alone; the parts add the other three. Queries spread over every needle (the question's
+    template words) point at nothing, so a distractor stays out, and a lone query's peak is no part."""
+    tokens, needles = 4000, [600, 1500, 2500, 3400]
+    mass = torch.full((11, tokens), 1e-4)  # 11 queries: 4 keys of 2 tokens, 2 template words, 1 stray
+    for q, strength in enumerate([8.0, 8.0, 1.0, 1.0, 1.0, 1.0, 1.5, 1.5]):
+        mass[q, needles[q // 2] : needles[q // 2] + 10] = strength
+    for n in needles + [3000]:  # the template words draw to every needle and to a distractor alike
+        mass[8:10, n : n + 10] = 0.5
+    mass[10, 2000:2010] = 1.0  # one query's chance peak
+
+    def reads(spans: list[Span], token: int) -> bool:
+        return any(s.start <= token < s.end for s in spans)
+
+    whole = select_spans(mass.sum(dim=0), passage=64, budget=512, skip=64, drop=2.0)
+    assert [reads(whole, n) for n in needles] == [True, False, False, False]
+    spans = choose_spans(mass, passage=64, budget=512, skip=64, drop=2.0)
+    assert all(reads(spans, n) for n in needles) and not reads(spans, 3000) and not reads(spans, 2000)
+    assert len(part_peaks(mass, passage=64, skip=64, drop=2.0)) == 4
+    assert len(part_peaks(mass, passage=64, skip=64, drop=2.0, min_queries=1)) == 5  # the stray counts alone
+    tight = choose_spans(mass, passage=64, budget=128, skip=64, drop=2.0)  # room for two passages
+    assert len(tight) == 2 and reads(tight, 600)
+    assert choose_spans(mass, passage=64, budget=512, skip=64, drop=None) == select_spans(
+        mass.sum(dim=0), passage=64, budget=512, skip=64
+    )  # no cliff: the whole budget by the summed attention, as before
 
 
 @pytest.mark.parametrize(
@@ -248,3 +289,18 @@ def test_relevance_picks_the_needle_passage_in_real_prose_on_the_embedded_model(
     assert engine.count_tokens(document) > 2 * engine.native_window
     assert "paprika" in max(completion.relevance, key=lambda s: s.score).text
     assert any("paprika" in s.text for s in completion.sources) and "paprika" in completion.text
+
+
+@pytest.mark.slow
+def test_the_question_is_found_through_the_embedded_models_chat_template_and_answer_cue(embedded):
+    """A user's question asked through the chat template, or ending in a completion's ``Answer:``, reaches
+    the probe as the question's own tokens: no turn markers, no answer cue, no document text."""
+    _, tokenizer = embedded
+    document, question = "The observatory reopened in May.\n\nIts telescope is new.", "Who named the new telescope?"
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"{document}\n\n{question}"}], tokenize=False, add_generation_prompt=True
+    )
+    for prompt in (chat, f"{document}\n\nQuestion: {question}\nAnswer:"):
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids[-64:]
+        start, end = question_rows(ids, *question_marks(tokenizer, ids))
+        assert tokenizer.decode(ids[start:end]).strip().removeprefix("Question: ") == question
