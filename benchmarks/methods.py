@@ -116,8 +116,9 @@ class Truncation(Method):
 
     def prompt(self, engine: FocusEngine, case: Case) -> tuple[str | None, dict]:
         window = self.window or engine.native_window - engine.config.max_new_tokens
-        keep = window - engine.count_tokens(case.query) - MARGIN
-        return last_tokens(engine, case.context, keep) + case.query, {"window": window}
+        opening = getattr(case, "opening", "")
+        keep = window - engine.count_tokens(opening + case.query) - MARGIN
+        return opening + last_tokens(engine, case.context, keep) + case.query, {"window": window}
 
 
 @dataclass
@@ -131,7 +132,7 @@ class VectorRAG(Method):
         index, chunks, build_seconds = vector_index(engine, case.context, self.chunk_size, self.chunk_overlap)
         hits = index.as_retriever(similarity_top_k=self.top_k).retrieve(case.question)
         context = "\n\n".join(hit.node.get_content() for hit in hits)
-        return context + case.query, {
+        return getattr(case, "opening", "") + context + case.query, {
             "index_seconds": build_seconds,
             "index_reused": vector_index.cache_info().hits > before,
             "chunks": chunks,

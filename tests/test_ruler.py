@@ -204,7 +204,11 @@ def test_a_seed_gives_one_sample_and_seeds_differ(samples, tokenizer):
         other = make_sample(task, tokenizer, 2048, 1)
         assert again == samples[task, 2048]
         assert other.prompt != again.prompt and other.outputs != again.outputs
-        assert make_sample(task, tokenizer, 4096, 0).outputs != again.outputs  # the length seeds it too
+        longer = make_sample(task, tokenizer, 4096, 0)
+        if ruler.family(task) == "qa":  # the part's question of that index at every length, as RULER asks
+            assert longer.question == again.question and longer.prompt != again.prompt
+        else:
+            assert longer.outputs != again.outputs  # the length seeds it too
 
 
 def test_the_question_follows_the_context_never_inside_it(samples):
@@ -446,3 +450,43 @@ def test_speed_times_rag_a_first_and_a_second_select_question_on_one_case(make_e
     summary = speed.summarize([record])
     assert summary["second_over_first"] == second["seconds"] / first["seconds"]
     assert summary["select_over_rag"] == first["seconds"] / record["rag"]["seconds"]
+
+
+def test_the_development_and_held_out_parts_share_no_seed_haystack_wording_or_question(tokenizer):
+    """The split lives in the code: a sample is asked for by part and index, and the parts differ in
+    everything that makes one."""
+    from benchmarks.ruler.protocol import DEV, HELDOUT, prose_words
+
+    assert not set(map(DEV.seed, range(DEV.size))) & set(map(HELDOUT.seed, range(HELDOUT.size)))
+    assert not set(DEV.haystacks) & set(HELDOUT.haystacks) and DEV.niah != HELDOUT.niah and DEV.qa != HELDOUT.qa
+    with pytest.raises(ValueError):
+        DEV.seed(DEV.size)  # past the development part: never a held-out seed
+    for task in ("niah_single_2", "niah_multiquery", "qa_1", "qa_2"):
+        dev, held = (make_sample(task, tokenizer, 2048, i, part) for i, part in ((0, DEV), (0, HELDOUT)))
+        assert (dev.part, held.part) == ("dev", "heldout") and held.seed == HELDOUT.seed(0)
+        assert dev.question != held.question and dev.query != held.query
+    essays = make_sample("niah_single_2", tokenizer, 2048, 0, HELDOUT)
+    assert " ".join(prose_words("paul_graham")[:20]) in essays.context
+    wiki = make_sample("niah_single_2", tokenizer, 2048, 1, HELDOUT)
+    assert " ".join(prose_words("wikipedia")[:20]) in wiki.context
+
+
+def test_a_qa_sample_asked_through_the_chat_template_is_the_users_message(tokenizer):
+    """The documents and the question become the user's turn (no completion cue), the assistant's turn
+    follows; methods that rebuild the prompt (RAG, truncation) keep the template's opening."""
+    import copy
+
+    from benchmarks.ruler.protocol import HELDOUT
+    from benchmarks.ruler.tasks import chat_sample
+
+    chatty = copy.deepcopy(tokenizer)
+    chatty.chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}<|assistant|>"
+    sample = make_sample("qa_1", tokenizer, 2048, 0, HELDOUT)
+    chat = chat_sample(sample, chatty)
+    assert (
+        chat.prompt
+        == "<|user|>" + sample.context + sample.query.removesuffix("Answer:").rstrip() + "<|end|><|assistant|>"
+    )
+    assert chat.tokens == len(chatty(chat.prompt).input_ids) and chat.outputs == sample.outputs
+    with pytest.raises(ValueError):
+        chat_sample(make_sample("niah_single_1", tokenizer, 2048, 0), chatty)

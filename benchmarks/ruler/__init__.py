@@ -17,6 +17,12 @@ or UUIDs.
   others 3 times (6 and 1 below 4K tokens), after one worked example; the answer is the 10 common words.
 - ``fwe`` (frequent words extraction): "coded words" (6 random letters) drawn with Zipf counts (alpha 2),
   the most frequent one replaced by RULER's "..." dots; the answer is the next three.
+- ``qa_1`` / ``qa_2``: a SQuAD (single-hop) / HotpotQA (two-hop) question over numbered documents: its
+  gold ones, then related ones (the other paragraphs of its SQuAD article; HotpotQA's eight distractors),
+  then others at random, shuffled; the metric is RULER's ``string_match_part`` (any reference).
+
+Every sample belongs to a part of the held-out protocol (:mod:`benchmarks.ruler.protocol`): development
+(tune here) or held-out (report here), which differ in seeds, prose haystacks, wording and qa questions.
 
 Templates and answer prefixes are RULER's (``scripts/data/synthetic/constants.py``), word for word,
 including its singular rewording of the niah template when one value is asked. The metric is RULER's
@@ -24,32 +30,54 @@ including its singular rewording of the niah template when one value is asked. T
 appear in the reply, ignoring case. Length is RULER's: the prompt plus the task's ``tokens_to_generate``
 fit in the length (the prompt is within 1% of filling it), counted with the tokenizer passed in.
 
-Where this differs from RULER: the real-prose haystack is CPython's reference documentation
-(:func:`benchmarks.haystack.reference_prose`), not Paul Graham's essays, cut into sentences by a regular
-expression rather than NLTK; word keys join two words of :func:`word_list` (built from the same
-documentation) with a hyphen, as RULER joins an adjective and a noun; ``cwe`` draws its words from that
+Where this differs from RULER: the development part's real-prose haystack is CPython's reference
+documentation (:func:`benchmarks.haystack.reference_prose`); the held-out part's are RULER's Paul Graham
+essays and SQuAD's Wikipedia paragraphs, alternating; prose is cut into sentences by a regular expression
+rather than NLTK; HotpotQA's gold documents are its two supporting ones (RULER keeps all ten); word keys
+join two words of :func:`word_list` (built from the CPython documentation) with a hyphen, as RULER joins
+an adjective and a noun; ``cwe`` draws its words from that
 list and, where a length needs more distinct words than the list holds, multiplies both frequencies by
 the same factor (RULER switches to a larger dictionary); randomness comes from Python's ``random``
 seeded by (task, length, seed).
 
     python -m benchmarks.ruler --lengths 4096 8192 16384 32768 65536 131072 --samples 10 --tasks all \\
         --methods entropy focus auto full truncation rag --rag-top-k 4 --rag-chunk-size 256 --resume
+    python -m benchmarks.ruler --part heldout --lengths 32768 --samples 5 --methods select rag
     python -m benchmarks.ruler --recall --lengths 16384 32768 131072 --samples 10 --signals likelihood
 
-The first writes ``benchmarks/results/ruler.json`` after every case (``--resume`` skips the cases it
-already holds) and the heatmap ``docs/ruler.png``; the second writes the recall of the answer chunks by
-the engine's own relevance to ``benchmarks/results/relevance_recall.json`` (prompts that fit the native
-window have no chunks, hence no recall).
+The first writes ``benchmarks/results/ruler.json`` (the held-out part: ``benchmarks/results/heldout/``)
+after every case (``--resume`` skips the cases it already holds) and the heatmap ``docs/ruler.png``; the
+second writes the recall of the answer chunks by the engine's own relevance to
+``benchmarks/results/relevance_recall.json`` (prompts that fit the native window have no chunks, hence no
+recall).
 """
 
+from .protocol import DEV, HELDOUT, PARTS, Part
 from .recall import answer_chunk_recall, run_recall, summarize_recall
 from .runner import NEW_TOKENS, make_methods, needle_coverage, plot_heatmaps, run_suite, summarize
-from .tasks import NIAH, NOISE, TASKS, TOKENS_TO_GENERATE, Sample, family, make_sample, string_match_all, word_list
+from .tasks import (
+    NIAH,
+    NOISE,
+    QA,
+    TASKS,
+    TOKENS_TO_GENERATE,
+    Sample,
+    family,
+    make_sample,
+    string_match_all,
+    string_match_part,
+    word_list,
+)
 
 __all__ = [
+    "DEV",
+    "HELDOUT",
     "NEW_TOKENS",
     "NIAH",
     "NOISE",
+    "PARTS",
+    "QA",
+    "Part",
     "TASKS",
     "TOKENS_TO_GENERATE",
     "Sample",
@@ -62,6 +90,7 @@ __all__ = [
     "run_recall",
     "run_suite",
     "string_match_all",
+    "string_match_part",
     "summarize",
     "summarize_recall",
     "word_list",

@@ -15,14 +15,16 @@ from focus_core import FocusEngine
 from ..common import result_header, write_json
 from ..methods import FocusMethod, FullAttention, Method, Truncation, VectorRAG
 from ..plots import plt, save_figure
-from .tasks import TASKS, Sample, family, make_sample
+from .protocol import DEV, Part
+from .tasks import TASKS, Sample, chat_sample, family, make_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------- the benchmark runner
 
-NEW_TOKENS = {"niah": 64, "vt": 30, "cwe": 120, "fwe": 50}  # RULER's tokens_to_generate, niah's 128 halved for CPU
+# RULER's tokens_to_generate, niah's 128 halved for CPU
+NEW_TOKENS = {"niah": 64, "vt": 30, "cwe": 120, "fwe": 50, "qa": 32}
 
 
 def make_methods(names: Sequence[str], rag_top_k: int, rag_chunk_size: int) -> list[Method]:
@@ -46,17 +48,23 @@ def run_suite(
     *,
     resume: bool = False,
     stop: Sequence[str] = (),
+    part: Part = DEV,
+    chat: bool = False,
 ) -> dict:
-    """Every method on ``samples`` samples of every task and length. ``results`` (JSON) is rewritten after
-    each record and ``figure`` (heatmap) after each sample; ``resume`` keeps the records already in
-    ``results`` and runs only the others. Each task family's generation length (:data:`NEW_TOKENS`) is set
-    in the engine's config, which the methods read."""
+    """Every method on the first ``samples`` samples of ``part`` (benchmarks.ruler.protocol) of every task
+    and length; with ``chat``, the qa tasks asked through the model's chat template (:func:`chat_sample`).
+    ``results`` (JSON) is rewritten after each record and ``figure`` (heatmap) after each sample;
+    ``resume`` keeps the records already in ``results`` and runs only the others. Each task family's
+    generation length (:data:`NEW_TOKENS`) is set in the engine's config, which the methods read."""
     header = results_header(
         engine,
         {
             "tasks": list(tasks),
             "lengths": list(lengths),
             "samples": samples,
+            "part": part.name,
+            "chat": chat,
+            "seeds": [part.seed(0), part.seed(samples - 1)] if samples else [],
             "methods": [m.name for m in methods],
             "new_tokens": NEW_TOKENS,
             "stop": list(stop),
@@ -69,11 +77,13 @@ def run_suite(
     payload = save_results(results, header, records, summarize(records))
     for length in lengths:
         for task in tasks:
-            for seed in range(samples):
-                todo = [m for m in methods if (task, length, seed, m.name) not in done]
+            for index in range(samples):
+                todo = [m for m in methods if (task, length, part.seed(index), m.name) not in done]
                 if not todo:
                     continue
-                case = make_sample(task, engine.tokenizer, length, seed)
+                case = make_sample(task, engine.tokenizer, length, index, part)
+                if chat:
+                    case = chat_sample(case, engine.tokenizer)
                 engine.config = engine.config.replace(max_new_tokens=NEW_TOKENS[family(task)], stop=tuple(stop))
                 for record in _answer(engine, case, todo):
                     records.append(record)
@@ -112,6 +122,7 @@ def _record(case: Sample, method: str, out: dict | None) -> dict:
         "task": case.task,
         "length": case.length,
         "seed": case.seed,
+        "part": case.part,
         "method": method,
         "tokens": case.tokens,
         "outputs": list(case.outputs),

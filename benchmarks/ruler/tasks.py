@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -14,15 +15,10 @@ from itertools import pairwise
 from typing import Any
 
 from .. import haystack
+from .protocol import DEV, Part, Phrasing, Question, hotpotqa, prose_words, squad
 
 # ----------------------------------------------------------------- RULER's templates, word for word
 
-NIAH_TEMPLATE = (
-    "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. I will "
-    "quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic {type_needle_v} "
-    "for {query} mentioned in the provided text?"
-)
-NIAH_ANSWER_PREFIX = " The special magic {type_needle_v} for {query} mentioned in the provided text are"
 VT_TEMPLATE = (
     "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
     "Question: Find all variables that are assigned the value {query} in the text above."
@@ -45,7 +41,8 @@ FWE_ANSWER_PREFIX = " Answer: According to the coded text above, the three most 
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
-TOKENS_TO_GENERATE = {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50}  # RULER's, per task family
+TOKENS_TO_GENERATE = {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50, "qa": 32}  # RULER's, per task family
+QA_DOCUMENT = "Document {i}:\n{document}"
 DEPTHS = tuple(round(100 * i / 39) for i in range(40))  # RULER's needle depths in prose (percent)
 VT_HOPS = 4
 VT_EXAMPLE_TOKENS = 500  # RULER's worked variable-tracking example
@@ -79,18 +76,25 @@ NIAH = {
     "niah_multivalue": NiahConfig("essay", "words", "numbers", num_v=4),
     "niah_multiquery": NiahConfig("essay", "words", "numbers", num_q=4),
 }
-TASKS = (*NIAH, "vt", "cwe", "fwe")
+QA = {"qa_1": squad, "qa_2": hotpotqa}  # RULER's single-hop (SQuAD) and multi-hop (HotpotQA) questions
+TASKS = (*NIAH, "vt", "cwe", "fwe", *QA)
 
 
 def family(task: str) -> str:
-    """RULER's task family: ``niah``, ``vt``, ``cwe`` or ``fwe``."""
-    return "niah" if task in NIAH else task
+    """RULER's task family: ``niah``, ``vt``, ``cwe``, ``fwe`` or ``qa``."""
+    return "niah" if task in NIAH else "qa" if task in QA else task
 
 
 def string_match_all(reply: str, references: Sequence[str]) -> float:
     """RULER's ``string_match_all`` for one reply: the fraction of references in it, ignoring case."""
     reply = reply.lower()
     return sum(r.lower() in reply for r in references) / len(references)
+
+
+def string_match_part(reply: str, references: Sequence[str]) -> float:
+    """RULER's ``string_match_part`` (qa) for one reply: 1 when any reference is in it, ignoring case."""
+    reply = reply.lower()
+    return float(any(r.lower() in reply for r in references))
 
 
 @dataclass(frozen=True)
@@ -107,17 +111,20 @@ class Sample:
     tokens: int  # the prompt's tokens
     seed: int
     distractors: tuple[str, ...] = ()  # inserted needles with keys not asked (niah_multikey_1)
+    part: str = "dev"  # the protocol's part (benchmarks.ruler.protocol)
+    opening: str = ""  # what comes before the context (a chat template's opening: chat_sample)
 
     @property
     def prompt(self) -> str:
-        return self.context + self.query
+        return self.opening + self.context + self.query
 
     @property
     def needle(self) -> str:
         return self.needles[0] if self.needles else ""
 
     def score(self, reply: str) -> float:
-        return string_match_all(reply, self.outputs)
+        match = string_match_part if family(self.task) == "qa" else string_match_all
+        return match(reply, self.outputs)
 
     def is_correct(self, reply: str) -> bool:
         return self.score(reply) == 1.0
@@ -139,13 +146,15 @@ class _Parts:
         return self.context + self.query
 
 
-def make_sample(task: str, tokenizer, length: int, seed: int) -> Sample:
-    """Sample ``seed`` of ``task`` at RULER length ``length`` (tokens of ``tokenizer``)."""
+def make_sample(task: str, tokenizer, length: int, index: int, part: Part = DEV) -> Sample:
+    """Sample ``index`` of ``part`` of ``task`` at RULER length ``length`` (tokens of ``tokenizer``): its
+    seed, haystack and wording are the part's."""
     if task not in TASKS:
         raise ValueError(f"unknown RULER task {task!r}; choose from {TASKS}")
+    seed = part.seed(index)
     key = f"{task}/{length}/{seed}"
     target = length - TOKENS_TO_GENERATE[family(task)]
-    build, sizes = _builder(task, tokenizer, length, key, target)
+    build, sizes = _builder(task, tokenizer, length, key, target, part, index)
     parts, tokens = _fit(lambda size: build(random.Random(key), size), tokenizer, target, *sizes)
     return Sample(
         task=task,
@@ -158,15 +167,35 @@ def make_sample(task: str, tokenizer, length: int, seed: int) -> Sample:
         tokens=tokens,
         seed=seed,
         distractors=parts.distractors,
+        part=part.name,
     )
 
 
+def chat_sample(sample: Sample, tokenizer) -> Sample:
+    """A qa sample asked as a chat user asks: the documents and the question (without the completion's
+    ``Answer:`` cue) as the user's message in ``tokenizer``'s chat template, ready for the assistant's
+    turn. The answer is read from what the model writes in its turn."""
+    if family(sample.task) != "qa":
+        raise ValueError(f"only the qa tasks are asked through the chat template, not {sample.task}")
+    marker = "\x00"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True
+    )
+    opening, closing = text.split(marker)
+    chat = dataclasses.replace(sample, opening=opening, query=sample.query.removesuffix("Answer:").rstrip() + closing)
+    return dataclasses.replace(chat, tokens=_count(tokenizer, chat.prompt))
+
+
 def _builder(
-    task: str, tokenizer, length: int, key: str, target: int
+    task: str, tokenizer, length: int, key: str, target: int, part: Part, index: int
 ) -> tuple[Callable[[random.Random, int], _Parts], tuple[int, int | None]]:
     """The task's builder ``(rng, size) -> parts``, growing with ``size``, and the sizes it takes."""
     if task in NIAH:
-        return partial(_niah, NIAH[task]), (1, None)
+        return partial(_niah, NIAH[task], prose=part.haystack(index), phrasing=part.niah), (1, None)
+    if task in QA:
+        questions, docs = QA[task]()
+        question = questions[part.first_question + index]
+        return partial(_qa, question=question, docs=docs, template=part.qa), (1, len(docs))
     if task == "vt":
         example, value = _vt_example(tokenizer, key)
         return partial(_vt, example=example, avoid=value), (1, None)
@@ -238,11 +267,6 @@ def word_list() -> tuple[str, ...]:
     return tuple(sorted(set(re.findall(r"(?<![\w.\-])[a-z]{4,10}(?![\w\-(])", haystack.reference_prose()))))
 
 
-@lru_cache(maxsize=1)
-def _prose_words() -> tuple[str, ...]:
-    return tuple(haystack.reference_prose().split())
-
-
 def _render(template: str, answer_prefix: str, body: str, **fields: Any) -> tuple[str, str, str]:
     """(context, query, bare question) of a RULER template whose ``{context}`` is ``body``."""
     head, tail = template.split("{context}")
@@ -294,14 +318,7 @@ def _fresh(kind: str, rng: random.Random, taken: set[str]) -> str:
     return item
 
 
-def _singular(text: str) -> str:
-    """RULER's rewording of the niah template when one value is asked."""
-    for many, one in (("Some", "A"), ("are all", "is"), ("are", "is"), ("answers", "answer")):
-        text = text.replace(many, one)
-    return text
-
-
-def _niah(cfg: NiahConfig, rng: random.Random, size: int) -> _Parts:
+def _niah(cfg: NiahConfig, rng: random.Random, size: int, prose: str, phrasing: Phrasing) -> _Parts:
     """Needles (keys and values drawn first, so the same for every size) in a haystack of ``size`` units:
     noise lines, needle lines, or words of prose."""
     keys_taken: set[str] = set()
@@ -313,7 +330,7 @@ def _niah(cfg: NiahConfig, rng: random.Random, size: int) -> _Parts:
     inserted = [n for group in needles for n in group]
     rng.shuffle(inserted)
     if cfg.haystack == "essay":
-        body = _prose_with(inserted, rng, size)
+        body = _prose_with(inserted, rng, size, prose)
     else:
         lines = (
             [NOISE] * size
@@ -328,9 +345,9 @@ def _niah(cfg: NiahConfig, rng: random.Random, size: int) -> _Parts:
             ]
         )
         body = "\n".join(_insert(lines, inserted, _line_slots(rng, size, len(inserted))))
-    template, prefix, type_needle_v = NIAH_TEMPLATE, NIAH_ANSWER_PREFIX, cfg.value_type
+    template, prefix, type_needle_v = phrasing.template, phrasing.answer_prefix, cfg.value_type
     if cfg.num_q * cfg.num_v == 1:
-        template, prefix, type_needle_v = _singular(template), _singular(prefix), cfg.value_type[:-1]
+        template, prefix, type_needle_v = phrasing.template_one, phrasing.answer_prefix_one, cfg.value_type[:-1]
     asked_keys = [keys[i] for i in asked]
     query = asked_keys[0] if len(asked_keys) == 1 else ", ".join(asked_keys[:-1]) + ", and " + asked_keys[-1]
     context, query_text, question = _render(template, prefix, body, type_needle_v=type_needle_v, query=query)
@@ -344,14 +361,34 @@ def _niah(cfg: NiahConfig, rng: random.Random, size: int) -> _Parts:
     )
 
 
-def _prose_with(needles: Sequence[str], rng: random.Random, size: int) -> str:
-    """The first ``size`` words of the prose (repeated as needed), needles between sentences at RULER's
-    depths."""
-    words = _prose_words()
+def _prose_with(needles: Sequence[str], rng: random.Random, size: int, prose: str) -> str:
+    """The first ``size`` words of the haystack ``prose`` (repeated as needed), needles between sentences
+    at RULER's depths."""
+    words = prose_words(prose)
     text = " ".join((words * (size // len(words) + 1))[:size])
     sentences = re.split(r"(?<=[.!?])\s+", text)
     slots = sorted(len(sentences) * depth // 100 for depth in rng.sample(DEPTHS, len(needles)))
     return " ".join(_insert(sentences, needles, slots))
+
+
+# ----------------------------------------------------------------- question answering
+
+
+def _qa(rng: random.Random, size: int, question: Question, docs: Sequence[str], template: str) -> _Parts:
+    """RULER's qa: ``size`` documents, the question's gold ones first, then its related ones, then others
+    drawn at random (the same draw for every size), shuffled and numbered."""
+    chosen = list(question.gold) + [i for i in question.related if i not in question.gold]
+    if size > len(chosen):
+        others = list(range(len(docs)))
+        rng.shuffle(others)
+        taken = set(chosen)
+        chosen += [i for i in others if i not in taken][: size - len(chosen)]
+    chosen = chosen[: max(size, len(question.gold))]
+    rng.shuffle(chosen)
+    body = "\n\n".join(QA_DOCUMENT.format(i=i + 1, document=docs[d]) for i, d in enumerate(chosen))
+    needles = tuple(docs[d] for d in question.gold)
+    context, query, _ = _render(template, "", body, query=question.text)
+    return _Parts(context, query, question.text, outputs=question.answers, needles=needles)
 
 
 # ----------------------------------------------------------------- variable tracking
