@@ -1,15 +1,17 @@
 """Selection: the passages the question attends to, chosen across the whole document (docs/design.md,
 "Selection").
 
-The early-exit pass gives every memory token an attention mass: how much the question's queries (the
-dynamic prompt) attend to it in the probe layer. A fact the question needs draws attention to a few
+The early-exit pass gives every memory token an attention mass per query of the question: how much
+each of the question's tokens attends to it in the probe layer. A fact the question needs draws attention to a few
 neighbouring tokens (a phrase), so the mass is pooled over a window of ``passage`` tokens (InfiniRetri's
 phrase pooling); the best-pooled window is chosen, centred on its peak, then the next best window that
 does not overlap it, and so on until ``budget`` tokens are chosen or the attention falls off a cliff (a
 window drawing under ``1 / drop`` of the mass of the one chosen before it). Windows are taken from
 anywhere in the document, so an answer made of several needles in several chunks is read together; and
 where one or a few passages stand far above the rest, only they are read (a small model answers a
-distractor's value when the filler around the answer holds lookalikes).
+distractor's value when the filler around the answer holds lookalikes). That ranking sums the queries;
+besides it, each part of the question whose own queries point at one passage (a key of a question that
+names several) keeps that passage, so a cliff in the sum does not cut the weaker keys.
 """
 
 from __future__ import annotations
@@ -178,10 +180,11 @@ def part_peaks(
         return []
     score = pooled(mass, passage)[:, skip:]  # [queries, tokens - skip]
     best, centre = score.max(dim=1)
-    apart = (torch.arange(score.shape[1])[None, :] - centre[:, None]).abs() >= passage
+    places = torch.arange(score.shape[1], device=mass.device)
+    apart = (places[None, :] - centre[:, None]).abs() >= passage
     second = score.masked_fill(~apart, 0).amax(dim=1)
-    pointing = sorted(int(q) for q in torch.nonzero(best > drop * second.clamp_min(1e-12)).flatten())
-    parts: list[list[int]] = []
+    pointing = torch.nonzero(best > drop * second.clamp_min(1e-12)).flatten().tolist()
+    parts: list[list[int]] = []  # queries pointing at overlapping windows, by where they point
     for q in sorted(pointing, key=lambda q: int(centre[q])):
         if parts and int(centre[q]) - int(centre[parts[-1][-1]]) < passage:
             parts[-1].append(q)
@@ -190,11 +193,11 @@ def part_peaks(
     peaks = []
     for queries in (p for p in parts if len(p) >= min_queries):
         together = score[queries].sum(dim=0)
-        near = (torch.arange(score.shape[1]) - int(centre[queries[0]])).abs() < 2 * passage
+        near = (places - int(centre[queries[0]])).abs() < 2 * passage
         at = int(together.masked_fill(~near, float("-inf")).argmax()) + skip
         start = min(max(at - (passage - 1) // 2, skip), n - passage)
         part_mass = mass[queries].sum(dim=0)
-        free = torch.ones(n, dtype=torch.bool)
+        free = torch.ones(n, dtype=torch.bool, device=mass.device)
         free[:skip] = False
         start = _recentred(part_mass, free, start, passage)
         peaks.append(Span(start, start + passage, float(mass[:, start : start + passage].sum())))
