@@ -28,7 +28,7 @@ from focus_core.loading import GEMMA3_270M
 
 from .methods import FocusMethod, FullAttention, Method, VectorRAG
 from .plots import plt, save_figure
-from .ruler import TASKS, run_suite
+from .ruler import PARTS, TASKS, run_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,8 @@ def _mib(value: float | None) -> float | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768])
-    parser.add_argument("--samples", type=int, default=5, help="samples per task and length (seeds 0..n-1)")
+    parser.add_argument("--samples", type=int, default=5, help="samples per task and length (the part's first n)")
+    parser.add_argument("--part", choices=sorted(PARTS), default="dev", help="the held-out protocol's part")
     parser.add_argument("--tasks", nargs="+", default=["all"], choices=["all", *TASKS])
     parser.add_argument("--windows", type=int, nargs="+", default=[4096, 8192], help="forced native windows")
     parser.add_argument("--modes", nargs="+", default=["select"], help="FocusLLM aggregations")
@@ -91,7 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     methods = fair_fight_methods(model, tokenizer, args.windows, args.modes, args.rag_top_k, args.rag_chunk_size)
     tasks = list(TASKS) if "all" in args.tasks else args.tasks
     start = time.perf_counter()
-    payload = run_suite(full, tasks, args.lengths, args.samples, methods, args.results, args.figure, resume=args.resume)
+    part = PARTS[args.part]
+    payload = run_suite(
+        full, tasks, args.lengths, args.samples, methods, args.results, args.figure, resume=args.resume, part=part
+    )
     costs = args.figure.with_name(args.figure.stem + "_costs.png")
     plot_costs(payload["summary"], costs, f"The fair fight ({GEMMA3_270M})")
     print(f"done in {time.perf_counter() - start:.0f} s")
