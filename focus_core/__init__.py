@@ -5,7 +5,7 @@ chunks' candidates are aggregated into the next token. See docs/design.md for th
 """
 
 from .config import FocusConfig
-from .engine import Completion, FocusEngine, Generation
+from .engine import FocusEngine
 from .errors import (
     AdapterError,
     FocusConfigError,
@@ -17,6 +17,7 @@ from .errors import (
     ModelLoadError,
     UnsupportedModelError,
 )
+from .generation import Completion, Generation
 from .loading import DEFAULT_MODEL_NAME, load_model
 from .relevance import ChunkScore
 from .request import Request

@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from . import modes
 from .errors import FocusConfigError
 from .memory import GiB
 from .settings import check_minimums, setting
 
 Aggregation = Literal["auto", "select", "focus", "entropy", "kv"]
-AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
 FocusKV = Literal["reuse", "reencode"]
 FOCUS_KV: tuple[str, ...] = typing.get_args(FocusKV)
 # Settings of what the engine holds across calls; a per-call override of them is refused.
@@ -100,8 +100,9 @@ class FocusConfig:
                 f"dynamic_prompt_len ({self.dynamic_prompt_len}) must not exceed local_window ({self.local_window}): "
                 "the dynamic prompt is the tail of the local context"
             )
-        if self.aggregation not in AGGREGATIONS:
-            raise FocusConfigError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        choices = ("auto", *modes.names())
+        if self.aggregation not in choices:
+            raise FocusConfigError(f"aggregation must be one of {choices}, got {self.aggregation!r}")
         if self.focus_kv not in FOCUS_KV:
             raise FocusConfigError(f"focus_kv must be one of {FOCUS_KV}, got {self.focus_kv!r}")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
@@ -125,22 +126,6 @@ class FocusConfig:
                 f"1 + chunk_size + local_window + max_new_tokens = {needed} exceeds the native window "
                 f"{native_window}; lower chunk_size (now {self.chunk_size}), local_window or max_new_tokens"
             )
-
-    def select_window(self) -> int:
-        """Tokens ``select`` decodes over: [BOS], the opening passage, the selection, the local context
-        and the answer."""
-        return 1 + self.passage_tokens + self.select_tokens + self.local_window + self.max_new_tokens
-
-    def chunks_read(self, native_window: int, mode: str) -> int:
-        """How many chunks decoding reads in aggregation ``mode``: ``top_chunks``, by default as many
-        as fit the window beside the local context and the answer. In ``focus`` their tokens share the
-        window, in ``kv`` their candidate entries do, so there it is also the most allowed."""
-        room = native_window - 1 - self.local_window - self.max_new_tokens
-        fit = room // self.chunk_size
-        if self.top_chunks is None:
-            return fit
-        limit = {"focus": fit, "kv": room}.get(mode, self.top_chunks)
-        return min(self.top_chunks, limit)
 
     @property
     def greedy(self) -> bool:

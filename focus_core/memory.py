@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -135,39 +135,31 @@ def estimate(layout: Layout, model: ModelSizes, *, prefix_cache_bytes: int, host
     return MemoryEstimate(state, nbytes(layout.kept) + max(scoring, first_pass), cache)
 
 
-def plain_layout(prompt_tokens: int, max_new_tokens: int, windows: Windows) -> Layout:
-    """A prompt that fits the native window: one sequence, read ``windows.forward_tokens`` at a time."""
-    return Layout(
-        state=(windows.sequence(prompt_tokens + max_new_tokens),),
-        first_pass=Forward(1, min(prompt_tokens, windows.forward_tokens), prompt_tokens),
-    )
+def one_sequence(slots: int, read: int, windows: Windows, context: int | None = None, **parallel: Any) -> Layout:
+    """Decoding over one sequence of ``slots`` slots whose first forward reads ``read`` tokens,
+    ``windows.forward_tokens`` at a time, against ``context`` slots (default: all of them); ``parallel``:
+    the buffers of a parallel pass before it (:func:`parallel_buffers`)."""
+    first_pass = Forward(1, min(read, windows.forward_tokens), slots if context is None else context)
+    return Layout(state=(windows.sequence(slots),), first_pass=first_pass, **parallel)
 
 
-def chunked_layout(
-    mode: str,
+def parallel_buffers(
     *,
     chunks: int,
     prefix_slots: int,
-    read: int,
-    read_tokens: int,
     dynamic_prompt: int,
-    local: int,
-    bos: int,
-    max_new_tokens: int,
+    read: int,
     batch_tokens: int,
     cached: tuple[KVBlock, ...],
-    windows: Windows,
     exit_layers: int | None = None,
-    reencode: bool = False,
-) -> Layout:
-    """A prompt read in chunks: ``chunks`` held by this process (their prefixes, as the prefix cache
-    stores them, are ``cached``), each ``[BOS] + chunk`` in at most ``prefix_slots`` slots; decoding
-    reads ``read`` of them, ``read_tokens`` chunk tokens in all (focus), or, in ``select``,
-    ``read_tokens`` document tokens chosen after an early-exit pass through the first ``exit_layers``
-    layers, that sequence read ``windows.forward_tokens`` at a time. ``reencode``: ``focus`` reads the
-    chosen chunks' tokens again rather than their stored KV."""
+) -> dict[str, Any]:
+    """The :class:`Layout` fields of a parallel pass over ``chunks`` chunks (this process's), each
+    ``[BOS] + chunk`` in at most ``prefix_slots`` slots, encoded ``batch_tokens`` at a time through every
+    layer or the first ``exit_layers``, with the dynamic prompt appended for scoring; ``read`` prefixes
+    are kept for decoding and ``cached`` is what the prefix cache stores of them. Each mode adds the
+    decoding state it starts (:meth:`~focus_core.modes.Mode.layout`)."""
     group = max(1, min(chunks, batch_tokens // prefix_slots))  # chunks per micro-batch
-    parallel = {
+    return {
         "encode": KVBlock(group, prefix_slots, exit_layers),
         "score": KVBlock(group, prefix_slots + dynamic_prompt, exit_layers),
         "kept": KVBlock(read, prefix_slots),
@@ -175,21 +167,6 @@ def chunked_layout(
         "prompt_logits": 2 * dynamic_prompt,  # the dynamic prompt's after every prefix, and its baseline
         "cached": cached,
     }
-    slots = bos + read_tokens + local + max_new_tokens
-    if mode == "select":  # one sequence, [BOS] + the selection + local, read as a prompt is
-        first_pass = Forward(1, min(slots - max_new_tokens, windows.forward_tokens), slots)
-        return Layout(state=(windows.sequence(slots),), first_pass=first_pass, **parallel)
-    if mode == "focus":  # the same sequence, the local context read behind the chunks' reused KV
-        first_pass = Forward(1, min(read_tokens + local if reencode else local, windows.forward_tokens), slots)
-        return Layout(state=(windows.sequence(slots),), first_pass=first_pass, **parallel)
-    rows = KVBlock(read, prefix_slots + dynamic_prompt + max_new_tokens)  # each chosen chunk decoding
-    first_pass = Forward(read, dynamic_prompt, prefix_slots + dynamic_prompt)  # the prompt after each
-    if mode == "entropy":  # the local context decoded beside them
-        return Layout(state=(rows, KVBlock(1, bos + local + max_new_tokens)), first_pass=first_pass, **parallel)
-    # kv: the local pass behind the chunks' candidate entries, rebuilt every step (the last one with
-    # every new token but the last)
-    step = KVBlock(1, read + local + max_new_tokens - 1)
-    return Layout(state=(rows,), first_pass=first_pass, step=step, **parallel)
 
 
 def available_bytes(device: torch.device) -> int:

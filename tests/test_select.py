@@ -12,7 +12,6 @@ from conftest import TINY_ARCHS, TINY_CONFIG, random_ids, tiny_model
 
 from focus_core import FocusConfig, FocusConfigError, FocusEngine
 from focus_core.chunking import ChunkPlan
-from focus_core.memory import KVBlock, Windows, chunked_layout
 from focus_core.runner import SequenceBatch
 from focus_core.selection import (
     SINK_TOKENS,
@@ -243,23 +242,11 @@ def test_a_repeated_question_reuses_the_early_exit_prefixes(make_engine):
 
 
 def test_select_layout_declares_the_early_exit_buffers(make_engine):
-    layout = chunked_layout(
-        "select",
-        chunks=10,
-        prefix_slots=33,
-        read=0,
-        read_tokens=64,
-        dynamic_prompt=8,
-        local=24,
-        bos=1,
-        max_new_tokens=6,
-        batch_tokens=128,
-        cached=(KVBlock(1, 10 * 33, 1),),
-        windows=Windows(),
-        exit_layers=1,
-    )
-    assert layout.state[0].slots == 1 + 64 + 24 + 6 and layout.kept.rows == 0
-    assert layout.encode.nbytes(1000, 2) == layout.encode.rows * 33 * 500  # one of two layers
+    request = make_engine(**SELECT, exit_layer=0).request(random_ids(LONG))
+    cfg, plan, layout = request.config, request.plan, request.layout
+    read = min(cfg.passage_tokens + cfg.select_tokens, plan.memory_tokens)
+    assert layout.state[0].slots == 1 + read + len(plan.local) + cfg.max_new_tokens and layout.kept.rows == 0
+    assert layout.encode.nbytes(1000, 2) == layout.encode.rows * layout.encode.slots * 500  # one of two layers
 
 
 def test_describe_says_what_runs_and_which_aggregation_auto_resolves_to(make_engine, tiny_dir):

@@ -105,7 +105,7 @@ def study_case(engine: FocusEngine, case: Sample, rules: Sequence[Rule]) -> list
     cfg = engine.config
     request = engine.request(case.prompt, aggregation="select")
     plan = request.plan
-    offsets = request.offsets(engine.tokenizer)
+    offsets = request.offsets
     needles = needle_tokens(case, offsets, plan.memory_start, case.needles)
     distractors = needle_tokens(case, offsets, plan.memory_start, case.distractors)
     rows = question_rows(plan.dynamic_prompt, *question_marks(engine.tokenizer, plan.dynamic_prompt))

@@ -1,0 +1,120 @@
+"""``select``: the model as its own retriever (docs/design.md, "Selection").
+
+Every chunk runs up to an early exit layer with the question's rows appended; the attention each
+question token pays the memory there chooses passages (:mod:`focus_core.selection`), and decoding reads
+``[BOS] + opening + chosen passages + local context`` with ordinary attention, as a prompt is read.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+
+from ..aggregation import PlainDecoding
+from ..chunking import ChunkPlan
+from ..config import FocusConfig
+from ..errors import FocusConfigError
+from ..memory import Layout, one_sequence, parallel_buffers
+from ..request import Request
+from ..selection import (
+    Span,
+    choose_spans,
+    default_exit_layer,
+    memory_mass,
+    merge,
+    probed,
+    question_marks,
+    question_rows,
+)
+from .base import Mode, Reading
+
+
+def select_window(cfg: FocusConfig) -> int:
+    """Tokens ``select`` decodes over: [BOS], the opening passage, the selection, the local context and
+    the answer."""
+    return 1 + cfg.passage_tokens + cfg.select_tokens + cfg.local_window + cfg.max_new_tokens
+
+
+class Select(Mode):
+    name = "select"
+
+    def exit_layer(self, cfg: FocusConfig) -> int:
+        """The layer whose attention chooses the passages (the early exit)."""
+        layers = self.parts.runner.num_layers
+        if cfg.exit_layer is None:
+            return default_exit_layer(self.parts.model.config.get_text_config())
+        if cfg.exit_layer >= layers:
+            raise FocusConfigError(
+                f"exit_layer must be in [0, {layers - 1}] for {self.parts.model_name} ({layers} layers), "
+                f"got {cfg.exit_layer}"
+            )
+        return cfg.exit_layer
+
+    def check(self, cfg: FocusConfig) -> None:
+        self.exit_layer(cfg)
+        if select_window(cfg) > self.parts.native_window:
+            raise FocusConfigError(
+                f"1 + passage_tokens + select_tokens + local_window + max_new_tokens = {select_window(cfg)} "
+                f"exceeds the native window {self.parts.native_window}; lower select_tokens (now {cfg.select_tokens})"
+            )
+
+    def serves_auto(self, cfg: FocusConfig) -> bool:
+        return select_window(cfg) <= self.parts.native_window  # its reading fits the window
+
+    def describe(self, cfg: FocusConfig) -> str:
+        return f"select (exit layer {self.exit_layer(cfg)} of {self.parts.runner.num_layers})"
+
+    def layout(self, ids: Sequence[int], plan: ChunkPlan, cfg: FocusConfig) -> Layout:
+        parts, exit_layers = self.parts, self.exit_layer(cfg) + 1
+        bos, mine = len(parts.encoder.bos), parts.my_chunks(plan).chunks
+        prefix_slots = bos + max(len(c) for c in plan.chunks)
+        parallel = parallel_buffers(
+            chunks=len(mine),
+            prefix_slots=prefix_slots,
+            dynamic_prompt=len(plan.dynamic_prompt),
+            read=0,
+            batch_tokens=cfg.encode_batch_tokens,
+            cached=parts.stored_prefixes([bos + len(c) for c in mine], exit_layers),
+            exit_layers=exit_layers,
+        )
+        read_tokens = min(cfg.passage_tokens + cfg.select_tokens, plan.memory_tokens)
+        slots = bos + read_tokens + len(plan.local) + cfg.max_new_tokens
+        return one_sequence(slots, slots - cfg.max_new_tokens, parts.windows(cfg), **parallel)
+
+    def read(self, request: Request, keep: int | None = None) -> Reading:
+        """The early-exit pass: the attention the question pays every memory token in the exit layer
+        (gathered from every process in a group), the passages it chooses, and the opening."""
+        parts, plan, cfg = self.parts, request.plan, request.config
+        layer = self.exit_layer(cfg)
+        probe = probed(plan)  # every chunk at one length
+        mine = parts.my_chunks(probe)
+        rows = question_rows(plan.dynamic_prompt, *question_marks(parts.tokenizer, plan.dynamic_prompt))
+        grid = parts.encoder.attend(
+            mine, layers=(layer,), rows=rows, layout=request.layout, progress=parts.progress(cfg)
+        )
+        width = len(probe.chunks[0]) if probe.chunks else 0
+        grid = grid[layer].reshape(len(mine.chunks), rows[1] - rows[0], width)  # [this process's chunks, queries, C]
+        if parts.group is not None:
+            grid = parts.group.gather_rows(grid, len(probe.chunks))
+        mass = memory_mass(grid, plan)  # [queries, memory tokens]
+        opening = min(cfg.passage_tokens, plan.memory_tokens)
+        spans = choose_spans(
+            mass, passage=cfg.passage_tokens, budget=cfg.select_tokens, skip=opening, drop=cfg.select_drop
+        )
+        mass = mass.sum(dim=0)  # [memory tokens]: what the whole question draws
+        spans = [Span(0, opening, float(mass[:opening].sum())), *spans]
+        n, size = plan.memory_tokens, cfg.passage_tokens
+        units = [(a, min(a + size, n)) for a in range(0, n, size)]
+        relevance = torch.stack([mass[a:b].sum() for a, b in units])
+        return Reading(units, relevance, spans=spans)
+
+    def start(self, request: Request, reading: Reading) -> PlainDecoding:
+        """Ordinary attention over the opening, the selection and the local context."""
+        plan, parts = request.plan, self.parts
+        memory = list(itertools.chain.from_iterable(plan.chunks))
+        read = [t for start, end in merge(reading.spans) for t in memory[start:end]]
+        sequence = parts.sequence(request.layout, request.config)
+        ids = torch.tensor(parts.encoder.bos + tuple(read) + plan.local, device=parts.runner.device)
+        return PlainDecoding(sequence, sequence.append(ids))
