@@ -146,8 +146,12 @@ class ChunkEncoder:
             group.start_padded([sequences[i] for i in missing], exit_layer=exit_layer)
             for row, i in enumerate(missing):
                 k, v = group.kv.read_prefix(row)
-                entries[i] = PrefixKV(k.to(self.store_device), v.to(self.store_device), **self.runner.sliding_windows)
-                self.prefix_cache.put(keys[i], entries[i])
+                entries[i] = PrefixKV(k, v, **self.runner.sliding_windows)
+                if self.prefix_cache.keeps(entries[i]):  # offloaded to the store only when the cache keeps it
+                    if k.device != self.store_device:
+                        store = self.store_device
+                        entries[i] = PrefixKV(k.to(store), v.to(store), **self.runner.sliding_windows)
+                    self.prefix_cache.put(keys[i], entries[i])
             self.stats.add(
                 encoded=len(missing),
                 tokens=sum(len(sequences[i]) for i in missing),

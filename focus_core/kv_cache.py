@@ -264,8 +264,12 @@ class PrefixCache:
                 self._entries.move_to_end(key)
             return entry
 
+    def keeps(self, entry: PrefixKV) -> bool:
+        """Whether :meth:`put` would keep ``entry`` (it fits the byte budget at all)."""
+        return entry.nbytes <= self.max_bytes
+
     def put(self, key: str, entry: PrefixKV) -> None:
-        if entry.nbytes > self.max_bytes:
+        if not self.keeps(entry):
             return
         with self._lock:
             if key in self._entries:

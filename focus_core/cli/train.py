@@ -10,7 +10,6 @@ from pathlib import Path
 from ..loading import load_model
 from ..settings import add_options, option_values
 from ..training.config import TrainingConfig
-from ..training.data import TokenStream, read_documents
 from .options import add_model_options, say
 
 
@@ -37,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import train  # accelerate: the train extra, asked for only here
+    from ..training import TokenStream, read_documents, train  # accelerate (the train extra) only here
 
     config = TrainingConfig(**option_values(TrainingConfig, args))
     model, tokenizer = load_model(

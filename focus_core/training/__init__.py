@@ -5,12 +5,11 @@ Experimental, and an extra: ``pip install 'focusllm-integrations[train]'`` bring
 :func:`train` needs; it is imported when ``train`` is first used.
 """
 
+import importlib
 from typing import Any
 
 from ..errors import MissingExtraError
 from .config import LOSSES, TrainingConfig
-from .data import TokenStream, read_documents, window_examples
-from .objective import CandidateObjective, Example, kl_divergence, make_example
 
 TRAIN_INSTALL = "pip install 'focusllm-integrations[train]'"
 
@@ -29,7 +28,21 @@ __all__ = [
 ]
 
 
+# imported on first use, so that the CLI's option declarations (TrainingConfig) load nothing else
+_LAZY = {
+    "TokenStream": "data",
+    "read_documents": "data",
+    "window_examples": "data",
+    "CandidateObjective": "objective",
+    "Example": "objective",
+    "kl_divergence": "objective",
+    "make_example": "objective",
+}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     if name != "train":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
