@@ -288,3 +288,8 @@ class PrefixCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def entries(self) -> list[PrefixKV]:
+        """The prefixes held, least recently used first."""
+        with self._lock:
+            return list(self._entries.values())

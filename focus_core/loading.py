@@ -218,7 +218,7 @@ def load_model(
     target = resolve_device(device)
     precision = choose_precision(dtype, target)
     attn, attn_reason = (
-        (attn_implementation, "asked for") if attn_implementation else _default_attention(target, precision.dtype)
+        (attn_implementation, "asked for") if attn_implementation else default_attention(target, precision.dtype)
     )
     common = dict(dtype=precision.dtype, attn_implementation=attn, trust_remote_code=trust_remote_code, **model_kwargs)
     if device_map is not None:
@@ -245,7 +245,7 @@ def _packaged(name_or_path: str | os.PathLike | None, gguf_file: str | None) -> 
     if name_or_path is None:
         if gguf_file is not None:
             raise FocusConfigError("gguf_file needs name_or_path (the folder or repo holding it)")
-        return _embedded_checkpoint(), DEFAULT_MODEL_NAME
+        return embedded_checkpoint(), DEFAULT_MODEL_NAME
     if str(name_or_path) == GEMMA3_270M and gguf_file is None:
         return gemma3_checkpoint(), GEMMA3_270M
     return None
@@ -322,7 +322,7 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _default_attention(device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
+def default_attention(device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
     """The attention kernel for ``device`` and ``dtype``, and why: flash-attention 2 on CUDA in fp16/bf16
     where ``flash-attn`` is installed (it computes in nothing else), else PyTorch's SDPA."""
     if device.type != "cuda":
@@ -334,7 +334,7 @@ def _default_attention(device: torch.device, dtype: torch.dtype) -> tuple[str, s
     return "flash_attention_2", "auto: CUDA, flash-attn installed"
 
 
-def _embedded_checkpoint() -> Path:
+def embedded_checkpoint() -> Path:
     """A safetensors checkpoint of the embedded model, dequantized from its GGUF on first use and cached
     under the GGUF's content key (one copy per model file, whatever the path or virtual environment)."""
     gguf = embedded_gguf()

@@ -26,7 +26,7 @@ from focus_core import FocusConfigError, FocusEngine, FocusInputError, FocusInpu
 from focus_core import Generation as FocusGeneration
 from focus_core.prompts import qa_template
 
-from ._shared import GENERATION_FIELDS, FocusFields, Passage, generation_overrides, resolve_engine, source_passages
+from .common import GENERATION_FIELDS, FocusFields, Passage, generation_overrides, resolve_engine, source_passages
 
 DEFAULT_QA_TEMPLATE = qa_template("documents", "question")
 

@@ -6,6 +6,7 @@ answers over all the text of its documents with no retrieval. Field names follow
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ from focus_core import ChunkScore, FocusConfigError, FocusEngine, FocusInputErro
 from focus_core import Generation as FocusGeneration
 from focus_core.prompts import qa_template
 
-from ._shared import FocusFields, Passage, generation_overrides, resolve_engine, source_passages
+from .common import FocusFields, Passage, generation_overrides, resolve_engine, source_passages
 
 dispatcher = get_dispatcher(__name__)
 
@@ -324,4 +325,14 @@ def _as_prompt(template: BasePromptTemplate | str) -> BasePromptTemplate:
     return prompt
 
 
-FocusLLM = FocusLlamaIndexLLM  # its name until 0.1; the LangChain class is also FocusLLM
+def __getattr__(name: str) -> Any:
+    """``FocusLLM``, this class's name until 0.1, for one more release (the LangChain class is also FocusLLM)."""
+    if name == "FocusLLM":
+        warnings.warn(
+            "focusllm_integrations.llamaindex.FocusLLM is deprecated and will be removed in the next release: "
+            "use FocusLlamaIndexLLM",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return FocusLlamaIndexLLM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -370,7 +370,7 @@ def test_content_key_ignores_path_and_mtime_but_not_content(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_the_embedded_checkpoint_is_cached_under_the_gguf_content_key():
-    path = loading._embedded_checkpoint()
+    path = loading.embedded_checkpoint()
     assert path.parent == loading.cache_root()
     assert path.name == loading.content_key(loading.embedded_gguf())
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()

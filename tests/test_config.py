@@ -59,7 +59,7 @@ def test_the_wrappers_settings_are_focusconfig_settings_of_the_same_type():
     import dataclasses
     import typing
 
-    from focusllm_integrations._shared import GENERATION_FIELDS, FocusFields
+    from focusllm_integrations.common import GENERATION_FIELDS, FocusFields
 
     hints = typing.get_type_hints(FocusConfig)
     declared = {f.name for f in dataclasses.fields(FocusConfig)}

@@ -58,7 +58,7 @@ def test_the_prefix_cache_of_a_gpu_engine_lives_in_host_memory(tokenizer):
     _, gpu = _pair(tokenizer)
     ids = random_ids(LONG, seed=5)
     first = gpu.generate_ids(ids)
-    entries = list(gpu.prefix_cache._entries.values())
+    entries = gpu.prefix_cache.entries()
     assert entries and all(e.keys.device.type == e.values.device.type == "cpu" for e in entries)
     encoded, reused = gpu.stats.chunks_encoded, gpu.stats.chunks_reused
     assert gpu.generate_ids(ids) == first  # every chunk copied back from host memory

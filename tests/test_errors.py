@@ -76,7 +76,7 @@ def test_the_engine_and_loading_raise_focus_errors(engine, tmp_path):
 def test_the_integrations_raise_focus_errors_for_bad_calls(engine):
     llm, chat = lc.FocusLLM(engine=engine), lc.ChatFocusLLM(llm=lc.FocusLLM(engine=engine))
     chain = lc.create_focus_qa_chain(llm)
-    index_llm = li.FocusLLM(engine=engine, max_new_tokens=8)
+    index_llm = li.FocusLlamaIndexLLM(engine=engine, max_new_tokens=8)
     documents = [Document(text="some text")]
     query_engine = li.FocusQueryEngine.from_documents(documents, llm=index_llm)
     calls = [

@@ -239,7 +239,9 @@ def test_async_completion_leaves_the_event_loop_free(llm):
     assert during > 1  # the ticker ran while the completion was computed
 
 
-def test_the_old_name_is_the_same_class():
+def test_the_old_name_is_the_same_class_and_warns():
     from focusllm_integrations import llamaindex
 
-    assert llamaindex.FocusLLM is FocusLlamaIndexLLM and FocusLlamaIndexLLM.class_name() == "FocusLlamaIndexLLM"
+    with pytest.warns(DeprecationWarning, match="FocusLlamaIndexLLM"):
+        assert llamaindex.FocusLLM is FocusLlamaIndexLLM
+    assert FocusLlamaIndexLLM.class_name() == "FocusLlamaIndexLLM"

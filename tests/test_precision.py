@@ -149,7 +149,7 @@ def test_attention_is_flash_attention_2_only_on_cuda_in_half_precision_when_inst
     flash_attn, device, dtype, installed, expected, why
 ):
     flash_attn(installed)
-    kernel, reason = loading._default_attention(device, dtype)
+    kernel, reason = loading.default_attention(device, dtype)
     assert kernel == expected and why in reason
 
 

@@ -16,7 +16,7 @@ from benchmarks.haystack import NEEDLES, needle_case
 from benchmarks.methods import FocusMethod, FullAttention, Method, Truncation, VectorRAG
 from benchmarks.ruler import TASKS, Sample, answer_chunk_recall, make_sample, needle_coverage
 from benchmarks.ruler import tasks as ruler_tasks
-from benchmarks.ruler.runner import _answer as answer_case
+from benchmarks.ruler.runner import answer_case
 from focus_core import FocusConfig, FocusEngine
 
 NEEDLE_LINE = re.compile(r"One of the special magic (?:numbers|uuids) for (\S+) is: (\S+)\.")

@@ -85,7 +85,7 @@ def run_suite(
                 if chat:
                     case = chat_sample(case, engine.tokenizer)
                 engine.config = engine.config.replace(max_new_tokens=NEW_TOKENS[family(task)], stop=tuple(stop))
-                for record in _answer(engine, case, todo):
+                for record in answer_case(engine, case, todo):
                     records.append(record)
                     payload = save_results(results, header, records, summarize(records))
                 plot_heatmaps(payload["summary"], figure, f"RULER tasks ({engine.model_name})")
@@ -93,7 +93,7 @@ def run_suite(
     return payload
 
 
-def _answer(engine: FocusEngine, case: Sample, methods: Sequence[Method]) -> Iterator[dict]:
+def answer_case(engine: FocusEngine, case: Sample, methods: Sequence[Method]) -> Iterator[dict]:
     """A record per method. A prompt that fits the native window is decoded plainly whatever the method,
     so it is decoded once for all the methods that build it."""
     plain: dict[tuple[str, int], tuple[str, dict]] = {}
