@@ -45,7 +45,7 @@ class FocusConfig:
         64, "the last N local tokens, appended to every chunk; at most the local window", minimum=1
     )
     aggregation: Aggregation = setting(
-        "auto", "how the chunks are read and their candidates decide each token (README, Configuration)"
+        "auto", "how the chunks are read and their candidates decide each token (README, Choosing a mode)"
     )
     top_chunks: int | None = setting(
         None, "chunks decoding reads, most relevant first (default: a native window's worth)", minimum=1

@@ -79,7 +79,7 @@ class FocusEngine:
         """Load a model (``None``: the embedded default) with :func:`load_model` and wrap it.
 
         ``adapter``: a directory written by :meth:`save_adapter` to load trained candidate projections
-        from (none ships with the package: see the README's training section). ``group``: see ``__init__``.
+        from (none ships with the package: see docs/reference.md, "Training"). ``group``: see ``__init__``.
         """
         model, tokenizer = load_model(name_or_path, **load_kwargs)
         engine = cls(model, tokenizer, config, group=group)

@@ -27,7 +27,7 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from .chunking import ChunkPlan
 
-# Chosen by measurement on the embedded model (README, "Selection"; SmolLM2-135M, 30 layers, RULER and
+# Chosen by measurement on the embedded model (docs/benchmarks.md, "Selection"; SmolLM2-135M, 30 layers, RULER and
 # needle cases at 32K): the question's attention points at every needle from 60% of the way up (layer
 # 18; GemFilter finds the same band, 40-60%, on 8B-12B models); the first SINK_TOKENS tokens of every
 # chunk draw attention whatever they hold (attention sinks, as a BOS does) and say nothing of relevance.

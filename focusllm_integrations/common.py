@@ -14,12 +14,16 @@ from focus_core import ChunkScore, FocusConfig, FocusConfigError, FocusEngine, F
 
 
 class FocusFields(BaseModel):
-    """FocusConfig settings both wrappers expose as their own fields; None keeps FocusConfig's default."""
+    """Every FocusConfig setting but the generation ones (``GENERATION_FIELDS``, and ``stop``, which both
+    ecosystems pass per call), as both wrappers' own fields; None keeps FocusConfig's default. Written
+    out for IDEs and type checkers; a test keeps them equal to FocusConfig's declarations."""
 
     chunk_size: int | None = None
     local_window: int | None = None
     dynamic_prompt_len: int | None = None
     aggregation: str | None = None
+    top_chunks: int | None = None
+    focus_kv: str | None = None
     select_tokens: int | None = None
     passage_tokens: int | None = None
     select_drop: float | None = None

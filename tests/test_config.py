@@ -63,7 +63,7 @@ def test_the_wrappers_settings_are_focusconfig_settings_of_the_same_type():
 
     hints = typing.get_type_hints(FocusConfig)
     declared = {f.name for f in dataclasses.fields(FocusConfig)}
-    assert set(FocusFields.model_fields) | set(GENERATION_FIELDS) <= declared
+    assert set(FocusFields.model_fields) | set(GENERATION_FIELDS) | {"stop"} == declared  # every setting, once
     for name, field in FocusFields.model_fields.items():
         assert field.default is None  # None keeps FocusConfig's default: one default per setting
         allowed = set(typing.get_args(field.annotation)) - {type(None)}
