@@ -74,17 +74,25 @@ class FocusLLM(BaseLLM, FocusFields):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
+        return self.params()
+
+    def params(self) -> dict[str, Any]:
+        """The model, the engine's settings and this LLM's generation settings (what identifies its output)."""
         cfg = self.engine.config
         return {
             "model": self.engine.model_name,
             **{k: getattr(cfg, k) for k in FocusFields.model_fields if k != "progress"},
-            **self._settings(),
+            **self.call_settings(),
         }
 
-    def _settings(self, **call_kwargs: Any) -> dict[str, Any]:
-        """Per-call overrides: generation fields, then pipeline_kwargs, then the call's."""
+    def call_settings(self, stop: list[str] | None = None, **call_kwargs: Any) -> dict[str, Any]:
+        """One call's engine overrides: generation fields, then pipeline_kwargs, then the call's, then stop."""
         fields = {k: getattr(self, k) for k in GENERATION_FIELDS}
-        return generation_overrides({**fields, **(self.pipeline_kwargs or {})}, call_kwargs, None)
+        return generation_overrides({**fields, **(self.pipeline_kwargs or {})}, call_kwargs, stop)
+
+    def start(self, prompt: str, stop: list[str] | None = None, **call_kwargs: Any) -> FocusGeneration:
+        """The engine's generation of ``prompt`` under this LLM's settings and the call's."""
+        return self.engine.stream(prompt, **self.call_settings(stop, **call_kwargs))
 
     @property
     def model_name(self) -> str:
@@ -95,7 +103,7 @@ class FocusLLM(BaseLLM, FocusFields):
         return self.engine.count_tokens(text)
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        return _ls_params(self, "llm", self._settings(**_standard_names(kwargs)), stop, kwargs)
+        return _ls_params(self, "llm", self.call_settings(**_standard_names(kwargs)), stop, kwargs)
 
     def _generate(
         self,
@@ -104,14 +112,13 @@ class FocusLLM(BaseLLM, FocusFields):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        settings = generation_overrides(self._settings(**kwargs), {}, stop)
         # one prompt after another (an engine call already uses every core; LangChain's max_concurrency
         # runs batches in threads, which the engine allows); every prompt is validated before any runs
-        streams = [self.engine.stream(p, **settings) for p in prompts]
+        streams = [self.start(p, stop, **kwargs) for p in prompts]
         texts = ["".join(stream) for stream in streams]
         # generation_info: "sources", the chunks (focus_core.ChunkScore) each answer was read from, most
         # relevant first; "finish_reason" ("stop", "length" or "empty"); "prompt_tokens" and "completion_tokens"
-        generations = [[Generation(text=t, generation_info=_generation_info(g))] for t, g in zip(texts, streams)]
+        generations = [[Generation(text=t, generation_info=generation_info(g))] for t, g in zip(texts, streams)]
         return LLMResult(generations=generations, llm_output={"model_name": self.model_name})
 
     def _stream(
@@ -121,12 +128,11 @@ class FocusLLM(BaseLLM, FocusFields):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        settings = generation_overrides(self._settings(**kwargs), {}, stop)
-        generation = self.engine.stream(prompt, **settings)
+        generation = self.start(prompt, stop, **kwargs)
         for piece in generation:
             yield _announced(GenerationChunk(text=piece), run_manager)
         # the last chunk carries what the whole reply knows (callbacks see it too, as every chunk)
-        yield _announced(GenerationChunk(text="", generation_info=_generation_info(generation)), run_manager)
+        yield _announced(GenerationChunk(text="", generation_info=generation_info(generation)), run_manager)
 
 
 def _announced(chunk: GenerationChunk, run_manager: CallbackManagerForLLMRun | None) -> GenerationChunk:
@@ -135,7 +141,7 @@ def _announced(chunk: GenerationChunk, run_manager: CallbackManagerForLLMRun | N
     return chunk
 
 
-def _generation_info(generation: FocusGeneration) -> dict[str, Any]:
+def generation_info(generation: FocusGeneration) -> dict[str, Any]:
     """What a finished engine generation tells LangChain: sources, why it ended, tokens in and out."""
     return {
         "sources": generation.sources,
@@ -189,7 +195,7 @@ class ChatFocusLLM(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return self.llm._identifying_params
+        return self.llm.params()
 
     def _call_settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """This model's standard parameters, then the call's (``max_tokens`` is ``max_new_tokens``)."""
@@ -200,7 +206,7 @@ class ChatFocusLLM(BaseChatModel):
         return _ls_params(
             self.llm,
             "chat",
-            self.llm._settings(**self._call_settings(kwargs)),
+            self.llm.call_settings(**self._call_settings(kwargs)),
             stop if stop is not None else self.stop,
             kwargs,
         )
@@ -229,13 +235,13 @@ class ChatFocusLLM(BaseChatModel):
     ) -> ChatResult:
         prompt = self.render(messages)
         stop = stop if stop is not None else self.stop
-        settings = self._call_settings(kwargs)
-        reply = self.llm._generate([prompt], stop=stop, run_manager=run_manager, **settings).generations[0][0]
-        message = AIMessage(content=reply.text, **self._metadata(reply.generation_info))
-        generation = ChatGeneration(
+        generation = self.llm.start(prompt, stop, **self._call_settings(kwargs))
+        text = "".join(generation)
+        message = AIMessage(content=text, **self._metadata(generation_info(generation)))
+        reply = ChatGeneration(
             message=message, generation_info={"finish_reason": message.response_metadata["finish_reason"]}
         )
-        return ChatResult(generations=[generation], llm_output={"model_name": self.model_name})
+        return ChatResult(generations=[reply], llm_output={"model_name": self.model_name})
 
     def _stream(
         self,
@@ -246,15 +252,13 @@ class ChatFocusLLM(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         prompt = self.render(messages)
         stop = stop if stop is not None else self.stop
-        info: dict[str, Any] = {}
-        for piece in self.llm._stream(prompt, stop=stop, **self._call_settings(kwargs)):
-            if piece.generation_info:  # the LLM's last chunk: what the whole reply knows
-                info = piece.generation_info
-                continue
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece.text))
+        generation = self.llm.start(prompt, stop, **self._call_settings(kwargs))
+        for piece in generation:
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager is not None:
-                run_manager.on_llm_new_token(piece.text, chunk=chunk)
+                run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
+        info = generation_info(generation)
         # the last chunk carries what belongs to the whole reply: token usage, finish reason, the model's name
         yield ChatGenerationChunk(
             message=AIMessageChunk(content="", **self._metadata(info), chunk_position="last"),

@@ -1,5 +1,6 @@
-"""The README's commands and code blocks are true: every command line parses, and every Python block
-runs as written (on the embedded model). CI runs the README's test command (.ci/run reads it from there)."""
+"""The README's commands and code blocks are true: every command line (the README's and
+docs/reference.md's) parses, and every Python block runs as written (on the embedded model). CI runs the
+README's test command (.ci/run reads it from there)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
+REFERENCE = (ROOT / "docs" / "reference.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 # What each block must print: the facts it asks about, read from past the model's window.
 EXPECTED = [["Lighthouse", "the answer is in a source: True"], ["Okonkwo", "Paris"], ["Okonkwo", "Lighthouse"]]
@@ -20,7 +22,7 @@ EXPECTED = [["Lighthouse", "the answer is in a source: True"], ["Okonkwo", "Pari
 
 BASH_LINES = [
     line.split("  #")[0].strip()
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    for block in re.findall(r"```bash\n(.*?)```", README + REFERENCE, flags=re.S)
     for line in block.splitlines()
     if line.strip()
 ]
