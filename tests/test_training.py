@@ -14,7 +14,7 @@ from conftest import TINY_CONFIG, random_ids, tiny_model
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, DynamicCache
 
-from focus_core import AdapterError, FocusEngine
+from focus_core import AdapterError, FocusEngine, FocusInputError
 from focus_core.candidates import CandidateProjections, candidate_positions
 from focus_core.runner import cache_argument
 from focus_core.training import (
@@ -357,9 +357,9 @@ def test_training_data_reads_files_folders_and_jsonl(tokenizer, tmp_path):
     (tmp_path / "c.jsonl").write_text('{"text": "third"}\n\n{"text": "fourth"}\n')
     assert read_documents([tmp_path]) == ["first document", "third", "fourth", "second document"]
     (tmp_path / "bad.jsonl").write_text('{"body": 1}\n')
-    with pytest.raises(Exception, match='no "text"'):
+    with pytest.raises(FocusInputError, match="bad.jsonl:1"):  # the file and line at fault
         read_documents([tmp_path / "bad.jsonl"])
-    with pytest.raises(Exception, match="no such file or folder"):
+    with pytest.raises(FocusInputError, match="missing"):
         read_documents([tmp_path / "missing"])
-    with pytest.raises(Exception, match="needs"):
+    with pytest.raises(FocusInputError, match="100"):  # the window asked for
         TokenStream(tokenizer, ["tiny"]).window(100, random.Random(0))
