@@ -53,9 +53,8 @@ class FocusLlamaIndexLLM(CustomLLM, FocusFields):
     model_name: str | None = Field(default=None, description="model name or path; None: the embedded default")
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="kwargs for focus_core.load_model")
     generate_kwargs: dict[str, Any] = Field(default_factory=dict, description="generation settings for every call")
-    # LlamaIndex's own default output size (DEFAULT_NUM_OUTPUTS, as HuggingFaceLLM), which its prompt helpers
-    # reserve room for; the engine's default is 64
-    max_new_tokens: int = Field(default=256, gt=0, description="tokens generated per call")
+    # one default for every wrapper: the engine's (FocusConfig.max_new_tokens); metadata.num_output reports it
+    max_new_tokens: int | None = Field(default=None, gt=0, description="tokens generated per call; None: the engine's")
     context_window: int | None = Field(default=None, description="None: computed from the memory budget")
     is_chat_model: bool = Field(default=False, description="whether prompts are chat-formatted by default")
 
@@ -79,7 +78,7 @@ class FocusLlamaIndexLLM(CustomLLM, FocusFields):
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(
             context_window=self.context_window or self._engine.max_context_tokens,
-            num_output=self.max_new_tokens,
+            num_output=self._overrides({}).get("max_new_tokens", self._engine.config.max_new_tokens),
             model_name=self._engine.model_name,
             is_chat_model=self.is_chat_model,
         )
@@ -91,7 +90,8 @@ class FocusLlamaIndexLLM(CustomLLM, FocusFields):
         return self._engine.apply_chat_template(turns)
 
     def _overrides(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return generation_overrides({**self.generate_kwargs, "max_new_tokens": self.max_new_tokens}, kwargs, None)
+        """Per-call settings, as in the LangChain wrapper: the fields, then ``generate_kwargs``, then the call's."""
+        return generation_overrides({"max_new_tokens": self.max_new_tokens, **self.generate_kwargs}, kwargs, None)
 
     def _format(self, prompt: str, formatted: bool) -> str:
         if not isinstance(prompt, str):

@@ -39,6 +39,15 @@ def test_metadata_reports_the_extended_window(llm):
     assert FocusLlamaIndexLLM(engine=llm.engine, context_window=50_000).metadata.context_window == 50_000
 
 
+def test_one_max_new_tokens_default_and_one_precedence(make_engine):
+    engine = make_engine(max_new_tokens=5)
+    assert FocusLlamaIndexLLM(engine=engine).metadata.num_output == 5  # the engine's, as the LangChain wrapper
+    both = FocusLlamaIndexLLM(engine=engine, max_new_tokens=3, generate_kwargs={"max_new_tokens": 2})
+    assert both.metadata.num_output == 2  # fields, then generate_kwargs, then the call (LangChain: pipeline_kwargs)
+    prompt = engine.tokenizer.decode(random_ids(300))
+    assert both.complete(prompt, max_new_tokens=1).raw["usage"]["completion_tokens"] == 1
+
+
 def test_chat_goes_through_the_chat_template(llm):
     messages = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi there")]
     rendered = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
