@@ -7,7 +7,7 @@ chunk's relevance, a query-likelihood score in nats:
     relevance_i = log p(d | [BOS] + m_i) - log p(d | [BOS])      (summed over d[1:], teacher-forced)
 
 No external retriever and no embedding index: the reader is its own retriever. The scores pick the
-chunks that decoding reads (:func:`select`) and tell the user where an answer came from
+chunks that decoding reads (:func:`choose_chunks`) and tell the user where an answer came from
 (:class:`ChunkScore`). ``focus`` also always reads the first chunk: a prompt's opening usually holds
 its instructions (system prompt, task description), which a question at the end does not repeat.
 """
@@ -34,7 +34,7 @@ class ChunkScore:
     text: str
 
 
-def select(
+def choose_chunks(
     scores: torch.Tensor, lengths: list[int], *, max_chunks: int, max_tokens: int, pinned: tuple[int, ...] = ()
 ) -> list[int]:
     """Indices (in document order) of the chunks decoding reads: the ``pinned`` ones, then the most

@@ -9,7 +9,7 @@ from conftest import TINY_ARCHS, random_ids
 from focus_core import FocusConfig, FocusEngine
 from focus_core.aggregation import focus_decoding
 from focus_core.passkey import make_case
-from focus_core.relevance import select
+from focus_core.relevance import choose_chunks
 from focus_core.rotary import KeyRotation
 
 LONG = 300  # tokens: well past the tiny engines' native window of 128
@@ -99,7 +99,7 @@ def test_focus_reads_the_first_chunk_and_the_most_relevant_within_the_window(mak
     chosen = sorted(s.index for s in generation.sources)
     assert 0 in chosen and sum(len(range(*relevance[i].token_span)) for i in chosen) <= room
     scores = torch.tensor([s.score for s in relevance])
-    assert chosen == select(
+    assert chosen == choose_chunks(
         scores,
         [s.token_span[1] - s.token_span[0] for s in relevance],
         max_chunks=room // engine.config.chunk_size,

@@ -20,7 +20,7 @@ from ..settings import add_options, option_values
 
 EXIT_USAGE = 2  # argparse's status for bad options; every user error here uses it too
 # FocusConfig settings a command takes as options; stop has per-command rules and progress is --quiet
-ENGINE_SETTINGS = tuple(f.name for f in dataclasses.fields(FocusConfig) if f.name not in ("stop", "progress"))
+ENGINE_OPTIONS = tuple(f.name for f in dataclasses.fields(FocusConfig) if f.name not in ("stop", "progress"))
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -62,7 +62,7 @@ def add_engine_options(p: argparse.ArgumentParser, **defaults: Any) -> None:
         metavar="DIR",
         help="trained candidate projections (from `focusllm train`); makes auto aggregation kv",
     )
-    add_options(p, FocusConfig, ENGINE_SETTINGS, defaults)
+    add_options(p, FocusConfig, ENGINE_OPTIONS, defaults)
 
 
 def config_from(args: argparse.Namespace, **fixed: Any) -> FocusConfig:

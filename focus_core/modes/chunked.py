@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from ..chunking import ChunkPlan
 from ..config import FocusConfig
 from ..memory import KVBlock, Layout, parallel_buffers
-from ..relevance import select
+from ..relevance import choose_chunks
 from ..request import Request
 from .base import Mode, Reading
 
@@ -83,7 +83,7 @@ class ChunkedMode(Mode):
         loglik = scored.loglik if group is None else group.gather_rows(scored.loglik, len(plan.chunks))
         relevance = loglik - parts.encoder.baseline(plan.dynamic_prompt)
         lengths = [len(c) for c in plan.chunks]
-        chosen = select(relevance, lengths, max_chunks=keep, max_tokens=self.room(plan, cfg), pinned=pinned)
+        chosen = choose_chunks(relevance, lengths, max_chunks=keep, max_tokens=self.room(plan, cfg), pinned=pinned)
         if group is None:
             prefixes = [scored.kept[i] for i in chosen]
         else:
