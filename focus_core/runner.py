@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .candidates import CandidateProjections, candidate_positions
 from .errors import UnsupportedModelError
 from .kv_cache import KVBuffer
 from .memory import Windows
 from .probe import EarlyExit, Probe, install, probing
+
+if TYPE_CHECKING:
+    from .candidates import CandidateProjections
 
 
 def cache_argument(model: nn.Module) -> str:
@@ -45,7 +48,7 @@ class ModelRunner:
         types = list(getattr(config, "layer_types", None) or []) if window else []
         self.windowed_layers: tuple[int, ...] = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
         self.sliding_window: int | None = window if self.windowed_layers else None
-        self.candidates: CandidateProjections | None = None  # applied where a forward's candidate mask is set
+        self.candidates: CandidateProjections | None = None  # kv's: applied where a forward's candidate mask is set
         self._cache_argument = cache_argument(model)
         install(model)  # the attention probe of early-exit passes (inert otherwise)
 
@@ -86,15 +89,15 @@ class ModelRunner:
         attention_mask: torch.Tensor | None,
         candidate_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Last-layer hidden states ``[batch, t, hidden]`` of the new tokens; ``cache`` grows by them."""
+        """Last-layer hidden states ``[batch, t, hidden]`` of the new tokens; ``cache`` grows by them. Where
+        ``candidate_mask`` is set (kv), those positions go through the candidate projections."""
+        inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
+        if candidate_mask is None:
+            return self.model.base_model(**inputs, use_cache=True, **{self._cache_argument: cache}).last_hidden_state
+        from .candidates import candidate_positions  # kv's stack, loaded only by kv's forwards
+
         with candidate_positions(candidate_mask, self.candidates):
-            return self.model.base_model(
-                input_ids=input_ids,
-                position_ids=position_ids,
-                attention_mask=attention_mask,
-                use_cache=True,
-                **{self._cache_argument: cache},
-            ).last_hidden_state
+            return self.model.base_model(**inputs, use_cache=True, **{self._cache_argument: cache}).last_hidden_state
 
     def probe(
         self,
