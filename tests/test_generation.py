@@ -80,7 +80,7 @@ def test_wrong_prompt_types_are_refused(make_engine, prompt):
 
 
 def test_out_of_vocabulary_ids_are_refused(make_engine):
-    with pytest.raises(FocusInputError, match="outside the vocabulary"):
+    with pytest.raises(FocusInputError, match=str(10**6)):  # the id at fault
         make_engine().generate([5, 10**6])
 
 

@@ -109,7 +109,7 @@ def test_an_explicit_dtype_is_always_honoured(cpuinfo, dtype, expected):
 
 
 def test_an_unknown_dtype_names_the_choices():
-    with pytest.raises(FocusConfigError, match=r"unsupported dtype 'int8'; use auto or one of .*'bf16'"):
+    with pytest.raises(FocusConfigError, match=r"'int8'.*'bf16'"):  # the value at fault and the choices
         precision.choose_precision("int8", CPU)
 
 
