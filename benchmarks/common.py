@@ -44,11 +44,11 @@ def matmul_rate(
     b = torch.randn(hidden, inner, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
-    _sync(device)
+    synchronize(device)
     reps, start = 20, time.perf_counter()
     for _ in range(reps):
         a @ b
-    _sync(device)
+    synchronize(device)
     return 2 * tokens * hidden * inner * reps / (time.perf_counter() - start)
 
 
@@ -109,7 +109,7 @@ def _status_bytes(field: str) -> int:
     return int(line.split()[1]) * 1024
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

@@ -5,7 +5,13 @@
 - the matmul-limited encode rate: that rate / (2 x non-embedding parameters) tokens/s, what encoding
   would reach if every FLOP were such a matmul (attention not counted);
 - the engine's chunk-encode rate (tokens/s, cold prefix cache) over ``--tokens`` of prose, with the
-  native window set to 2K so that it chunks, and its fraction of the matmul-limited rate.
+  native window set to 2K so that it chunks, and its fraction of the matmul-limited rate;
+- the memory bandwidth (bytes/s of a large copy on the device, read and write counted) and the bytes one
+  decoded token reads (every weight matrix once, the tied embedding as the output layer, and the KV
+  cache of its context): bandwidth / bytes is the memory-limited decode rate;
+- the decode rate (tokens/s after the first) of the engine and of ``transformers``' own ``generate`` on
+  the same prompt of ``--decode-prompt-tokens`` tokens, ``--decode-tokens`` greedy tokens each, and the
+  engine's fraction of the memory-limited rate.
 
     python -m benchmarks.machine_limit --tokens 8192 [--dtype auto] [--device cpu] [--results DIR]
 
@@ -16,15 +22,93 @@ Writes ``<results>/machine_limit.json`` (default ``benchmarks/results``); its he
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
+
+import torch
+from transformers.generation.streamers import BaseStreamer
 
 from focus_core import FocusConfig, FocusEngine
 
-from .common import RESULTS, model_matmul_rate, non_embedding_params, result_header, write_json
+from .common import RESULTS, model_matmul_rate, non_embedding_params, result_header, synchronize, write_json
+from .haystack import haystack
 from .speed import CHUNKED_WINDOW, focus_point
 
+COUNTING = " Counting on: " + ", ".join(str(i) for i in range(1, 9))  # a prompt whose answer does not end
 
-def run_machine_limit(engine: FocusEngine, tokens: int) -> dict:
+
+class Clock(BaseStreamer):
+    """A ``generate`` streamer that only notes when each piece arrives (the prompt first, then each token)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def rate(self) -> float:
+        """Tokens/s after the first new token."""
+        return (len(self.times) - 2) / (self.times[-1] - self.times[1])
+
+
+def memory_bandwidth(device: torch.device, nbytes: int = 2**29, reps: int = 10) -> float:
+    """Bytes/s of the best of ``reps`` copies of an ``nbytes`` buffer on ``device`` (read + write)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
+        synchronize(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best
+
+
+def decode_bytes_per_token(engine: FocusEngine, context: int) -> int:
+    """Bytes one decoding step reads: every parameter once (the input embedding only where it is also the
+    output layer: one row otherwise) and the KV cache of ``context`` tokens."""
+    model = engine.model
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings()
+    tied = head is not None and head.weight.data_ptr() == embed.data_ptr()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters() if tied or p is not embed)
+    return weights + context * engine.runner.kv_bytes_per_token()
+
+
+def decode_rates(engine: FocusEngine, prompt_tokens: int, new_tokens: int) -> dict:
+    """Tokens/s after the first, greedy, on the same prompt: the engine (plain: the prompt fits) and
+    ``model.generate`` (each token's arrival noted by a streamer)."""
+    text = "\n\n".join(haystack(engine.tokenizer, prompt_tokens)) + COUNTING
+    ids = engine.tokenizer(text).input_ids[-prompt_tokens:]  # the counting at its end
+    start = time.perf_counter()
+    stream = engine.stream_ids(ids, max_new_tokens=new_tokens, temperature=0.0)
+    next(stream)
+    first = time.perf_counter()
+    produced = 1 + sum(1 for _ in stream)
+    engine_rate = (produced - 1) / (time.perf_counter() - first)
+    clock = Clock()
+    with torch.inference_mode():
+        engine.model.generate(
+            torch.tensor([ids], device=engine.runner.device),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+            streamer=clock,
+        )
+    return {
+        "prompt_tokens": len(ids),
+        "engine_tokens": produced,
+        "engine_first_token_s": first - start,
+        "engine_decode_tokens_per_s": engine_rate,
+        "transformers_decode_tokens_per_s": clock.rate(),
+    }
+
+
+def run_machine_limit(engine: FocusEngine, tokens: int, decode_prompt_tokens: int, decode_tokens: int) -> dict:
     chunked = FocusEngine(engine.model, engine.tokenizer, engine.config.replace(native_window=CHUNKED_WINDOW))
     focus_point(chunked, min(tokens, 2 * CHUNKED_WINDOW), new_tokens=1)  # warm-up
     shape_tokens = engine.config.encode_batch_tokens  # the rows of one encoding micro-batch
@@ -33,6 +117,10 @@ def run_machine_limit(engine: FocusEngine, tokens: int) -> dict:
     after = model_matmul_rate(engine.model, shape_tokens)
     params = non_embedding_params(engine.model)
     limited = max(before, after) / (2 * params)
+    bandwidth = memory_bandwidth(engine.runner.device)
+    decode = decode_rates(engine, decode_prompt_tokens, decode_tokens)
+    per_token = decode_bytes_per_token(engine, decode["prompt_tokens"] + decode_tokens // 2)
+    memory_limited = bandwidth / per_token
     return {
         "tokens": point["tokens"],
         "non_embedding_params": params,
@@ -41,6 +129,11 @@ def run_machine_limit(engine: FocusEngine, tokens: int) -> dict:
         "encode_tokens_per_s": point["encode_tokens_per_s"],
         "encode_fraction_of_matmul_limit": point["encode_tokens_per_s"] / limited,
         "encode_flops_per_s": point["encode_flops_per_s"],  # attention included
+        "memory_bandwidth_bytes_per_s": bandwidth,
+        "decode_bytes_per_token": per_token,
+        "memory_limited_decode_tokens_per_s": memory_limited,
+        **decode,
+        "decode_fraction_of_memory_limit": decode["engine_decode_tokens_per_s"] / memory_limited,
     }
 
 
@@ -48,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded SmolLM2)")
     parser.add_argument("--tokens", type=int, default=8192, help="prose tokens to encode")
+    parser.add_argument("--decode-prompt-tokens", type=int, default=1024, help="prompt of the decode comparison")
+    parser.add_argument("--decode-tokens", type=int, default=64, help="greedy tokens decoded in the comparison")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto (default), float32, bfloat16 or float16")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for machine_limit.json")
@@ -58,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     config = FocusConfig(progress=False)
     engine = FocusEngine.from_pretrained(args.model, config, dtype=args.dtype, device=args.device, progress=False)
-    out = run_machine_limit(engine, args.tokens)
+    out = run_machine_limit(engine, args.tokens, args.decode_prompt_tokens, args.decode_tokens)
     result = {**result_header("machine_limit", engine), **out}
     print(f"wrote {write_json(args.results / 'machine_limit.json', result)}")
     cpu = result["machine"]["cpu"]
@@ -66,7 +161,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"{cpu['name']} ({', '.join(cpu['flags'] or ['flags unknown'])}), {engine.model.focus_precision_reason}: "
         f"matmul {max(out['matmul_flops_per_s'].values()) / 1e9:.0f} GFLOP/s -> "
         f"{out['matmul_limited_tokens_per_s']:.0f} tokens/s matmul-limited; encode "
-        f"{out['encode_tokens_per_s']:.0f} tokens/s = {100 * out['encode_fraction_of_matmul_limit']:.0f}%"
+        f"{out['encode_tokens_per_s']:.0f} tokens/s = {100 * out['encode_fraction_of_matmul_limit']:.0f}%; "
+        f"memory {out['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / {out['decode_bytes_per_token'] / 1e6:.0f} MB a "
+        f"token -> {out['memory_limited_decode_tokens_per_s']:.1f} tokens/s memory-limited; decode "
+        f"{out['engine_decode_tokens_per_s']:.1f} tokens/s = {100 * out['decode_fraction_of_memory_limit']:.0f}% "
+        f"(transformers.generate {out['transformers_decode_tokens_per_s']:.1f})"
     )
     return result
 

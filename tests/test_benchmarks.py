@@ -129,12 +129,25 @@ def test_an_out_of_memory_full_attention_run_is_recorded_not_raised(make_engine,
 def test_machine_limit_reports_encode_against_the_matmul_limit_of_the_same_run(tiny_dir, tmp_path):
     result = machine_limit.main(
         ["--model", str(tiny_dir), "--tokens", "2500", "--device", "cpu", "--results", str(tmp_path)]
+        + ["--decode-prompt-tokens", "64", "--decode-tokens", "8"]
     )
     assert json.loads((tmp_path / "machine_limit.json").read_text()) == json.loads(json.dumps(result, default=str))
     assert set(result["machine"]["cpu"]) == {"name", "flags"} and result["dtype"].startswith("torch.")
     limit = result["matmul_limited_tokens_per_s"]
     assert limit == max(result["matmul_flops_per_s"].values()) / (2 * result["non_embedding_params"])
     assert result["encode_fraction_of_matmul_limit"] == pytest.approx(result["encode_tokens_per_s"] / limit)
+    # decoding against the memory-bandwidth limit, and transformers' own generate on the same prompt
+    per_token = result["decode_bytes_per_token"]
+    model = tiny_model("llama")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    kv = (64 + 8 // 2) * 2 * 2 * 2 * 16 * 4  # context x (k, v) x layers x kv heads x head dim x fp32 bytes
+    assert weights - embedding.numel() * 4 + kv <= per_token <= weights + kv
+    memory_limited = result["memory_bandwidth_bytes_per_s"] / per_token
+    assert result["memory_limited_decode_tokens_per_s"] == pytest.approx(memory_limited)
+    decode = result["engine_decode_tokens_per_s"]
+    assert result["decode_fraction_of_memory_limit"] == pytest.approx(decode / memory_limited)
+    assert result["prompt_tokens"] == 64 and result["transformers_decode_tokens_per_s"] > 0
 
 
 # ------------------------------------------------------------------------------- scripts/gpu_check.sh
