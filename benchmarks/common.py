@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers.generation.streamers import BaseStreamer
 
 from focus_core import FocusEngine
 from focus_core.precision import cpu_summary
@@ -121,12 +122,31 @@ def non_embedding_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.data_ptr() not in skip)
 
 
-def forward_flops(model, chunk_lengths: list[int]) -> float:
-    """FLOPs of running sequences of the given lengths: 2 x params x tokens + causal attention."""
-    cfg = model.config
+def forward_flops(model, chunk_lengths: list[int], layers: int | None = None) -> float:
+    """FLOPs of running sequences of the given lengths through ``layers`` of the model's layers (default:
+    all; an early exit runs fewer): 2 x their params x tokens + causal attention."""
+    cfg = model.config.get_text_config()
+    share = 1.0 if layers is None else layers / cfg.num_hidden_layers
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     attention = sum(2 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * t * t for t in chunk_lengths)
-    return 2 * non_embedding_params(model) * sum(chunk_lengths) + attention
+    return share * (2 * non_embedding_params(model) * sum(chunk_lengths) + attention)
+
+
+class Clock(BaseStreamer):
+    """A ``generate`` streamer that notes when each piece arrives: first the prompt, then each new token."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def rate(self) -> float:
+        """Tokens/s after the first new token."""
+        return (len(self.times) - 2) / (self.times[-1] - self.times[1])
 
 
 def result_header(benchmark: str, engine: FocusEngine | None = None) -> dict:

@@ -2,8 +2,9 @@
 
 - the matmul rate (FLOP/s) of the model's MLP shape ([tokens, hidden] x [hidden, intermediate]) in the
   engine's dtype on its device, before and after encoding (the higher is the limit);
-- the matmul-limited encode rate: that rate / (2 x non-embedding parameters) tokens/s, what encoding
-  would reach if every FLOP were such a matmul (attention not counted);
+- the matmul-limited encode rate: that rate / (2 x the non-embedding parameters of the layers the
+  encoding pass runs: all, or up to ``select``'s exit layer) tokens/s, what encoding would reach if every
+  FLOP were such a matmul (attention not counted);
 - the engine's chunk-encode rate (tokens/s, cold prefix cache) over ``--tokens`` of prose, with the
   native window set to 2K so that it chunks, and its fraction of the matmul-limited rate;
 - the memory bandwidth (bytes/s of a large copy on the device, read and write counted) and the bytes one
@@ -26,32 +27,14 @@ import time
 from pathlib import Path
 
 import torch
-from transformers.generation.streamers import BaseStreamer
 
 from focus_core import FocusConfig, FocusEngine
 
-from .common import RESULTS, model_matmul_rate, non_embedding_params, result_header, synchronize, write_json
+from .common import RESULTS, Clock, model_matmul_rate, non_embedding_params, result_header, synchronize, write_json
 from .haystack import haystack
 from .speed import CHUNKED_WINDOW, focus_point
 
 COUNTING = " Counting on: " + ", ".join(str(i) for i in range(1, 9))  # a prompt whose answer does not end
-
-
-class Clock(BaseStreamer):
-    """A ``generate`` streamer that only notes when each piece arrives (the prompt first, then each token)."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def put(self, value) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-    def rate(self) -> float:
-        """Tokens/s after the first new token."""
-        return (len(self.times) - 2) / (self.times[-1] - self.times[1])
 
 
 def memory_bandwidth(device: torch.device, nbytes: int = 2**29, reps: int = 10) -> float:
@@ -116,7 +99,8 @@ def run_machine_limit(engine: FocusEngine, tokens: int, decode_prompt_tokens: in
     point = focus_point(chunked, tokens, new_tokens=1)
     after = model_matmul_rate(engine.model, shape_tokens)
     params = non_embedding_params(engine.model)
-    limited = max(before, after) / (2 * params)
+    share = point["encode_layers"] / engine.runner.num_layers  # an early exit runs only its layers
+    limited = max(before, after) / (2 * params * share)
     bandwidth = memory_bandwidth(engine.runner.device)
     decode = decode_rates(engine, decode_prompt_tokens, decode_tokens)
     per_token = decode_bytes_per_token(engine, decode["prompt_tokens"] + decode_tokens // 2)
@@ -124,6 +108,8 @@ def run_machine_limit(engine: FocusEngine, tokens: int, decode_prompt_tokens: in
     return {
         "tokens": point["tokens"],
         "non_embedding_params": params,
+        "encode_layers": point["encode_layers"],
+        "layers": engine.runner.num_layers,
         "matmul_flops_per_s": {"before": before, "after": after},
         "matmul_limited_tokens_per_s": limited,
         "encode_tokens_per_s": point["encode_tokens_per_s"],

@@ -24,13 +24,21 @@ import time
 from pathlib import Path
 
 import torch
-from transformers.generation.streamers import BaseStreamer
 
 from focus_core import FocusConfig, FocusEngine
 from focus_core.memory import GiB
 from focus_core.passkey import make_case
 
-from .common import RESULTS, forward_flops, model_matmul_rate, peak_memory, reset_peak_memory, result_header, write_json
+from .common import (
+    RESULTS,
+    Clock,
+    forward_flops,
+    model_matmul_rate,
+    peak_memory,
+    reset_peak_memory,
+    result_header,
+    write_json,
+)
 from .haystack import haystack
 
 CHUNKED_WINDOW = 2048  # FocusLLM is timed with this native window, so that it chunks at every length
@@ -52,8 +60,9 @@ def focus_point(engine: FocusEngine, n_tokens: int, new_tokens: int, **overrides
     total = time.perf_counter() - start
     encode_s = engine.stats.encode_seconds - before_s
     tokens = engine.stats.tokens_encoded - before_tokens
-    plan = engine.plan(prompt)
-    flops = forward_flops(engine.model, [len(engine.encoder.bos) + len(c) for c in plan.chunks])
+    request = engine.request(prompt, max_new_tokens=new_tokens, **overrides)
+    layers = request.layout.encode.layers  # the layers the encoding pass runs (an early exit: fewer)
+    flops = forward_flops(engine.model, [len(engine.encoder.bos) + len(c) for c in request.plan.chunks], layers)
     return {
         "tokens": engine.count_tokens(prompt),
         "encode_tokens_per_s": tokens / encode_s,
@@ -63,20 +72,8 @@ def focus_point(engine: FocusEngine, n_tokens: int, new_tokens: int, **overrides
         "decode_tokens_per_s": (count - 1) / (total - first) if count > 1 else None,
         "total_s": total,
         "peak_gpu_bytes": peak_memory(engine.runner.device),
+        "encode_layers": layers or engine.runner.num_layers,
     }
-
-
-class _Clock(BaseStreamer):
-    """Records when ``generate`` emits: first the prompt, then each new token."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def put(self, value) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
 
 
 @torch.inference_mode()
@@ -86,7 +83,7 @@ def full_attention_point(engine: FocusEngine, n_tokens: int, new_tokens: int) ->
     device = engine.runner.device
     ids = engine.tokenizer(prose(engine.tokenizer, n_tokens), return_tensors="pt").input_ids.to(device)
     reset_peak_memory(device)
-    clock, start = _Clock(), time.perf_counter()
+    clock, start = Clock(), time.perf_counter()
     try:
         engine.model.generate(
             ids, max_new_tokens=new_tokens, do_sample=False, streamer=clock, pad_token_id=engine.tokenizer.eos_token_id
