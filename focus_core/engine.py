@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -33,6 +33,9 @@ from .planning import Planner
 from .relevance import ChunkScore
 from .request import Prompt, Request
 from .runner import ModelRunner
+
+if TYPE_CHECKING:
+    from .candidates import CandidateProjections  # kv's stack, imported only by engines that use kv
 
 
 class FocusEngine:
@@ -237,11 +240,11 @@ class FocusEngine:
         """Save the trained candidate projections as an adapter directory (safetensors + JSON)."""
         return self.planner.mode("kv").save_adapter(path, training)
 
-    def set_candidates(self, projections, trained: bool) -> None:
+    def set_candidates(self, projections: CandidateProjections, trained: bool) -> None:
         """Replace ``kv``'s candidate projections (e.g. with ones being trained)."""
         self.planner.mode("kv").set_projections(projections, trained)
 
-    def candidate_projections(self):
+    def candidate_projections(self) -> CandidateProjections:
         """The candidate projections ``kv`` reads the chunks through: the trained ones once set or loaded,
         else copies of the model's own (made on first use; a model ``kv`` cannot serve is refused)."""
         return self.planner.mode("kv").projections()

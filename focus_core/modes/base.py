@@ -31,6 +31,7 @@ from ..encoding import ChunkEncoder
 from ..kv_cache import PrefixKV
 from ..memory import KVBlock, Layout, Windows
 from ..runner import ModelRunner, SequenceBatch
+from ..selection import Span
 
 if TYPE_CHECKING:
     from ..request import Request
@@ -102,7 +103,7 @@ class Reading:
     relevance: torch.Tensor  # [units]: nats of query likelihood, or attention mass
     chosen: list[int] = field(default_factory=list)  # chunks decoding reads, document order
     prefixes: list[PrefixKV] = field(default_factory=list)  # their [BOS] + chunk KV
-    spans: Sequence = field(default_factory=list)  # the memory spans decoding reads (Span), document order
+    spans: list[Span] = field(default_factory=list)  # the memory spans decoding reads, document order
 
     def scored_units(self) -> list[Unit]:
         """Every unit with its score, document order."""
