@@ -18,7 +18,7 @@ from .errors import FocusConfigError
 from .memory import GiB
 from .settings import check_minimums, setting
 
-Aggregation = Literal["auto", "select", "focus", "entropy", "kv"]
+Aggregation = Literal["auto", "select", "whole", "focus", "entropy", "kv"]
 FocusKV = Literal["reuse", "reencode"]
 FOCUS_KV: tuple[str, ...] = typing.get_args(FocusKV)
 # Settings of what the engine holds across calls; a per-call override of them is refused.
@@ -61,6 +61,9 @@ class FocusConfig:
     )
     exit_layer: int | None = setting(
         None, "select: the layer whose attention chooses the passages (default: 60% of the model's depth)", minimum=0
+    )
+    extract_tokens: int = setting(
+        64, "whole: longest extraction each chunk writes for the request before they are read together", minimum=1
     )
     max_new_tokens: int = setting(64, "longest answer in tokens", minimum=1)
     temperature: float = setting(0.0, "sampling temperature; 0 = greedy", minimum=0)

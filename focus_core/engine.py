@@ -65,7 +65,9 @@ class FocusEngine:
         self.encoder = ChunkEncoder(self.runner, self.prefix_cache, tokenizer.bos_token_id)
         self.eos_token_ids = _eos_ids(model, tokenizer)
         self.group = ChunkGroup.of(group)
-        self.parts = EngineParts(model, tokenizer, self.runner, self.encoder, self.group, self.native_window)
+        self.parts = EngineParts(
+            model, tokenizer, self.runner, self.encoder, self.group, self.native_window, self.eos_token_ids
+        )
         self.planner = Planner(self.parts)
         self.planner.check(self.config)
 

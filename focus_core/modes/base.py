@@ -50,7 +50,7 @@ class DecodingState(Protocol):
 @dataclass(frozen=True)
 class EngineParts:
     """What modes work with: one engine's model, tokenizer, runner, chunk encoder, process group (``None``:
-    this process reads every chunk) and native window."""
+    this process reads every chunk), native window and end-of-sequence ids."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
@@ -58,6 +58,7 @@ class EngineParts:
     encoder: ChunkEncoder
     group: ChunkGroup | None
     native_window: int
+    eos_token_ids: frozenset[int] = frozenset()
 
     @property
     def model_name(self) -> str:

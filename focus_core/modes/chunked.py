@@ -93,7 +93,7 @@ class ChunkedMode(Mode):
                 return (r.num_layers, r.kv_heads, bos + lengths[i], r.head_dim)
 
             prefixes = group.exchange_prefixes(scored.kept, chosen, len(plan.chunks), shape, r.dtype)
-        return Reading(_chunk_ranges(plan), relevance, chosen, prefixes)
+        return Reading(chunk_ranges(plan), relevance, chosen, prefixes)
 
 
 def chunk_rows(plan: ChunkPlan, cfg: FocusConfig, read: int, prefix_slots: int) -> KVBlock:
@@ -101,7 +101,7 @@ def chunk_rows(plan: ChunkPlan, cfg: FocusConfig, read: int, prefix_slots: int) 
     return KVBlock(read, prefix_slots + len(plan.dynamic_prompt) + cfg.max_new_tokens)
 
 
-def _chunk_ranges(plan: ChunkPlan) -> list[tuple[int, int]]:
+def chunk_ranges(plan: ChunkPlan) -> list[tuple[int, int]]:
     """``[start, end)`` of every chunk in the memory's tokens."""
     ends = list(itertools.accumulate(len(c) for c in plan.chunks))
     return [(end - len(c), end) for c, end in zip(plan.chunks, ends)]

@@ -1,0 +1,296 @@
+"""``whole``: requests about the whole document, a summary or "list every ..." (docs/design.md,
+"Whole-document requests").
+
+Map: every chunk, ``[BOS] + chunk`` (prefix KV from the prefix cache) with the dynamic prompt appended,
+decodes its own short extraction, greedily, many chunks in one batch; each row stops on its own (an
+end-of-sequence token or a stop string; ending at once is an empty extraction). An extraction is kept
+where its chunk supports it (:data:`MIN_SUPPORT`). Reduce: the kept extractions, in document order and
+each labelled with its chunk (``[3] ...``), then the request (the dynamic prompt from the question's line
+on) are read after ``[BOS]`` with ordinary attention, as a prompt is read. Where they do not fit the
+window they are packed into chunks and mapped again; every level at least halves them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..aggregation import PlainDecoding
+from ..chunking import ChunkPlan
+from ..config import FocusConfig
+from ..errors import FocusConfigError
+from ..kv_cache import PrefixKV
+from ..memory import KVBlock, Layout, one_sequence, parallel_buffers
+from ..request import Request
+from ..runner import SequenceBatch
+from ..sampling import TextStream
+from ..selection import question_marks, question_rows
+from .base import Mode, Reading, Unit
+from .chunked import chunk_ranges
+
+# An extraction is read when its chunk at least doubles the probability of its tokens, on average (its
+# support, in nats per token, at least log 2): what a chunk says is likelier with the chunk than without;
+# what the model would write for the request whatever the chunk (a guess, a refusal, a repetition) is not.
+MIN_SUPPORT = math.log(2)
+
+# The tokens a label takes at most (``\n[999-999] `` split into single characters but for its newline), which
+# the window checks reserve; a longer one (past chunk 999) is cut to this.
+LABEL_TOKENS = 11
+SEPARATOR = "\n\n"  # between the last extraction and the local context
+MIN_CONTENT_CHARS = 3  # a token shared by an extraction and the answer counts when it holds this many letters
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What one chunk (or, after a second map, a run of chunks) gave for the request."""
+
+    chunks: tuple[int, ...]  # the memory chunks it covers, document order
+    ids: tuple[int, ...]  # its tokens (empty: the chunk had nothing to say)
+    support: float  # nats per token the chunk adds to the extraction's log-probability (0 when empty)
+    content: frozenset[int] = frozenset()  # its tokens that carry content (attribution)
+
+    @property
+    def read(self) -> bool:
+        """Whether the reduce read reads it: it says something, which its chunk supports (:data:`MIN_SUPPORT`)."""
+        return bool(self.ids) and self.support >= MIN_SUPPORT
+
+    @property
+    def label(self) -> str:
+        first, last = self.chunks[0] + 1, self.chunks[-1] + 1
+        return f"{first}" if first == last else f"{first}-{last}"
+
+
+@dataclass
+class WholeReading(Reading):
+    """The map step's extractions per chunk (``found``), what the reduce read reads (``extractions``, after
+    any further map levels) and its prompt (``read_ids``); ``answer`` grows with the decoded answer."""
+
+    found: list[Extraction] = field(default_factory=list)
+    extractions: list[Extraction] = field(default_factory=list)
+    read_ids: tuple[int, ...] = ()
+    answer: list[int] = field(default_factory=list)
+
+    def sources(self) -> list[Unit]:
+        """The chunks whose extraction reached the answer: it shares content tokens with it (as many as the
+        score says), document order."""
+        answer = set(self.answer)
+        shared = [(e.chunks[0], len(e.content & answer)) for e in self.found if e.read]
+        return [(i, self.units[i], float(n)) for i, n in shared if n > 0]
+
+
+class Whole(Mode):
+    name = "whole"
+
+    def check(self, cfg: FocusConfig) -> None:
+        labelled = cfg.extract_tokens + LABEL_TOKENS
+        if 2 * labelled > cfg.chunk_size:
+            raise FocusConfigError(
+                f"whole packs at least two extractions per chunk when it maps them again: extract_tokens "
+                f"({cfg.extract_tokens}) + {LABEL_TOKENS} label tokens must be at most chunk_size / 2 "
+                f"({cfg.chunk_size // 2}); lower extract_tokens"
+            )
+        if self.room(cfg) < labelled:
+            raise FocusConfigError(
+                f"whole reads its extractions beside 1 + dynamic_prompt_len + max_new_tokens + 2 = "
+                f"{self.parts.native_window - self.room(cfg)} tokens, which leaves no room for one extraction of "
+                f"extract_tokens ({cfg.extract_tokens}) in the native window {self.parts.native_window}; lower "
+                "dynamic_prompt_len or max_new_tokens"
+            )
+
+    def describe(self, cfg: FocusConfig) -> str:
+        return f"whole (every chunk extracts up to {cfg.extract_tokens} tokens; one read of the extractions)"
+
+    def room(self, cfg: FocusConfig) -> int:
+        """Tokens of labelled extractions the reduce read holds beside [BOS], the separator, the request and
+        the answer."""
+        fixed = 1 + len(self.separator) + cfg.dynamic_prompt_len + cfg.max_new_tokens
+        return self.parts.native_window - fixed
+
+    @property
+    def separator(self) -> tuple[int, ...]:
+        return tuple(self.parts.tokenizer(SEPARATOR, add_special_tokens=False).input_ids)
+
+    def map_rows(self, chunks: int, cfg: FocusConfig) -> int:
+        """Chunks decoding their extractions together: up to ``encode_batch_tokens`` new tokens per batch."""
+        return max(1, min(chunks, cfg.encode_batch_tokens // cfg.extract_tokens))
+
+    def layout(self, ids: Sequence[int], plan: ChunkPlan, cfg: FocusConfig) -> Layout:
+        parts = self.parts
+        bos, mine = len(parts.encoder.bos), parts.my_chunks(plan).chunks
+        prefix_slots = bos + max(cfg.chunk_size, max(len(c) for c in plan.chunks))  # a packed level's too
+        rows = self.map_rows(len(mine), cfg)
+        parallel = parallel_buffers(
+            chunks=len(mine),
+            prefix_slots=prefix_slots,
+            dynamic_prompt=len(plan.dynamic_prompt),
+            read=rows,  # the prefixes of the chunks being mapped
+            batch_tokens=cfg.encode_batch_tokens,
+            cached=parts.stored_prefixes([bos + len(c) for c in mine]),
+        )
+        mapping = KVBlock(rows, prefix_slots + len(plan.dynamic_prompt) + cfg.extract_tokens)
+        extractions = min(self.room(cfg), len(plan.chunks) * (cfg.extract_tokens + LABEL_TOKENS))
+        read = bos + extractions + len(self.separator) + len(plan.dynamic_prompt)
+        return one_sequence(read + cfg.max_new_tokens, read, parts.windows(cfg), step=mapping, **parallel)
+
+    def read(self, request: Request, keep: int | None = None) -> WholeReading:
+        """The map step over every chunk (this process's share, then gathered), further map levels until
+        the extractions fit the window, and the reduce read's prompt."""
+        parts, plan, cfg = self.parts, request.plan, request.config
+        mine = parts.my_chunks(plan).chunks
+        first = parts.group.share(len(plan.chunks)).start if parts.group else 0
+        runs = [(first + i,) for i in range(len(mine))]
+        found = self.map(mine, runs, request, desc="extracting")
+        if parts.group is not None:
+            found = self.gathered(found, plan, cfg)
+        extractions = [e for e in found if e.read]
+        while len(self.labelled(extractions)) > self.room(cfg):
+            fewer = [e for e in self.map_again(extractions, request) if e.read]
+            if len(fewer) >= len(extractions):  # nothing packed two to a chunk: keep the best supported that fit
+                fewer = self.surest(extractions, self.room(cfg))
+            extractions = fewer
+        read_ids = parts.encoder.bos + self.labelled(extractions) + self.separator + self.request_tokens(plan)
+        relevance = torch.tensor([e.support for e in found])
+        chosen = [e.chunks[0] for e in found if e.read]
+        units = chunk_ranges(plan)
+        return WholeReading(units, relevance, chosen, found=found, extractions=extractions, read_ids=read_ids)
+
+    def request_tokens(self, plan: ChunkPlan) -> tuple[int, ...]:
+        """The request as the reduce read reads it: the dynamic prompt from the question's line on (what a
+        chat template puts after it included), without the document text before it."""
+        prompt = plan.dynamic_prompt
+        return prompt[question_rows(prompt, *question_marks(self.parts.tokenizer, prompt))[0] :]
+
+    def start(self, request: Request, reading: WholeReading) -> PlainDecoding:
+        """Ordinary attention over [BOS], the labelled extractions and the request."""
+        reading.answer = request.completion_ids
+        sequence = self.parts.sequence(request.layout, request.config)
+        return PlainDecoding(sequence, sequence.append(torch.tensor(reading.read_ids, device=self.parts.runner.device)))
+
+    # ----------------------------------------------------------------- the map step
+
+    def map(
+        self, texts: Sequence[tuple[int, ...]], runs: list[tuple[int, ...]], request: Request, desc: str
+    ) -> list[Extraction]:
+        """The extraction of each of ``texts`` (covering the memory chunks ``runs``), ``map_rows`` at a time."""
+        parts, cfg, layout = self.parts, request.config, request.layout
+        rows, found = self.map_rows(len(texts), cfg), []
+        with tqdm(total=len(texts), desc=desc, unit="chunk", disable=not parts.progress(cfg)) as bar:
+            for start in range(0, len(texts), rows):
+                group = [parts.encoder.bos + t for t in texts[start : start + rows]]
+                prefixes: list[PrefixKV] = []
+                for i in range(0, len(group), layout.encode.rows):  # encoded a micro-batch at a time
+                    prefixes += parts.encoder.prefixes(group[i : i + layout.encode.rows], slots=layout.encode.slots)
+                for run, (ids, logprob) in zip(runs[start:], self.extract(prefixes, request)):
+                    support = logprob - self.unsupported(ids, request) if ids else 0.0
+                    found.append(Extraction(run, ids, support, self.content(ids, request.plan.dynamic_prompt)))
+                bar.update(len(group))
+        return found
+
+    def extract(self, prefixes: list[PrefixKV], request: Request) -> list[tuple[tuple[int, ...], float]]:
+        """Each prefix followed by the dynamic prompt, decoded greedily in one batch, every row until its
+        end-of-sequence token, a stop string or ``extract_tokens``: ``(ids, mean log-probability)`` each
+        (an empty extraction's: that of ending at once)."""
+        parts, cfg, prompt = self.parts, request.config, request.plan.dynamic_prompt
+        width = max(p.tokens for p in prefixes)
+        batch, logits = parts.encoder.with_prompt(
+            prefixes,
+            prompt,
+            slots=width + len(prompt) + cfg.extract_tokens,
+            candidate=False,
+            batch_tokens=cfg.encode_batch_tokens,
+        )
+        streams = [TextStream(parts.tokenizer, cfg.stop) for _ in prefixes]
+        texts, logprob = [""] * len(prefixes), torch.zeros(len(prefixes))
+        open_rows = set(range(len(prefixes)))
+        for step in range(cfg.extract_tokens):
+            logp = torch.log_softmax(logits.float(), dim=-1)  # [rows, vocab]
+            tokens = logp.argmax(dim=-1)  # [rows]
+            chosen = logp.gather(1, tokens[:, None])[:, 0].cpu()
+            for row in sorted(open_rows):
+                token = int(tokens[row])
+                if token in parts.eos_token_ids:
+                    open_rows.discard(row)
+                    logprob[row] += chosen[row] if step == 0 else 0.0
+                    continue
+                texts[row] += streams[row].push(token)
+                logprob[row] += chosen[row]
+                if streams[row].stopped:
+                    open_rows.discard(row)
+            if not open_rows or step + 1 == cfg.extract_tokens:
+                break
+            logits = batch.append(tokens[:, None])  # finished rows run on, their tokens unused
+        out = []
+        for row, stream in enumerate(streams):
+            text = (texts[row] + stream.flush()).strip()
+            ids = tuple(parts.tokenizer(text, add_special_tokens=False).input_ids)[: cfg.extract_tokens] if text else ()
+            out.append((ids, float(logprob[row]) / max(1, len(stream.ids))))
+        return out
+
+    def unsupported(self, ids: tuple[int, ...], request: Request) -> float:
+        """Mean log-probability of an extraction's tokens after [BOS] and the dynamic prompt alone (no chunk)."""
+        parts, prompt = self.parts, request.plan.dynamic_prompt
+        if not ids:
+            return 0.0
+        batch = SequenceBatch(parts.runner, rows=1, capacity=len(parts.encoder.bos) + len(prompt) + len(ids))
+        if parts.encoder.bos:
+            batch.append(torch.tensor(parts.encoder.bos, device=parts.runner.device))
+        loglik = batch.append(torch.tensor(prompt + ids, device=parts.runner.device), loglik=True)[1]
+        return (float(loglik[0]) - parts.encoder.baseline(prompt)) / len(ids)
+
+    def map_again(self, extractions: list[Extraction], request: Request) -> list[Extraction]:
+        """The extractions packed in document order into chunks of at most ``chunk_size`` tokens (at least
+        two each, as :meth:`check` ensures), and mapped again."""
+        texts, runs, text, run = [], [], (), ()
+        for e in extractions:
+            piece = self.labelled([e])
+            if text and len(text) + len(piece) > request.config.chunk_size:
+                texts.append(text)
+                runs.append(run)
+                text, run = (), ()
+            text, run = text + piece, run + e.chunks
+        texts.append(text)
+        runs.append(run)
+        return self.map(texts, runs, request, desc="extracting again")
+
+    def surest(self, extractions: list[Extraction], room: int) -> list[Extraction]:
+        """The best-supported extractions whose labelled tokens fit ``room``, document order."""
+        kept, used = [], 0
+        for e in sorted(extractions, key=lambda e: -e.support):
+            size = len(self.labelled([e]))
+            if used + size <= room:
+                kept.append(e)
+                used += size
+        return sorted(kept, key=lambda e: e.chunks)
+
+    def gathered(self, found: list[Extraction], plan: ChunkPlan, cfg: FocusConfig) -> list[Extraction]:
+        """Every process's extractions (its share of the plan's chunks), in chunk order, on every process."""
+        width = cfg.extract_tokens
+        rows = torch.full((len(found), width + 2), -1.0, dtype=torch.float64)
+        for r, e in enumerate(found):  # [length, support, ids ... -1]
+            rows[r, 0], rows[r, 1] = len(e.ids), e.support
+            rows[r, 2 : 2 + len(e.ids)] = torch.tensor(e.ids, dtype=torch.float64)
+        rows = self.parts.group.gather_rows(rows, len(plan.chunks))
+        out = []
+        for i, row in enumerate(rows.tolist()):
+            ids = tuple(int(t) for t in row[2 : 2 + int(row[0])])
+            out.append(Extraction((i,), ids, row[1], self.content(ids, plan.dynamic_prompt)))
+        return out
+
+    def labelled(self, extractions: list[Extraction]) -> tuple[int, ...]:
+        """The extractions in order, each after its label (``\\n[3] ``)."""
+        tokenizer, out = self.parts.tokenizer, []
+        for e in extractions:
+            out += tokenizer(f"\n[{e.label}] ", add_special_tokens=False).input_ids[:LABEL_TOKENS]
+            out += e.ids
+        return tuple(out)
+
+    def content(self, ids: tuple[int, ...], request: tuple[int, ...]) -> frozenset[int]:
+        """Of ``ids``, the tokens that carry content of their own: at least :data:`MIN_CONTENT_CHARS` letters or
+        digits, and not in the ``request`` (the dynamic prompt)."""
+        decode = self.parts.tokenizer.decode
+        own = set(ids) - set(request)
+        return frozenset(t for t in own if sum(ch.isalnum() for ch in decode([t])) >= MIN_CONTENT_CHARS)
