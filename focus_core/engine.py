@@ -63,10 +63,9 @@ class FocusEngine:
         self.runner = ModelRunner(model)
         self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache(self.config.prefix_cache_bytes)
         self.encoder = ChunkEncoder(self.runner, self.prefix_cache, tokenizer.bos_token_id)
-        self.eos_token_ids = _eos_ids(model, tokenizer)
         self.group = ChunkGroup.of(group)
         self.parts = EngineParts(
-            model, tokenizer, self.runner, self.encoder, self.group, self.native_window, self.eos_token_ids
+            model, tokenizer, self.runner, self.encoder, self.group, self.native_window, _eos_ids(model, tokenizer)
         )
         self.planner = Planner(self.parts)
         self.planner.check(self.config)
@@ -104,7 +103,7 @@ class FocusEngine:
 
         Input, settings and memory are checked here, before the first piece is asked for.
         """
-        return Generation(self.parts, self.request(prompt, **overrides), self.eos_token_ids)
+        return Generation(self.planner, self.request(prompt, **overrides))
 
     def complete(self, prompt: Prompt, **overrides: Any) -> Completion:
         """The completion of ``prompt`` with the chunks it was read from (most relevant first)."""
@@ -116,7 +115,7 @@ class FocusEngine:
 
     def stream_ids(self, prompt: Prompt, **overrides: Any) -> Iterator[int]:
         """Like :meth:`generate_ids`, yielding each token id as soon as it is decoded."""
-        return generation.token_ids(self.parts, self.request(prompt, **overrides), self.eos_token_ids)
+        return generation.token_ids(self.planner, self.request(prompt, **overrides))
 
     def request(self, prompt: Prompt, **overrides: Any) -> Request:
         """``prompt`` resolved for one call with ``overrides`` (:class:`FocusConfig` settings): its tokens,
@@ -139,7 +138,7 @@ class FocusEngine:
         """Read ``request``'s prompt and return its decoding state (``next_logits()``, ``append(token)``),
         for decoding loops of one's own (constrained decoding, ...). Call it, and the state's methods,
         under ``torch.inference_mode()``."""
-        return generation.start(request)
+        return generation.start(self.planner, request)
 
     @torch.inference_mode()
     def relevance(self, prompt: Prompt, **overrides: Any) -> list[ChunkScore]:
@@ -164,7 +163,7 @@ class FocusEngine:
                 raise FocusInputError("the continuation is empty")
             continuation = self.tokenizer(continuation, add_special_tokens=False).input_ids
         targets = self.tokenize(continuation)
-        state = generation.start(self.request(prompt, **{**overrides, "max_new_tokens": len(targets)}))
+        state = generation.start(self.planner, self.request(prompt, **{**overrides, "max_new_tokens": len(targets)}))
         logprobs = []
         for step, token in enumerate(targets):
             logprobs.append(torch.log_softmax(state.next_logits().float(), dim=-1)[token])
@@ -205,6 +204,15 @@ class FocusEngine:
         return max(self.native_window, self.planner.budget(self.config) // per_token)
 
     # ----------------------------------------------------------------- what runs
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """The tokens that end an answer (the model's generation config, its config and the tokenizer's)."""
+        return self.parts.eos_token_ids
+
+    @eos_token_ids.setter
+    def eos_token_ids(self, ids: frozenset[int]) -> None:
+        self.parts.eos_token_ids = frozenset(ids)
 
     @property
     def stats(self) -> EncodingStats:

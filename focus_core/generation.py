@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from . import attribution
-from .modes.base import DecodingState, EngineParts
+from .modes.base import DecodingState
+from .planning import Planner
 from .relevance import ChunkScore
 from .request import Request
 from .sampling import Sampler, TextStream
@@ -18,17 +19,18 @@ from .sampling import Sampler, TextStream
 logger = logging.getLogger(__name__)
 
 
-def start(request: Request) -> DecodingState:
-    """Read the request's prompt (its mode's pass, kept on the request) and start its decoding state."""
-    request.reading = request.mode.read(request)
-    return request.mode.start(request, request.reading)
+def start(planner: Planner, request: Request) -> DecodingState:
+    """Read the request's prompt (its mode's pass, kept on the request; under ``auto`` the mode may hand
+    it over: :meth:`Planner.read`) and start its decoding state."""
+    return request.mode.start(request, planner.read(request))
 
 
 @torch.inference_mode()
-def token_ids(parts: EngineParts, request: Request, eos_ids: frozenset[int]) -> Iterator[int]:
+def token_ids(planner: Planner, request: Request) -> Iterator[int]:
     """The new tokens, up to ``max_new_tokens``; an end-of-sequence token ends them unyielded. In a
     process group every process continues with rank 0's choice."""
-    cfg, state = request.config, start(request)
+    parts, eos_ids = planner.parts, planner.parts.eos_token_ids
+    cfg, state = request.config, start(planner, request)
     sampler = Sampler(cfg, parts.runner.device)
     for step in range(cfg.max_new_tokens):
         token = sampler(state.next_logits())
@@ -41,11 +43,12 @@ def token_ids(parts: EngineParts, request: Request, eos_ids: frozenset[int]) -> 
             state.append(token)
 
 
-def text_pieces(parts: EngineParts, request: Request, eos_ids: frozenset[int]) -> Iterator[str]:
+def text_pieces(planner: Planner, request: Request) -> Iterator[str]:
     """Text pieces of the new tokens, cut at a stop string; the request records the tokens and why
     decoding ended."""
+    parts = planner.parts
     cfg, text = request.config, TextStream(parts.tokenizer, request.config.stop)
-    for token in token_ids(parts, request, eos_ids):
+    for token in token_ids(planner, request):
         request.completion_ids.append(token)
         piece = text.push(token)
         if piece:
@@ -77,9 +80,9 @@ class Generation(Iterator[str]):
     answer: nothing was generated, which a small model does when the prompt's ending does not invite an
     answer; a warning says so too)."""
 
-    def __init__(self, parts: EngineParts, request: Request, eos_ids: frozenset[int]):
-        self.request, self._tokenizer = request, parts.tokenizer
-        self._pieces = text_pieces(parts, request, eos_ids)
+    def __init__(self, planner: Planner, request: Request):
+        self.request, self._tokenizer = request, planner.parts.tokenizer
+        self._pieces = text_pieces(planner, request)
 
     def __next__(self) -> str:
         return next(self._pieces)
@@ -87,6 +90,16 @@ class Generation(Iterator[str]):
     @property
     def prompt_tokens(self) -> int:
         return len(self.request.ids)
+
+    @property
+    def mode(self) -> str:
+        """The mode that read the prompt (``plain`` when it fit the window)."""
+        return self.request.mode.name
+
+    @property
+    def route(self) -> str | None:
+        """Under ``auto``, why the mode that read the prompt took it over from the one first chosen."""
+        return self.request.route
 
     @property
     def completion_ids(self) -> list[int]:
@@ -116,6 +129,8 @@ class Completion:
     prompt_tokens: int = 0
     completion_ids: tuple[int, ...] = ()
     finish_reason: str | None = None
+    mode: str | None = None
+    route: str | None = None
 
     @classmethod
     def of(cls, generation: Generation) -> Completion:
@@ -128,4 +143,6 @@ class Completion:
             generation.prompt_tokens,
             tuple(generation.completion_ids),
             generation.finish_reason,
+            generation.mode,
+            generation.route,
         )

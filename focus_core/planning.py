@@ -13,7 +13,7 @@ from .chunking import ChunkPlan, plan_chunks
 from .config import ENGINE_SETTINGS, FocusConfig
 from .errors import FocusConfigError
 from .memory import MemoryEstimate, available_bytes, check_fits, estimate, format_bytes
-from .modes.base import EngineParts, Mode
+from .modes.base import EngineParts, Mode, Reading
 from .request import Prompt, Request
 
 
@@ -83,15 +83,33 @@ class Planner:
         offsets: list[tuple[int, int]] | None,
         cfg: FocusConfig,
         plan: ChunkPlan | None = None,
+        mode: Mode | None = None,
     ) -> Request:
         """The request for ``ids`` under ``cfg``, not yet checked against the budget (``plan``: the chunk
-        plan, when already known)."""
+        plan, when already known; ``mode``: the mode of a long prompt, when already decided)."""
         if len(ids) + cfg.max_new_tokens <= self.parts.native_window:
             mode, plan = self.mode("plain"), None
         else:
-            mode, plan = self.route(cfg), plan or self.plan(ids, cfg)
+            mode, plan = mode or self.route(cfg), plan or self.plan(ids, cfg)
         layout = mode.layout(ids, plan, cfg)
         return Request(prompt, ids, offsets, cfg, mode, plan, layout, self.estimate(layout, cfg))
+
+    def read(self, request: Request) -> Reading | None:
+        """What the request's mode reads (kept on the request). Under ``auto`` the mode may then hand the
+        request over (``select``: a request about the whole document, to ``whole``): it is resolved again
+        for the mode taking it, checked against the budget before that mode allocates anything, and read
+        by it; ``route`` says why."""
+        request.reading = request.mode.read(request)
+        handover = request.mode.hand_over(request, request.reading) if request.config.aggregation == "auto" else None
+        if handover is not None:
+            taken = self.resolve(
+                request.prompt, request.ids, request.offsets, request.config, request.plan, self.mode(handover.mode)
+            )
+            taken = self.fit_to_budget(taken)
+            request.mode, request.layout, request.estimate = taken.mode, taken.layout, taken.estimate
+            request.config, request.route = taken.config, handover.reason
+            request.reading = request.mode.read(request)
+        return request.reading
 
     def estimate(self, layout, cfg: FocusConfig) -> MemoryEstimate:
         # prefixes are cached in host memory: they count against the budget only when that is host memory too
@@ -108,7 +126,7 @@ class Planner:
         while request.estimate.total > budget and request.config.encode_batch_tokens > request.config.chunk_size:
             cfg = request.config
             cfg = cfg.replace(encode_batch_tokens=max(cfg.chunk_size, cfg.encode_batch_tokens // 2))
-            request = self.resolve(request.prompt, request.ids, request.offsets, cfg, request.plan)
+            request = self.resolve(request.prompt, request.ids, request.offsets, cfg, request.plan, request.mode)
         if request.estimate.total > budget:
             what = f"this prompt of {len(request.ids)} tokens"
             check_fits(request.estimate, budget, what=what, hint=self._fit_hint(request, budget))

@@ -47,7 +47,7 @@ class DecodingState(Protocol):
     def append(self, token: int) -> None: ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class EngineParts:
     """What modes work with: one engine's model, tokenizer, runner, chunk encoder, process group (``None``:
     this process reads every chunk), native window and end-of-sequence ids."""
@@ -117,6 +117,14 @@ class Reading:
         return [self.scored_units()[i] for i in self.chosen]
 
 
+@dataclass(frozen=True)
+class Handover:
+    """A mode's word, after reading a request under ``auto``, that another mode should serve it, and why."""
+
+    mode: str
+    reason: str
+
+
 class Mode:
     """One way of reading and decoding a prompt. Subclasses set ``name`` and implement ``layout``,
     ``read`` and ``start``; register them in :mod:`focus_core.modes`."""
@@ -150,6 +158,10 @@ class Mode:
         """The parallel pass over the request's chunks (``keep``: prefixes kept for decoding, by default
         what the layout declares; ``0`` scores alone). ``None``: nothing to read (the prompt fits)."""
         raise NotImplementedError
+
+    def hand_over(self, request: Request, reading: Reading) -> Handover | None:
+        """Under ``auto``, after :meth:`read`: another mode that should serve this request (``None``: this one)."""
+        return None
 
     def start(self, request: Request, reading: Reading | None) -> DecodingState:
         raise NotImplementedError
