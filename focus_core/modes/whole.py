@@ -3,15 +3,17 @@
 
 Map: every chunk, ``[BOS] + chunk`` (prefix KV from the prefix cache) with the dynamic prompt appended,
 decodes its own short extraction, greedily, many chunks in one batch; each row stops on its own (an
-end-of-sequence token or a stop string; ending at once is an empty extraction). An extraction is kept
-where its chunk supports it (:data:`MIN_SUPPORT`). Reduce: the kept extractions, in document order and
-each labelled with its chunk (``[3] ...``), then the request (the dynamic prompt from the question's line
-on) are read after ``[BOS]`` with ordinary attention, as a prompt is read. Where they do not fit the
-window they are packed into chunks and mapped again; every level at least halves them.
+end-of-sequence token, a stop string, or the end of its first paragraph). An extraction is read when
+three ratios of likelihoods say it answers the request from its chunk (:data:`MIN_GAIN`). Reduce: the
+extractions read, in document order and each labelled with its chunk (``[3] ...``), then the request
+(the dynamic prompt from the question's line on) are read after ``[BOS]`` with ordinary attention, as a
+prompt is read. Where they do not fit the window they are packed into chunks and mapped again; every
+level at least halves them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,31 +34,36 @@ from ..selection import question_marks, question_rows
 from .base import Mode, Reading, Unit
 from .chunked import chunk_ranges
 
-# An extraction is read when its chunk at least doubles the probability of its tokens, on average (its
-# support, in nats per token, at least log 2): what a chunk says is likelier with the chunk than without;
-# what the model would write for the request whatever the chunk (a guess, a refusal, a repetition) is not.
-MIN_SUPPORT = math.log(2)
+# An extraction is read when each of three tests finds a factor of 2 per token (log 2 nats): its chunk makes
+# the request likelier than no chunk does (the chunk is about the request, :mod:`focus_core.relevance`);
+# the chunk makes the extraction likelier than the request alone does (it says what the chunk says, not a
+# guess the model would write whatever the chunk); and the request makes it likelier than the chunk
+# alone does (it answers the request, rather than copying the chunk on).
+MIN_GAIN = math.log(2)
 
 # The tokens a label takes at most (``\n[999-999] `` split into single characters but for its newline), which
 # the window checks reserve; a longer one (past chunk 999) is cut to this.
 LABEL_TOKENS = 11
-SEPARATOR = "\n\n"  # between the last extraction and the local context
+SEPARATOR = "\n\n"  # ends an extraction (its first paragraph), and the extractions before the request
 MIN_CONTENT_CHARS = 3  # a token shared by an extraction and the answer counts when it holds this many letters
 
 
 @dataclass(frozen=True)
 class Extraction:
-    """What one chunk (or, after a second map, a run of chunks) gave for the request."""
+    """What one chunk (or, after a second map, a run of chunks) gave for the request; the three gains are in
+    nats per token (:data:`MIN_GAIN`)."""
 
     chunks: tuple[int, ...]  # the memory chunks it covers, document order
     ids: tuple[int, ...]  # its tokens (empty: the chunk had nothing to say)
-    support: float  # nats per token the chunk adds to the extraction's log-probability (0 when empty)
+    relevance: float  # what the chunk adds to the request's log-probability
+    support: float = 0.0  # what the chunk adds to the extraction's, over the request alone
+    response: float = 0.0  # what the request adds to the extraction's, over the chunk alone
     content: frozenset[int] = frozenset()  # its tokens that carry content (attribution)
 
     @property
     def read(self) -> bool:
-        """Whether the reduce read reads it: it says something, which its chunk supports (:data:`MIN_SUPPORT`)."""
-        return bool(self.ids) and self.support >= MIN_SUPPORT
+        """Whether the reduce read reads it: it says something, and all three gains reach :data:`MIN_GAIN`."""
+        return bool(self.ids) and min(self.relevance, self.support, self.response) >= MIN_GAIN
 
     @property
     def label(self) -> str:
@@ -150,10 +157,10 @@ class Whole(Mode):
         while len(self.labelled(extractions)) > self.room(cfg):
             fewer = [e for e in self.map_again(extractions, request) if e.read]
             if len(fewer) >= len(extractions):  # nothing packed two to a chunk: keep the best supported that fit
-                fewer = self.surest(extractions, self.room(cfg))
+                fewer = self.best(extractions, self.room(cfg))
             extractions = fewer
         read_ids = parts.encoder.bos + self.labelled(extractions) + self.separator + self.request_tokens(plan)
-        relevance = torch.tensor([e.support for e in found])
+        relevance = torch.tensor([e.relevance for e in found])
         chosen = [e.chunks[0] for e in found if e.read]
         units = chunk_ranges(plan)
         return WholeReading(units, relevance, chosen, found=found, extractions=extractions, read_ids=read_ids)
@@ -178,34 +185,30 @@ class Whole(Mode):
         """The extraction of each of ``texts`` (covering the memory chunks ``runs``), ``map_rows`` at a time."""
         parts, cfg, layout = self.parts, request.config, request.layout
         rows, found = self.map_rows(len(texts), cfg), []
+        baseline = parts.encoder.baseline(request.plan.dynamic_prompt)
         with tqdm(total=len(texts), desc=desc, unit="chunk", disable=not parts.progress(cfg)) as bar:
             for start in range(0, len(texts), rows):
                 group = [parts.encoder.bos + t for t in texts[start : start + rows]]
                 prefixes: list[PrefixKV] = []
                 for i in range(0, len(group), layout.encode.rows):  # encoded a micro-batch at a time
                     prefixes += parts.encoder.prefixes(group[i : i + layout.encode.rows], slots=layout.encode.slots)
-                for run, (ids, logprob) in zip(runs[start:], self.extract(prefixes, request)):
-                    support = logprob - self.unsupported(ids, request) if ids else 0.0
-                    found.append(Extraction(run, ids, support, self.content(ids, request.plan.dynamic_prompt)))
+                for run, prefix, (ids, logprob, loglik) in zip(runs[start:], prefixes, self.extract(prefixes, request)):
+                    found.append(self.tested(run, prefix, ids, logprob, loglik - baseline, request))
                 bar.update(len(group))
         return found
 
-    def extract(self, prefixes: list[PrefixKV], request: Request) -> list[tuple[tuple[int, ...], float]]:
+    def extract(self, prefixes: list[PrefixKV], request: Request) -> list[tuple[tuple[int, ...], float, float]]:
         """Each prefix followed by the dynamic prompt, decoded greedily in one batch, every row until its
-        end-of-sequence token, a stop string or ``extract_tokens``: ``(ids, mean log-probability)`` each
-        (an empty extraction's: that of ending at once)."""
+        end-of-sequence token, a stop string, the end of its first paragraph or ``extract_tokens``. Per row:
+        the extraction, its mean token log-probability and the dynamic prompt's log-probability after it."""
         parts, cfg, prompt = self.parts, request.config, request.plan.dynamic_prompt
-        width = max(p.tokens for p in prefixes)
-        batch, logits = parts.encoder.with_prompt(
-            prefixes,
-            prompt,
-            slots=width + len(prompt) + cfg.extract_tokens,
-            candidate=False,
-            batch_tokens=cfg.encode_batch_tokens,
-        )
+        width, room = max(p.tokens for p in prefixes), len(prompt) + cfg.extract_tokens
+        batch = parts.encoder.batch(prefixes, slots=width + room, extra_slots=room)
+        prompted = torch.tensor(prompt, device=parts.runner.device)
+        logits, loglik = batch.append(prompted, max_batch_tokens=cfg.encode_batch_tokens, loglik=True)
         streams = [TextStream(parts.tokenizer, cfg.stop) for _ in prefixes]
         texts, logprob = [""] * len(prefixes), torch.zeros(len(prefixes))
-        open_rows = set(range(len(prefixes)))
+        open_rows, cut = set(range(len(prefixes))), set()
         for step in range(cfg.extract_tokens):
             logp = torch.log_softmax(logits.float(), dim=-1)  # [rows, vocab]
             tokens = logp.argmax(dim=-1)  # [rows]
@@ -214,10 +217,14 @@ class Whole(Mode):
                 token = int(tokens[row])
                 if token in parts.eos_token_ids:
                     open_rows.discard(row)
-                    logprob[row] += chosen[row] if step == 0 else 0.0
                     continue
                 texts[row] += streams[row].push(token)
                 logprob[row] += chosen[row]
+                paragraph = texts[row].lstrip()
+                if SEPARATOR in paragraph:  # one paragraph: what follows repeats or wanders
+                    texts[row] = paragraph[: paragraph.index(SEPARATOR)]
+                    open_rows.discard(row)
+                    cut.add(row)
                 if streams[row].stopped:
                     open_rows.discard(row)
             if not open_rows or step + 1 == cfg.extract_tokens:
@@ -225,21 +232,47 @@ class Whole(Mode):
             logits = batch.append(tokens[:, None])  # finished rows run on, their tokens unused
         out = []
         for row, stream in enumerate(streams):
-            text = (texts[row] + stream.flush()).strip()
+            text = (texts[row] + ("" if row in cut else stream.flush())).strip()
             ids = tuple(parts.tokenizer(text, add_special_tokens=False).input_ids)[: cfg.extract_tokens] if text else ()
-            out.append((ids, float(logprob[row]) / max(1, len(stream.ids))))
+            out.append((ids, float(logprob[row]) / max(1, len(stream.ids)), float(loglik[row])))
         return out
 
-    def unsupported(self, ids: tuple[int, ...], request: Request) -> float:
-        """Mean log-probability of an extraction's tokens after [BOS] and the dynamic prompt alone (no chunk)."""
-        parts, prompt = self.parts, request.plan.dynamic_prompt
-        if not ids:
-            return 0.0
-        batch = SequenceBatch(parts.runner, rows=1, capacity=len(parts.encoder.bos) + len(prompt) + len(ids))
-        if parts.encoder.bos:
-            batch.append(torch.tensor(parts.encoder.bos, device=parts.runner.device))
-        loglik = batch.append(torch.tensor(prompt + ids, device=parts.runner.device), loglik=True)[1]
-        return (float(loglik[0]) - parts.encoder.baseline(prompt)) / len(ids)
+    def tested(
+        self,
+        run: tuple[int, ...],
+        prefix: PrefixKV,
+        ids: tuple[int, ...],
+        logprob: float,
+        relevance: float,
+        request: Request,
+    ) -> Extraction:
+        """An extraction with its three gains (:data:`MIN_GAIN`; the later ones only where the earlier pass)."""
+        prompt = request.plan.dynamic_prompt
+        found = Extraction(run, ids, relevance / max(1, len(prompt) - 1), content=self.content(ids, prompt))
+        if not ids or found.relevance < MIN_GAIN:
+            return found
+        support = logprob - self.mean_logprob(self.parts.encoder.bos + prompt, ids, request)
+        if support < MIN_GAIN:
+            return dataclasses.replace(found, support=support)
+        brk = tuple(self.parts.tokenizer(SEPARATOR, add_special_tokens=False).input_ids[:1])
+        response = logprob - self.mean_logprob(brk, ids, request, prefix)
+        return dataclasses.replace(found, support=support, response=response)
+
+    def mean_logprob(
+        self, context: tuple[int, ...], ids: tuple[int, ...], request: Request, prefix: PrefixKV | None = None
+    ) -> float:
+        """Mean log-probability of ``ids`` after ``context`` (itself after ``prefix``, a chunk's cached KV)."""
+        parts = self.parts
+        slots = (prefix.tokens if prefix else 0) + len(context) + len(ids)
+        if prefix is None:
+            batch = SequenceBatch(parts.runner, rows=1, capacity=slots)
+        else:
+            batch = parts.encoder.batch([prefix], slots=slots, extra_slots=len(context) + len(ids))
+        device = parts.runner.device
+        if len(context) > 1:
+            batch.append(torch.tensor(context[:-1], device=device))
+        loglik = batch.append(torch.tensor(context[-1:] + ids, device=device), loglik=True)[1]
+        return float(loglik[0]) / len(ids)
 
     def map_again(self, extractions: list[Extraction], request: Request) -> list[Extraction]:
         """The extractions packed in document order into chunks of at most ``chunk_size`` tokens (at least
@@ -256,8 +289,8 @@ class Whole(Mode):
         runs.append(run)
         return self.map(texts, runs, request, desc="extracting again")
 
-    def surest(self, extractions: list[Extraction], room: int) -> list[Extraction]:
-        """The best-supported extractions whose labelled tokens fit ``room``, document order."""
+    def best(self, extractions: list[Extraction], room: int) -> list[Extraction]:
+        """The extractions best supported by their chunks whose labelled tokens fit ``room``, document order."""
         kept, used = [], 0
         for e in sorted(extractions, key=lambda e: -e.support):
             size = len(self.labelled([e]))
@@ -268,16 +301,14 @@ class Whole(Mode):
 
     def gathered(self, found: list[Extraction], plan: ChunkPlan, cfg: FocusConfig) -> list[Extraction]:
         """Every process's extractions (its share of the plan's chunks), in chunk order, on every process."""
-        width = cfg.extract_tokens
-        rows = torch.full((len(found), width + 2), -1.0, dtype=torch.float64)
-        for r, e in enumerate(found):  # [length, support, ids ... -1]
-            rows[r, 0], rows[r, 1] = len(e.ids), e.support
-            rows[r, 2 : 2 + len(e.ids)] = torch.tensor(e.ids, dtype=torch.float64)
-        rows = self.parts.group.gather_rows(rows, len(plan.chunks))
+        rows = torch.full((len(found), 4 + cfg.extract_tokens), -1.0, dtype=torch.float64)
+        for r, e in enumerate(found):  # [length, relevance, support, response, ids ... -1]
+            rows[r, :4] = torch.tensor([len(e.ids), e.relevance, e.support, e.response], dtype=torch.float64)
+            rows[r, 4 : 4 + len(e.ids)] = torch.tensor(e.ids, dtype=torch.float64)
         out = []
-        for i, row in enumerate(rows.tolist()):
-            ids = tuple(int(t) for t in row[2 : 2 + int(row[0])])
-            out.append(Extraction((i,), ids, row[1], self.content(ids, plan.dynamic_prompt)))
+        for i, row in enumerate(self.parts.group.gather_rows(rows, len(plan.chunks)).tolist()):
+            ids = tuple(int(t) for t in row[4 : 4 + int(row[0])])
+            out.append(Extraction((i,), ids, *row[1:4], content=self.content(ids, plan.dynamic_prompt)))
         return out
 
     def labelled(self, extractions: list[Extraction]) -> tuple[int, ...]:
