@@ -56,6 +56,8 @@ class Method:
             "peak_bytes": peak.bytes,
             "prompt_tokens": engine.count_tokens(prompt),
             "chunks_encoded": engine.stats.chunks_encoded - encoded,
+            "mode": generation.mode,
+            "route": generation.route,
             **info,
             **_what_was_read(generation),
         }

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 def start(planner: Planner, request: Request) -> DecodingState:
     """Read the request's prompt (its mode's pass, kept on the request; under ``auto`` the mode may hand
     it over: :meth:`Planner.read`) and start its decoding state."""
-    return request.mode.start(request, planner.read(request))
+    reading = planner.read(request)  # may change the request's mode
+    return request.mode.start(request, reading)
 
 
 @torch.inference_mode()

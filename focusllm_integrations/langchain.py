@@ -142,12 +142,15 @@ def _announced(chunk: GenerationChunk, run_manager: CallbackManagerForLLMRun | N
 
 
 def generation_info(generation: FocusGeneration) -> dict[str, Any]:
-    """What a finished engine generation tells LangChain: sources, why it ended, tokens in and out."""
+    """What a finished engine generation tells LangChain: sources, why it ended, tokens in and out, the mode
+    that read the prompt (and, under ``auto``, why it took the prompt over)."""
     return {
         "sources": generation.sources,
         "finish_reason": generation.finish_reason,
         "prompt_tokens": generation.prompt_tokens,
         "completion_tokens": len(generation.completion_ids),
+        "mode": generation.mode,
+        "route": generation.route,
     }
 
 

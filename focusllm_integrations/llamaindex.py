@@ -283,10 +283,16 @@ class FocusQueryEngine(BaseQueryEngine):
 
 
 def _raw(generation: FocusGeneration) -> dict[str, Any]:
-    """A finished generation's finish reason and token usage."""
+    """A finished generation's finish reason, token usage, and the mode that read the prompt (and, under
+    ``auto``, why it took the prompt over)."""
     prompt, completion = generation.prompt_tokens, len(generation.completion_ids)
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-    return {"finish_reason": generation.finish_reason, "usage": usage}
+    return {
+        "finish_reason": generation.finish_reason,
+        "usage": usage,
+        "mode": generation.mode,
+        "route": generation.route,
+    }
 
 
 def _settings_llm() -> FocusLlamaIndexLLM:

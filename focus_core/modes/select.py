@@ -28,7 +28,7 @@ from ..selection import (
     question_marks,
     question_rows,
 )
-from .base import Mode, Reading
+from .base import Handover, Mode, Reading
 
 
 def select_window(cfg: FocusConfig) -> int:
@@ -64,7 +64,10 @@ class Select(Mode):
         return select_window(cfg) <= self.parts.native_window  # its reading fits the window
 
     def describe(self, cfg: FocusConfig) -> str:
-        return f"select (exit layer {self.exit_layer(cfg)} of {self.parts.runner.num_layers})"
+        layer = f"select (exit layer {self.exit_layer(cfg)} of {self.parts.runner.num_layers})"
+        if cfg.aggregation != "auto" or cfg.select_drop is None:
+            return layer
+        return f"{layer}, or whole where the question's attention spreads over more passages than select reads"
 
     def layout(self, ids: Sequence[int], plan: ChunkPlan, cfg: FocusConfig) -> Layout:
         parts, exit_layers = self.parts, self.exit_layer(cfg) + 1
@@ -109,6 +112,25 @@ class Select(Mode):
         units = [(a, min(a + size, n)) for a in range(0, n, size)]
         relevance = torch.stack([mass[a:b].sum() for a, b in units])
         return Reading(units, relevance, spans=spans)
+
+    def hand_over(self, request: Request, reading: Reading) -> Handover | None:
+        """A request about the whole document goes to ``whole``: more passages draw near the most attended
+        one's attention (at least ``1 / select_drop`` of it, the cliff the selection stops at) than the
+        selection holds (``select_tokens / passage_tokens``), so what it needs is spread wider than select
+        reads. Without a cliff (``select_drop=None``) nothing is handed over."""
+        cfg = request.config
+        passages = reading.relevance[1:]  # after the opening, which is read anyway
+        if cfg.select_drop is None or len(passages) == 0 or float(passages.max()) <= 0:
+            return None
+        near = int((passages * cfg.select_drop >= passages.max()).sum())
+        room = cfg.select_tokens // cfg.passage_tokens
+        if near <= room:
+            return None
+        return Handover(
+            "whole",
+            f"{near} passages draw at least 1/{cfg.select_drop:g} of the most attended one's attention, more than "
+            f"the {room} the selection holds",
+        )
 
     def start(self, request: Request, reading: Reading) -> PlainDecoding:
         """Ordinary attention over the opening, the selection and the local context."""

@@ -100,20 +100,13 @@ class Whole(Mode):
                 f"({cfg.extract_tokens}) + {LABEL_TOKENS} label tokens must be at most chunk_size / 2 "
                 f"({cfg.chunk_size // 2}); lower extract_tokens"
             )
-        if self.room(cfg) < labelled:
-            raise FocusConfigError(
-                f"whole reads its extractions beside 1 + dynamic_prompt_len + max_new_tokens + 2 = "
-                f"{self.parts.native_window - self.room(cfg)} tokens, which leaves no room for one extraction of "
-                f"extract_tokens ({cfg.extract_tokens}) in the native window {self.parts.native_window}; lower "
-                "dynamic_prompt_len or max_new_tokens"
-            )
 
     def describe(self, cfg: FocusConfig) -> str:
         return f"whole (every chunk extracts up to {cfg.extract_tokens} tokens; one read of the extractions)"
 
     def room(self, cfg: FocusConfig) -> int:
         """Tokens of labelled extractions the reduce read holds beside [BOS], the separator, the request and
-        the answer."""
+        the answer: at least ``chunk_size - 1`` (the settings' window check), so two extractions or more."""
         fixed = 1 + len(self.separator) + cfg.dynamic_prompt_len + cfg.max_new_tokens
         return self.parts.native_window - fixed
 
