@@ -157,3 +157,46 @@ def whole_handover():
     from focus_core.modes.base import Handover
 
     return Handover("whole", "flat")
+
+
+def long_text(engine, tokens: int = 600) -> str:
+    return engine.tokenizer.decode(random_ids(tokens, seed=11))
+
+
+def test_langchain_stuff_summarize_chain_reads_a_document_past_the_window_in_one_call(make_engine):
+    """``load_summarize_chain(FocusLLM(), chain_type="stuff")`` over a document five windows long: one call,
+    answered as the engine answers the chain's prompt under whole."""
+    from langchain_classic.chains.summarize import load_summarize_chain
+    from langchain_core.documents import Document
+
+    from focusllm_integrations.langchain import FocusLLM
+
+    engine = make_engine(aggregation="whole", extract_tokens=4)
+    chain = load_summarize_chain(FocusLLM(engine=engine), chain_type="stuff")
+    document = long_text(engine)
+    summary = chain.invoke({"input_documents": [Document(page_content=document)]})["output_text"]
+    prompt = chain.llm_chain.prompt.format(text=document)
+    assert engine.count_tokens(prompt) > 4 * engine.native_window
+    assert summary == engine.generate(prompt)
+
+
+def test_llamaindex_summary_index_tree_summarize_reads_every_node_in_one_call(make_engine, monkeypatch):
+    """``SummaryIndex`` with ``tree_summarize`` packs every node into one prompt (the LLM's window is the
+    extended one): one LLM call, no "exceeds context window", whole's answer."""
+    from llama_index.core import Settings, SummaryIndex
+    from llama_index.core.schema import TextNode
+
+    from focusllm_integrations.llamaindex import FocusLlamaIndexLLM
+
+    engine = make_engine(aggregation="whole", extract_tokens=4)
+    monkeypatch.setattr(Settings, "_tokenizer", engine.tokenizer.encode)  # count tokens as the model does
+    calls = []
+    request = engine.request
+    monkeypatch.setattr(engine, "request", lambda prompt, **kw: calls.append(prompt) or request(prompt, **kw))
+    nodes = [TextNode(text=engine.tokenizer.decode(random_ids(200, seed=s))) for s in range(3)]
+    query = SummaryIndex(nodes).as_query_engine(llm=FocusLlamaIndexLLM(engine=engine), response_mode="tree_summarize")
+    response = query.query("Summarize the text.")
+    words = " ".join(calls[0].split())
+    assert len(calls) == 1 and all(" ".join(n.text.split()) in words for n in nodes)
+    assert engine.count_tokens(calls[0]) > 4 * engine.native_window
+    assert response.response == engine.generate(calls[0])
