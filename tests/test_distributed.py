@@ -17,7 +17,7 @@ from focus_core.distributed import ChunkGroup
 # seeded sampling (the token sampled on rank 0 is the one every process continues with)
 RUNS = [(300, {}), (130, {"chunk_size": 96}), (300, {"temperature": 1.5, "seed": 3})]
 SELECT = {"select_tokens": 48, "passage_tokens": 16}  # select's reading fits the tiny window
-WHOLE = {"extract_tokens": 4}  # two extractions and their labels fit a tiny chunk
+WHOLE = {"extract_tokens": 3}  # two extractions and their labels fit a tiny chunk
 
 
 def _generate_all(engine: FocusEngine) -> tuple[list[list[int]], list[list[float]]]:

@@ -5,9 +5,10 @@ Map: every chunk, ``[BOS] + chunk`` (prefix KV from the prefix cache) with the d
 decodes its own short extraction, greedily, many chunks in one batch; each row stops on its own (an
 end-of-sequence token, a stop string, or the end of its first paragraph). An extraction is read when
 three ratios of likelihoods say it answers the request from its chunk (:data:`MIN_GAIN`). Reduce: the
-extractions read, in document order and each labelled with its chunk (``[3] ...``), then the request
-(the dynamic prompt from the question's line on) are read after ``[BOS]`` with ordinary attention, as a
-prompt is read. Where they do not fit the window they are packed into chunks and mapped again; every
+extractions read, one a line in document order, each labelled with its chunk (``Part 3: ...``), then
+the request (the dynamic prompt from the question's line on) are read after ``[BOS]`` and the prompt's
+template opening (a chat template's system turn and user marker) with ordinary attention, as a prompt
+is read. Where they do not fit the window they are packed into chunks and mapped again; every
 level at least halves them.
 """
 
@@ -41,10 +42,8 @@ from .chunked import chunk_ranges
 # alone does (it answers the request, rather than copying the chunk on).
 MIN_GAIN = math.log(2)
 
-# The tokens a label takes at most (``\n[999-999] `` split into single characters but for its newline), which
-# the window checks reserve; a longer one (past chunk 999) is cut to this.
-LABEL_TOKENS = 11
-SEPARATOR = "\n\n"  # ends an extraction (its first paragraph), and the extractions before the request
+SEPARATOR = "\n\n"  # ends an extraction: its first paragraph is kept
+WIDEST_LABEL = "Parts 999-999: \n"  # what the window checks reserve for a label (and the line break after it)
 MIN_CONTENT_CHARS = 3  # a token shared by an extraction and the answer counts when it holds this many letters
 
 
@@ -68,7 +67,7 @@ class Extraction:
     @property
     def label(self) -> str:
         first, last = self.chunks[0] + 1, self.chunks[-1] + 1
-        return f"{first}" if first == last else f"{first}-{last}"
+        return f"Part {first}: " if first == last else f"Parts {first}-{last}: "
 
 
 @dataclass
@@ -93,26 +92,34 @@ class Whole(Mode):
     name = "whole"
 
     def check(self, cfg: FocusConfig) -> None:
-        labelled = cfg.extract_tokens + LABEL_TOKENS
+        labelled = cfg.extract_tokens + self.label_tokens
         if 2 * labelled > cfg.chunk_size:
             raise FocusConfigError(
                 f"whole packs at least two extractions per chunk when it maps them again: extract_tokens "
-                f"({cfg.extract_tokens}) + {LABEL_TOKENS} label tokens must be at most chunk_size / 2 "
+                f"({cfg.extract_tokens}) + {self.label_tokens} label tokens must be at most chunk_size / 2 "
                 f"({cfg.chunk_size // 2}); lower extract_tokens"
             )
 
     def describe(self, cfg: FocusConfig) -> str:
         return f"whole (every chunk extracts up to {cfg.extract_tokens} tokens; one read of the extractions)"
 
-    def room(self, cfg: FocusConfig) -> int:
-        """Tokens of labelled extractions the reduce read holds beside [BOS], the separator, the request and
-        the answer: at least ``chunk_size - 1`` (the settings' window check), so two extractions or more."""
-        fixed = 1 + len(self.separator) + cfg.dynamic_prompt_len + cfg.max_new_tokens
-        return self.parts.native_window - fixed
+    def room(self, plan: ChunkPlan, cfg: FocusConfig) -> int:
+        """Tokens of labelled extractions the reduce read holds beside [BOS], the template's opening, a line
+        break, the request and the answer."""
+        around = self.template_opening(plan, cfg) + self.newline + self.request_tokens(plan)
+        return self.parts.native_window - len(self.parts.encoder.bos) - len(around) - cfg.max_new_tokens
 
     @property
-    def separator(self) -> tuple[int, ...]:
-        return tuple(self.parts.tokenizer(SEPARATOR, add_special_tokens=False).input_ids)
+    def newline(self) -> tuple[int, ...]:
+        return self.tokens("\n")
+
+    @property
+    def label_tokens(self) -> int:
+        """Tokens the window checks reserve for an extraction's label (a longer one is cut to this)."""
+        return len(self.tokens(WIDEST_LABEL))
+
+    def tokens(self, text: str) -> tuple[int, ...]:
+        return tuple(self.parts.tokenizer(text, add_special_tokens=False).input_ids)
 
     def map_rows(self, chunks: int, cfg: FocusConfig) -> int:
         """Chunks decoding their extractions together: up to ``encode_batch_tokens`` new tokens per batch."""
@@ -132,8 +139,8 @@ class Whole(Mode):
             cached=parts.stored_prefixes([bos + len(c) for c in mine]),
         )
         mapping = KVBlock(rows, prefix_slots + len(plan.dynamic_prompt) + cfg.extract_tokens)
-        extractions = min(self.room(cfg), len(plan.chunks) * (cfg.extract_tokens + LABEL_TOKENS))
-        read = bos + extractions + len(self.separator) + len(plan.dynamic_prompt)
+        listed = min(self.room(plan, cfg), len(plan.chunks) * (cfg.extract_tokens + self.label_tokens))
+        read = parts.native_window - cfg.max_new_tokens - self.room(plan, cfg) + max(0, listed)
         return one_sequence(read + cfg.max_new_tokens, read, parts.windows(cfg), step=mapping, **parallel)
 
     def read(self, request: Request, keep: int | None = None) -> WholeReading:
@@ -147,16 +154,30 @@ class Whole(Mode):
         if parts.group is not None:
             found = self.gathered(found, plan, cfg)
         extractions = [e for e in found if e.read]
-        while len(self.labelled(extractions)) > self.room(cfg):
+        room = self.room(plan, cfg)
+        while extractions and len(self.labelled(extractions)) > room:
             fewer = [e for e in self.map_again(extractions, request) if e.read]
             if len(fewer) >= len(extractions):  # nothing packed two to a chunk: keep the best supported that fit
-                fewer = self.best(extractions, self.room(cfg))
+                fewer = self.best(extractions, room)
             extractions = fewer
-        read_ids = parts.encoder.bos + self.labelled(extractions) + self.separator + self.request_tokens(plan)
+        listed = self.labelled(extractions) + self.newline
+        read_ids = parts.encoder.bos + self.template_opening(plan, cfg) + listed + self.request_tokens(plan)
         relevance = torch.tensor([e.relevance for e in found])
         chosen = [e.chunks[0] for e in found if e.read]
         units = chunk_ranges(plan)
         return WholeReading(units, relevance, chosen, found=found, extractions=extractions, read_ids=read_ids)
+
+    def template_opening(self, plan: ChunkPlan, cfg: FocusConfig) -> tuple[int, ...]:
+        """The prompt's template opening, which the reduce read starts with as the prompt does: its tokens up
+        to the end of the line holding the last special token of its opening passage (a chat template's system
+        turn and the user's turn marker); nothing in a prompt without special tokens."""
+        opening = plan.chunks[0][: cfg.passage_tokens]
+        line_ends, special = question_marks(self.parts.tokenizer, opening)
+        marks = [i for i, t in enumerate(opening) if t in special]
+        if not marks:
+            return ()
+        end = next((i + 1 for i in range(marks[-1], len(opening)) if opening[i] in line_ends), len(opening))
+        return opening[:end]
 
     def request_tokens(self, plan: ChunkPlan) -> tuple[int, ...]:
         """The request as the reduce read reads it: the dynamic prompt from the question's line on (what a
@@ -165,7 +186,7 @@ class Whole(Mode):
         return prompt[question_rows(prompt, *question_marks(self.parts.tokenizer, prompt))[0] :]
 
     def start(self, request: Request, reading: WholeReading) -> PlainDecoding:
-        """Ordinary attention over [BOS], the labelled extractions and the request."""
+        """Ordinary attention over [BOS], the template's opening, the labelled extractions and the request."""
         reading.answer = request.completion_ids
         sequence = self.parts.sequence(request.layout, request.config)
         return PlainDecoding(sequence, sequence.append(torch.tensor(reading.read_ids, device=self.parts.runner.device)))
@@ -247,7 +268,7 @@ class Whole(Mode):
         support = logprob - self.mean_logprob(self.parts.encoder.bos + prompt, ids, request)
         if support < MIN_GAIN:
             return dataclasses.replace(found, support=support)
-        brk = tuple(self.parts.tokenizer(SEPARATOR, add_special_tokens=False).input_ids[:1])
+        brk = self.newline[:1]
         response = logprob - self.mean_logprob(brk, ids, request, prefix)
         return dataclasses.replace(found, support=support, response=response)
 
@@ -305,11 +326,10 @@ class Whole(Mode):
         return out
 
     def labelled(self, extractions: list[Extraction]) -> tuple[int, ...]:
-        """The extractions in order, each after its label (``\\n[3] ``)."""
-        tokenizer, out = self.parts.tokenizer, []
+        """The extractions in order, one a line, each after its label (``Part 3: ``)."""
+        out, newline = [], self.newline
         for e in extractions:
-            out += tokenizer(f"\n[{e.label}] ", add_special_tokens=False).input_ids[:LABEL_TOKENS]
-            out += e.ids
+            out += self.tokens(e.label)[: self.label_tokens - len(newline)] + e.ids + newline
         return tuple(out)
 
     def content(self, ids: tuple[int, ...], request: tuple[int, ...]) -> frozenset[int]:
