@@ -76,12 +76,12 @@ def test_extractions_that_exceed_the_window_are_mapped_again_until_they_fit(make
     assert covered == sorted(covered) and len(set(covered)) == len(covered)
 
 
-def test_an_extraction_is_read_only_when_all_three_gains_reach_log_2():
-    e = whole.Extraction((0,), (5, 6), relevance=1.0, support=1.0, response=1.0)
+def test_an_extraction_is_read_only_when_both_gains_reach_log_2():
+    e = whole.Extraction((0,), (5, 6), relevance=1.0, support=1.0)
     assert e.read
-    for gain in ("relevance", "support", "response"):
+    for gain in ("relevance", "support"):
         assert not whole.Extraction(**{**e.__dict__, gain: 0.5}).read
-    assert not whole.Extraction((0,), (), relevance=9.0, support=9.0, response=9.0).read  # nothing said
+    assert not whole.Extraction((0,), (), relevance=9.0, support=9.0).read  # nothing said
 
 
 def test_sources_are_the_chunks_whose_extraction_reached_the_answer(make_engine, monkeypatch):

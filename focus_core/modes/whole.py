@@ -4,7 +4,7 @@
 Map: every chunk, ``[BOS] + chunk`` (prefix KV from the prefix cache) with the dynamic prompt appended,
 decodes its own short extraction, greedily, many chunks in one batch; each row stops on its own (an
 end-of-sequence token, a stop string, or the end of its first paragraph). An extraction is read when
-three ratios of likelihoods say it answers the request from its chunk (:data:`MIN_GAIN`). Reduce: the
+two ratios of likelihoods say it answers the request from its chunk (:data:`MIN_GAIN`). Reduce: the
 extractions read, one a line in document order, each labelled with its chunk (``Part 3: ...``), then
 the request (the dynamic prompt from the question's line on) are read after ``[BOS]`` and the prompt's
 template opening (a chat template's system turn and user marker) with ordinary attention, as a prompt
@@ -35,11 +35,10 @@ from ..selection import question_marks, question_rows
 from .base import Mode, Reading, Unit
 from .chunked import chunk_ranges
 
-# An extraction is read when each of three tests finds a factor of 2 per token (log 2 nats): its chunk makes
-# the request likelier than no chunk does (the chunk is about the request, :mod:`focus_core.relevance`);
-# the chunk makes the extraction likelier than the request alone does (it says what the chunk says, not a
-# guess the model would write whatever the chunk); and the request makes it likelier than the chunk
-# alone does (it answers the request, rather than copying the chunk on).
+# An extraction is read when each of two tests finds a factor of 2 per token (log 2 nats): its chunk makes
+# the request likelier than no chunk does (the chunk is about the request, :mod:`focus_core.relevance`),
+# and the chunk makes the extraction likelier than the request alone does (it says what the chunk says,
+# not a guess the model would write whatever the chunk: a refusal, a made-up value, a repetition).
 MIN_GAIN = math.log(2)
 
 SEPARATOR = "\n\n"  # ends an extraction: its first paragraph is kept
@@ -49,20 +48,19 @@ MIN_CONTENT_CHARS = 3  # a token shared by an extraction and the answer counts w
 
 @dataclass(frozen=True)
 class Extraction:
-    """What one chunk (or, after a second map, a run of chunks) gave for the request; the three gains are in
+    """What one chunk (or, after a second map, a run of chunks) gave for the request; the two gains are in
     nats per token (:data:`MIN_GAIN`)."""
 
     chunks: tuple[int, ...]  # the memory chunks it covers, document order
     ids: tuple[int, ...]  # its tokens (empty: the chunk had nothing to say)
     relevance: float  # what the chunk adds to the request's log-probability
     support: float = 0.0  # what the chunk adds to the extraction's, over the request alone
-    response: float = 0.0  # what the request adds to the extraction's, over the chunk alone
     content: frozenset[int] = frozenset()  # its tokens that carry content (attribution)
 
     @property
     def read(self) -> bool:
-        """Whether the reduce read reads it: it says something, and all three gains reach :data:`MIN_GAIN`."""
-        return bool(self.ids) and min(self.relevance, self.support, self.response) >= MIN_GAIN
+        """Whether the reduce read reads it: it says something, and both gains reach :data:`MIN_GAIN`."""
+        return bool(self.ids) and min(self.relevance, self.support) >= MIN_GAIN
 
     @property
     def label(self) -> str:
@@ -206,8 +204,8 @@ class Whole(Mode):
                 prefixes: list[PrefixKV] = []
                 for i in range(0, len(group), layout.encode.rows):  # encoded a micro-batch at a time
                     prefixes += parts.encoder.prefixes(group[i : i + layout.encode.rows], slots=layout.encode.slots)
-                for run, prefix, (ids, logprob, loglik) in zip(runs[start:], prefixes, self.extract(prefixes, request)):
-                    found.append(self.tested(run, prefix, ids, logprob, loglik - baseline, request))
+                for run, (ids, logprob, loglik) in zip(runs[start:], self.extract(prefixes, request)):
+                    found.append(self.tested(run, ids, logprob, loglik - baseline, request))
                 bar.update(len(group))
         return found
 
@@ -252,36 +250,19 @@ class Whole(Mode):
         return out
 
     def tested(
-        self,
-        run: tuple[int, ...],
-        prefix: PrefixKV,
-        ids: tuple[int, ...],
-        logprob: float,
-        relevance: float,
-        request: Request,
+        self, run: tuple[int, ...], ids: tuple[int, ...], logprob: float, relevance: float, request: Request
     ) -> Extraction:
-        """An extraction with its three gains (:data:`MIN_GAIN`; the later ones only where the earlier pass)."""
+        """An extraction with its two gains (:data:`MIN_GAIN`; its support only where its chunk is relevant)."""
         prompt = request.plan.dynamic_prompt
         found = Extraction(run, ids, relevance / max(1, len(prompt) - 1), content=self.content(ids, prompt))
         if not ids or found.relevance < MIN_GAIN:
             return found
-        support = logprob - self.mean_logprob(self.parts.encoder.bos + prompt, ids, request)
-        if support < MIN_GAIN:
-            return dataclasses.replace(found, support=support)
-        brk = self.newline[:1]
-        response = logprob - self.mean_logprob(brk, ids, request, prefix)
-        return dataclasses.replace(found, support=support, response=response)
+        return dataclasses.replace(found, support=logprob - self.request_alone(ids, request))
 
-    def mean_logprob(
-        self, context: tuple[int, ...], ids: tuple[int, ...], request: Request, prefix: PrefixKV | None = None
-    ) -> float:
-        """Mean log-probability of ``ids`` after ``context`` (itself after ``prefix``, a chunk's cached KV)."""
-        parts = self.parts
-        slots = (prefix.tokens if prefix else 0) + len(context) + len(ids)
-        if prefix is None:
-            batch = SequenceBatch(parts.runner, rows=1, capacity=slots)
-        else:
-            batch = parts.encoder.batch([prefix], slots=slots, extra_slots=len(context) + len(ids))
+    def request_alone(self, ids: tuple[int, ...], request: Request) -> float:
+        """Mean log-probability of an extraction's tokens after [BOS] and the dynamic prompt, no chunk."""
+        parts, context = self.parts, self.parts.encoder.bos + request.plan.dynamic_prompt
+        batch = SequenceBatch(parts.runner, rows=1, capacity=len(context) + len(ids))
         device = parts.runner.device
         if len(context) > 1:
             batch.append(torch.tensor(context[:-1], device=device))
@@ -315,14 +296,14 @@ class Whole(Mode):
 
     def gathered(self, found: list[Extraction], plan: ChunkPlan, cfg: FocusConfig) -> list[Extraction]:
         """Every process's extractions (its share of the plan's chunks), in chunk order, on every process."""
-        rows = torch.full((len(found), 4 + cfg.extract_tokens), -1.0, dtype=torch.float64)
-        for r, e in enumerate(found):  # [length, relevance, support, response, ids ... -1]
-            rows[r, :4] = torch.tensor([len(e.ids), e.relevance, e.support, e.response], dtype=torch.float64)
-            rows[r, 4 : 4 + len(e.ids)] = torch.tensor(e.ids, dtype=torch.float64)
+        rows = torch.full((len(found), 3 + cfg.extract_tokens), -1.0, dtype=torch.float64)
+        for r, e in enumerate(found):  # [length, relevance, support, ids ... -1]
+            rows[r, :3] = torch.tensor([len(e.ids), e.relevance, e.support], dtype=torch.float64)
+            rows[r, 3 : 3 + len(e.ids)] = torch.tensor(e.ids, dtype=torch.float64)
         out = []
         for i, row in enumerate(self.parts.group.gather_rows(rows, len(plan.chunks)).tolist()):
-            ids = tuple(int(t) for t in row[4 : 4 + int(row[0])])
-            out.append(Extraction((i,), ids, *row[1:4], content=self.content(ids, plan.dynamic_prompt)))
+            ids = tuple(int(t) for t in row[3 : 3 + int(row[0])])
+            out.append(Extraction((i,), ids, *row[1:3], content=self.content(ids, plan.dynamic_prompt)))
         return out
 
     def labelled(self, extractions: list[Extraction]) -> tuple[int, ...]:
