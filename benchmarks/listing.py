@@ -178,7 +178,8 @@ def summarise(records: list[dict]) -> dict:
     }
 
 
-def plot(summary: dict, path: Path, title: str) -> None:
+def plot(summary: dict, path: Path, title: str, ylabel: str = "recall of the listed values (%)") -> None:
+    """Mean score per method (bars) and length (groups)."""
     import matplotlib.pyplot as plt
 
     methods = list(summary)
@@ -190,7 +191,7 @@ def plot(summary: dict, path: Path, title: str) -> None:
         ys = [100 * summary[m].get(str(n), {}).get("recall", 0) for n in lengths]
         ax.bar(xs, ys, width, label=m, color=f"C{j}")
     ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" for n in lengths])
-    ax.set_ylabel("recall of the listed values (%)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)

@@ -84,6 +84,16 @@ def test_an_extraction_is_read_only_when_both_gains_reach_log_2():
     assert not whole.Extraction((0,), (), relevance=9.0, support=9.0).read  # nothing said
 
 
+def test_a_request_that_singles_out_no_chunk_reads_every_supported_extraction(make_engine):
+    """A summary request: no chunk makes it likelier, so every extraction its chunk supports is read; where
+    some chunks are relevant, only theirs."""
+    mode = make_engine().planner.mode("whole")
+    summaries = [whole.Extraction((i,), (5 + i,), relevance=0.1, support=s) for i, s in enumerate((1.0, 0.2, 2.0))]
+    assert [e.chunks for e in mode.chosen(summaries)] == [(0,), (2,)]
+    relevant = whole.Extraction((3,), (9,), relevance=1.0, support=1.0)
+    assert mode.chosen([*summaries, relevant]) == [relevant]
+
+
 def test_sources_are_the_chunks_whose_extraction_reached_the_answer(make_engine, monkeypatch):
     monkeypatch.setattr(whole, "MIN_GAIN", float("-inf"))
     engine = make_engine()

@@ -14,7 +14,6 @@ level at least halves them.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,9 +57,15 @@ class Extraction:
     content: frozenset[int] = frozenset()  # its tokens that carry content (attribution)
 
     @property
+    def supported(self) -> bool:
+        """It says something its chunk supports (:data:`MIN_GAIN`)."""
+        return bool(self.ids) and self.support >= MIN_GAIN
+
+    @property
     def read(self) -> bool:
-        """Whether the reduce read reads it: it says something, and both gains reach :data:`MIN_GAIN`."""
-        return bool(self.ids) and min(self.relevance, self.support) >= MIN_GAIN
+        """Whether the reduce read reads it when the request singles out chunks: supported, and its chunk
+        relevant (:data:`MIN_GAIN`)."""
+        return self.supported and self.relevance >= MIN_GAIN
 
     @property
     def label(self) -> str:
@@ -82,7 +87,8 @@ class WholeReading(Reading):
         """The chunks whose extraction reached the answer: it shares content tokens with it (as many as the
         score says), document order."""
         answer = set(self.answer)
-        shared = [(e.chunks[0], len(e.content & answer)) for e in self.found if e.read]
+        read = set(self.chosen)
+        shared = [(e.chunks[0], len(e.content & answer)) for e in self.found if e.chunks[0] in read]
         return [(i, self.units[i], float(n)) for i, n in shared if n > 0]
 
 
@@ -151,19 +157,24 @@ class Whole(Mode):
         found = self.map(mine, runs, request, desc="extracting")
         if parts.group is not None:
             found = self.gathered(found, plan, cfg)
-        extractions = [e for e in found if e.read]
+        extractions = self.chosen(found)
+        chosen = [e.chunks[0] for e in extractions]
         room = self.room(plan, cfg)
         while extractions and len(self.labelled(extractions)) > room:
-            fewer = [e for e in self.map_again(extractions, request) if e.read]
+            fewer = self.chosen(self.map_again(extractions, request))
             if len(fewer) >= len(extractions):  # nothing packed two to a chunk: keep the best supported that fit
                 fewer = self.best(extractions, room)
             extractions = fewer
         listed = self.labelled(extractions) + self.newline
         read_ids = parts.encoder.bos + self.template_opening(plan, cfg) + listed + self.request_tokens(plan)
         relevance = torch.tensor([e.relevance for e in found])
-        chosen = [e.chunks[0] for e in found if e.read]
         units = chunk_ranges(plan)
         return WholeReading(units, relevance, chosen, found=found, extractions=extractions, read_ids=read_ids)
+
+    def chosen(self, found: list[Extraction]) -> list[Extraction]:
+        """What the reduce read reads: the supported extractions of relevant chunks; where the request singles
+        out no chunk (a summary: no chunk makes it likelier than no chunk does), every supported one."""
+        return [e for e in found if e.read] or [e for e in found if e.supported]
 
     def template_opening(self, plan: ChunkPlan, cfg: FocusConfig) -> tuple[int, ...]:
         """The prompt's template opening, which the reduce read starts with as the prompt does: its tokens up
@@ -252,12 +263,10 @@ class Whole(Mode):
     def tested(
         self, run: tuple[int, ...], ids: tuple[int, ...], logprob: float, relevance: float, request: Request
     ) -> Extraction:
-        """An extraction with its two gains (:data:`MIN_GAIN`; its support only where its chunk is relevant)."""
+        """An extraction with its two gains (:data:`MIN_GAIN`)."""
         prompt = request.plan.dynamic_prompt
-        found = Extraction(run, ids, relevance / max(1, len(prompt) - 1), content=self.content(ids, prompt))
-        if not ids or found.relevance < MIN_GAIN:
-            return found
-        return dataclasses.replace(found, support=logprob - self.request_alone(ids, request))
+        support = logprob - self.request_alone(ids, request) if ids else 0.0
+        return Extraction(run, ids, relevance / max(1, len(prompt) - 1), support, self.content(ids, prompt))
 
     def request_alone(self, ids: tuple[int, ...], request: Request) -> float:
         """Mean log-probability of an extraction's tokens after [BOS] and the dynamic prompt, no chunk."""
