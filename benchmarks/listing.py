@@ -158,10 +158,13 @@ def answer(engine: FocusEngine, case: ListingCase, method: str, max_new_tokens: 
         "finish_reason": generation.finish_reason,
         "sources": [s.index for s in generation.sources],
     }
-    if request.reading is not None and hasattr(request.reading, "found"):
-        read = [e for e in request.reading.found if e.read]
+    if request.reading is not None and hasattr(request.reading, "found"):  # whole: what the map step found
+        chosen = set(request.reading.chosen)
+        read = [e for e in request.reading.found if e.chunks[0] in chosen]
         record["extractions_read"] = len(read)
         record["facts_in_extractions"] = case.recall(" ".join(engine.tokenizer.decode(list(e.ids)) for e in read))
+        found = " ".join(engine.tokenizer.decode(list(e.ids)) for e in request.reading.found)
+        record["facts_extracted"] = case.recall(found)
     return record
 
 
