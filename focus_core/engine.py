@@ -26,7 +26,7 @@ from .encoding import ChunkEncoder, EncodingStats
 from .errors import FocusConfigError, FocusInputError, FocusInputTypeError
 from .generation import Completion, Generation
 from .kv_cache import PrefixCache
-from .loading import load_model
+from .loading import eos_token_ids, load_model, model_window
 from .memory import MemoryEstimate
 from .modes.base import DecodingState, EngineParts
 from .planning import Planner
@@ -59,13 +59,13 @@ class FocusEngine:
         self.config = config if config is not None else FocusConfig()
         if not isinstance(self.config, FocusConfig):
             raise FocusConfigError(f"config must be a FocusConfig, got {type(self.config).__name__}")
-        self.native_window: int = self.config.native_window or _model_window(model)
+        self.native_window: int = self.config.native_window or model_window(model)
         self.runner = ModelRunner(model)
         self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache(self.config.prefix_cache_bytes)
         self.encoder = ChunkEncoder(self.runner, self.prefix_cache, tokenizer.bos_token_id)
         self.group = ChunkGroup.of(group)
         self.parts = EngineParts(
-            model, tokenizer, self.runner, self.encoder, self.group, self.native_window, _eos_ids(model, tokenizer)
+            model, tokenizer, self.runner, self.encoder, self.group, self.native_window, eos_token_ids(model, tokenizer)
         )
         self.planner = Planner(self.parts)
         self.planner.check(self.config)
@@ -258,20 +258,3 @@ class FocusEngine:
         """The candidate projections ``kv`` reads the chunks through: the trained ones once set or loaded,
         else copies of the model's own (made on first use; a model ``kv`` cannot serve is refused)."""
         return self.planner.mode("kv").projections()
-
-
-def _model_window(model: PreTrainedModel) -> int:
-    config = model.config.get_text_config()
-    window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if not window:
-        raise FocusConfigError("the model config names no context length; set FocusConfig(native_window=...)")
-    return int(window)
-
-
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        eos = getattr(source, "eos_token_id", None)
-        if eos is not None:
-            ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
-    return frozenset(ids)

@@ -400,3 +400,22 @@ def _dequantize(gguf: Path, folder: Path, name: str) -> None:
     model.config.name_or_path = name
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def model_window(model: PreTrainedModel) -> int:
+    """The model's native context length, from its config."""
+    config = model.config.get_text_config()
+    window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not window:
+        raise FocusConfigError("the model config names no context length; set FocusConfig(native_window=...)")
+    return int(window)
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """The tokens that end an answer: the model's generation config's, its config's and the tokenizer's."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        if eos is not None:
+            ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    return frozenset(ids)
