@@ -99,7 +99,8 @@ class Generation(Iterator[str]):
 
     @property
     def route(self) -> str | None:
-        """Under ``auto``, why the mode that read the prompt took it over from the one first chosen."""
+        """Under ``auto``, why the mode that read the prompt took it over from the one first chosen (or why the
+        mode a hand-over named could not, with these settings)."""
         return self.request.route
 
     @property

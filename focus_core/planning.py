@@ -102,9 +102,13 @@ class Planner:
         request.reading = request.mode.read(request)
         handover = request.mode.hand_over(request, request.reading) if request.config.aggregation == "auto" else None
         if handover is not None:
-            taken = self.resolve(
-                request.prompt, request.ids, request.offsets, request.config, request.plan, self.mode(handover.mode)
-            )
+            taker = self.mode(handover.mode)
+            try:
+                taker.check(request.config)
+            except FocusConfigError as refused:  # the reading stands: auto never fails for a mode it picked
+                request.route = f"{handover.reason}; kept by {request.mode}, as {taker} refuses the settings: {refused}"
+                return request.reading
+            taken = self.resolve(request.prompt, request.ids, request.offsets, request.config, request.plan, taker)
             taken = self.fit_to_budget(taken)
             request.mode, request.layout, request.estimate = taken.mode, taken.layout, taken.estimate
             request.config, request.route = taken.config, handover.reason

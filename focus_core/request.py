@@ -43,7 +43,7 @@ class Request:
     layout: Layout
     estimate: MemoryEstimate
     reading: Reading | None = field(default=None, repr=False)
-    route: str | None = None  # under auto, why its mode took it over from the one first resolved (kept when renewed)
+    route: str | None = None  # under auto, why a mode took it over after reading, or why none could (kept when renewed)
     completion_ids: list[int] = field(default_factory=list, repr=False)
     finish_reason: str | None = None
     relevance: list[ChunkScore] | None = field(default=None, repr=False)  # worked out once, when asked for

@@ -162,6 +162,9 @@ def test_a_handed_over_request_answers_as_whole_would_and_says_why(make_engine, 
     assert routed.completion_ids == tuple(engine.generate_ids(ids, **WHOLE))
     assert engine.complete(ids, aggregation="select").mode == "select"
     assert "or whole where" in engine.describe()
+    kept = engine.complete(ids)  # whole refuses extract_tokens=64 with 32-token chunks: select keeps the call
+    assert kept.mode == "select" and "refuses" in kept.route and "extract_tokens" in kept.route
+    assert kept.completion_ids == tuple(engine.generate_ids(ids, aggregation="select"))
 
 
 def whole_handover():
