@@ -216,7 +216,12 @@ def test_completions_carry_the_finish_reason_and_usage_in_raw(llm):
     completion = llm.engine.complete(prompt)
     raw = llm.complete(prompt).raw
     usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": len(completion.completion_ids)}
-    assert raw == {"finish_reason": completion.finish_reason, "usage": {**usage, "total_tokens": sum(usage.values())}}
+    assert raw == {
+        "finish_reason": completion.finish_reason,
+        "usage": {**usage, "total_tokens": sum(usage.values())},
+        "mode": completion.mode,
+        "route": completion.route,
+    }
     responses = list(llm.stream_complete(prompt))
     assert responses[-1].raw == raw and responses[-1].text == completion.text
 
