@@ -21,6 +21,7 @@ import json
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,20 +117,27 @@ def make_case(tokenizer, part: Part, index: int, length: int) -> ListingCase:
     size = SIZES[(index // len(kinds)) % len(SIZES)]
     values = tuple(rng.sample(kind.values, size))
     facts = tuple(kind.fact.format(value=v) for v in values)
+    document = planted(tokenizer, part, index, length, facts, rng)
+    return ListingCase(part.name, index, length, kind.request, values, facts, document)
+
+
+def planted(tokenizer, part: Part, index: int, length: int, sentences: Sequence[str], rng: random.Random) -> str:
+    """``sentences``, in order, between the paragraphs of ``part``'s haystack for case ``index`` (from a
+    place ``rng`` picks), in a document of at most ``length - 256`` tokens (room for the request, the
+    template and the answer)."""
     words = prose_words(part.haystack(index))
-    start = rng.randrange(len(words))
-    budget = length - 256  # the request, the template and the answer
+    start, budget = rng.randrange(len(words)), length - 256
     count = budget  # words; shrunk by the measured tokens per word until the document fits
     while True:
         taken = [words[(start + i) % len(words)] for i in range(count)]
         paragraphs = [" ".join(taken[i : i + WORDS_PER_PARAGRAPH]) for i in range(0, count, WORDS_PER_PARAGRAPH)]
-        places = sorted(rng.sample(range(len(paragraphs) + 1), size))
-        for place, fact in zip(reversed(places), reversed(facts)):
-            paragraphs.insert(place, fact)
+        places = sorted(rng.sample(range(len(paragraphs) + 1), len(sentences)))
+        for place, sentence in zip(reversed(places), reversed(sentences)):
+            paragraphs.insert(place, sentence)
         document = "\n\n".join(paragraphs)
         tokens = len(tokenizer(document, add_special_tokens=False).input_ids)
         if tokens <= budget:
-            return ListingCase(part.name, index, length, kind.request, values, facts, document)
+            return document
         count = int(count * budget / tokens * 0.99)
 
 

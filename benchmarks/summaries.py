@@ -28,8 +28,8 @@ from pathlib import Path
 from focus_core import FocusConfig, FocusEngine, load_model
 
 from .common import result_header, write_json
-from .listing import WORDS_PER_PARAGRAPH, plot, summarise
-from .ruler.protocol import PARTS, Part, prose_words
+from .listing import planted, plot, summarise
+from .ruler.protocol import PARTS, Part
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (4, 8)
@@ -74,20 +74,7 @@ def make_case(tokenizer, part: Part, index: int, length: int) -> SummaryCase:
     chosen = rng.sample(facts, size)
     values = tuple(v for _, v in chosen)
     sentences = [t.format(value=v) for t, v in chosen]
-    words = prose_words(part.haystack(index))
-    start, budget = rng.randrange(len(words)), length - 256
-    count = budget
-    while True:
-        taken = [words[(start + i) % len(words)] for i in range(count)]
-        paragraphs = [" ".join(taken[i : i + WORDS_PER_PARAGRAPH]) for i in range(0, count, WORDS_PER_PARAGRAPH)]
-        places = sorted(rng.sample(range(len(paragraphs) + 1), size))
-        for place, sentence in zip(reversed(places), reversed(sentences)):
-            paragraphs.insert(place, sentence)
-        document = "\n\n".join(paragraphs)
-        tokens = len(tokenizer(document, add_special_tokens=False).input_ids)
-        if tokens <= budget:
-            return SummaryCase(index, length, values, document)
-        count = int(count * budget / tokens * 0.99)
+    return SummaryCase(index, length, values, planted(tokenizer, part, index, length, sentences, rng))
 
 
 def focus_summary(engine: FocusEngine, case: SummaryCase, aggregation: str, max_new_tokens: int) -> tuple[str, dict]:

@@ -216,3 +216,19 @@ def test_examples_and_benchmarks_do_not_import_each_other():
                 if isinstance(node, ast.ImportFrom) and node.module:
                     names.append(node.module)
                 assert not [n for n in names if n.split(".")[0] == other], (file, names)
+
+
+def test_listing_and_summary_cases_plant_every_fact_within_the_length(tokenizer):
+    """The whole-document suites: every fact sentence planted once, the document within its length, the
+    score the share of values a reply names (a word match: "Perth" is not found in "Perthshire")."""
+    from benchmarks import listing, summaries
+    from benchmarks.ruler.protocol import DEV
+
+    for index in range(4):
+        case = listing.make_case(tokenizer, DEV, index, 4096)
+        assert len(case.values) == listing.SIZES[index // 2] and all(case.document.count(f) == 1 for f in case.facts)
+        assert len(tokenizer(case.document).input_ids) <= 4096 - 256
+        assert case.recall(" and ".join(case.values)) == 1.0 and case.recall("") == 0.0
+        assert case.recall(case.values[0] + "shire") == 0.0
+    summary = summaries.make_case(tokenizer, DEV, 1, 4096)
+    assert len(summary.values) == 8 and summary.coverage(summary.document) == 1.0
