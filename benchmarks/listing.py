@@ -105,8 +105,13 @@ class ListingCase:
     document: str
 
     def recall(self, reply: str) -> float:
-        found = [v for v in self.values if re.search(rf"\b{re.escape(v)}\b", reply, re.IGNORECASE)]
-        return len(found) / len(self.values)
+        return named(self.values, reply)
+
+
+def named(values: Sequence[str], text: str) -> float:
+    """The share of ``values`` that ``text`` names, each as a whole word (any case)."""
+    found = [v for v in values if re.search(rf"\b{re.escape(v)}\b", text, re.IGNORECASE)]
+    return len(found) / len(values)
 
 
 def make_case(tokenizer, part: Part, index: int, length: int) -> ListingCase:

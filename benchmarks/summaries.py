@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 from focus_core import FocusConfig, FocusEngine, load_model
 
 from .common import result_header, write_json
-from .listing import planted, plot, summarise
+from .listing import named, planted, plot, summarise
 from .ruler.protocol import PARTS, Part
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +60,7 @@ class SummaryCase:
     document: str
 
     def coverage(self, summary: str) -> float:
-        found = [v for v in self.values if re.search(rf"\b{re.escape(v)}\b", summary, re.IGNORECASE)]
-        return len(found) / len(self.values)
+        return named(self.values, summary)
 
 
 def make_case(tokenizer, part: Part, index: int, length: int) -> SummaryCase:
