@@ -17,13 +17,15 @@ Paul Graham's essays and Wikipedia paragraphs, seeds 1000-1999.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from focus_core import FocusConfig, FocusEngine, load_model
 
@@ -194,6 +196,36 @@ def summarise(records: list[dict]) -> dict:
     }
 
 
+def run(
+    benchmark: str,
+    engine: FocusEngine,
+    results: Path,
+    make: Callable[[int, int], Any],
+    answer_case: Callable[[FocusEngine, Any, str], dict],
+    lengths: Sequence[int],
+    samples: int,
+    methods: Sequence[str],
+    resume: bool,
+) -> list[dict]:
+    """Every method on the first ``samples`` cases (``make(index, length)``) of every length, each record
+    (``answer_case(engine, case, method)``, with its ``recall`` and ``seconds``) written to ``results`` as it
+    comes; ``resume`` keeps the records already there and runs the rest."""
+    records = json.loads(results.read_text())["records"] if resume and results.exists() else []
+    done = {(r["length"], r["index"], r["method"]) for r in records}
+    for length in lengths:
+        for index in range(samples):
+            case = make(index, length)
+            for method in methods:
+                if (length, index, method) in done:
+                    continue
+                record = {"length": length, "index": index, "facts": len(case.values)}
+                records.append(record | answer_case(engine, case, method))
+                print(json.dumps({k: v for k, v in records[-1].items() if k != "reply"}), flush=True)
+                header = result_header(benchmark, engine)
+                write_json(results, {**header, "records": records, "summary": summarise(records)})
+    return records
+
+
 def plot(summary: dict, path: Path, title: str, ylabel: str = "recall of the listed values (%)") -> None:
     """Mean score per method (bars) and length (groups)."""
     import matplotlib.pyplot as plt
@@ -232,19 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = load_model(args.model)
     config = FocusConfig(progress=False, native_window=args.native_window, prefix_cache_bytes=8 * 2**30)
     engine = FocusEngine(model, tokenizer, config)
-    records = json.loads(results.read_text())["records"] if args.resume and results.exists() else []
-    done = {(r["length"], r["index"], r["method"]) for r in records}
-    for length in args.lengths:
-        for index in range(args.samples):
-            case = make_case(tokenizer, part, index, length)
-            for method in args.methods:
-                if (length, index, method) in done:
-                    continue
-                record = {"length": length, "index": index, "facts": len(case.values)}
-                records.append(record | answer(engine, case, method, args.max_new_tokens))
-                print(json.dumps({k: v for k, v in records[-1].items() if k != "reply"}), flush=True)
-                summary = summarise(records)
-                write_json(results, {**result_header("listing", engine), "records": records, "summary": summary})
+    answer_case = functools.partial(answer, max_new_tokens=args.max_new_tokens)
+    cases = functools.partial(make_case, tokenizer, part)
+    records = run("listing", engine, results, cases, answer_case, args.lengths, args.samples, args.methods, args.resume)
     title = f"'list every ...' recall, {args.part} part, {engine.model_name}"
     plot(summarise(records), results.with_suffix(".png"), title)
 

@@ -18,7 +18,7 @@ Wikipedia paragraphs with seeds 1000-1999.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import random
 import time
 from dataclasses import dataclass
@@ -26,8 +26,7 @@ from pathlib import Path
 
 from focus_core import FocusConfig, FocusEngine, load_model
 
-from .common import result_header, write_json
-from .listing import named, planted, plot, summarise
+from .listing import named, planted, plot, run, summarise
 from .ruler.protocol import PARTS, Part
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +99,17 @@ def map_reduce_summary(engine: FocusEngine, case: SummaryCase, max_new_tokens: i
     return chain.invoke({"input_documents": documents})["output_text"], {"pieces": len(documents)}
 
 
+def answer(engine: FocusEngine, case: SummaryCase, method: str, max_new_tokens: int) -> dict:
+    """One method's summary: ``map_reduce`` is LangChain's chain; any other name is an aggregation setting."""
+    start = time.perf_counter()
+    if method == "map_reduce":
+        summary, info = map_reduce_summary(engine, case, max_new_tokens)
+    else:
+        summary, info = focus_summary(engine, case, method, max_new_tokens)
+    seconds = time.perf_counter() - start
+    return {"method": method, "recall": case.coverage(summary), "seconds": seconds, **info, "reply": summary}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=sorted(PARTS), default="dev")
@@ -114,25 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     results = args.results or ROOT / "benchmarks" / "results" / "summaries" / f"{args.part}_smollm2.json"
     model, tokenizer = load_model()
     engine = FocusEngine(model, tokenizer, FocusConfig(progress=False, prefix_cache_bytes=8 * 2**30))
-    records = json.loads(results.read_text())["records"] if args.resume and results.exists() else []
-    done = {(r["length"], r["index"], r["method"]) for r in records}
-    for length in args.lengths:
-        for index in range(args.samples):
-            case = make_case(tokenizer, part, index, length)
-            for method in args.methods:
-                if (length, index, method) in done:
-                    continue
-                start = time.perf_counter()
-                if method == "map_reduce":
-                    summary, info = map_reduce_summary(engine, case, args.max_new_tokens)
-                else:
-                    summary, info = focus_summary(engine, case, method, args.max_new_tokens)
-                record = {"length": length, "index": index, "facts": len(case.values), "method": method}
-                record |= {"recall": case.coverage(summary), "seconds": time.perf_counter() - start, **info}
-                records.append(record | {"reply": summary})
-                print(json.dumps(record), flush=True)
-                header = result_header("summaries", engine)
-                write_json(results, {**header, "records": records, "summary": summarise(records)})
+    answer_case = functools.partial(answer, max_new_tokens=args.max_new_tokens)
+    cases = functools.partial(make_case, tokenizer, part)
+    records = run(
+        "summaries", engine, results, cases, answer_case, args.lengths, args.samples, args.methods, args.resume
+    )
     title = f"summary fact coverage, {args.part} part, {engine.model_name}"
     plot(summarise(records), results.with_suffix(".png"), title, ylabel="facts the summary states (%)")
 
