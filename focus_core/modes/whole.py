@@ -14,6 +14,7 @@ level at least halves them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -113,11 +114,11 @@ class Whole(Mode):
         around = self.template_opening(plan, cfg) + self.newline + self.request_tokens(plan)
         return self.parts.native_window - len(self.parts.encoder.bos) - len(around) - cfg.max_new_tokens
 
-    @property
+    @functools.cached_property
     def newline(self) -> tuple[int, ...]:
         return self.tokens("\n")
 
-    @property
+    @functools.cached_property
     def label_tokens(self) -> int:
         """Tokens the window checks reserve for an extraction's label (a longer one is cut to this)."""
         return len(self.tokens(WIDEST_LABEL))
