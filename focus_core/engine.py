@@ -163,13 +163,8 @@ class FocusEngine:
                 raise FocusInputError("the continuation is empty")
             continuation = self.tokenizer(continuation, add_special_tokens=False).input_ids
         targets = self.tokenize(continuation)
-        state = generation.start(self.planner, self.request(prompt, **{**overrides, "max_new_tokens": len(targets)}))
-        logprobs = []
-        for step, token in enumerate(targets):
-            logprobs.append(torch.log_softmax(state.next_logits().float(), dim=-1)[token])
-            if step + 1 < len(targets):
-                state.append(token)
-        return torch.stack(logprobs)
+        request = self.request(prompt, **{**overrides, "max_new_tokens": len(targets)})
+        return generation.teacher_forced(self.planner, request, targets)
 
     # ----------------------------------------------------------------- inputs and plans
 
@@ -192,10 +187,8 @@ class FocusEngine:
 
     def estimate_memory(self, prompt: Prompt, **overrides: Any) -> MemoryEstimate:
         """Bytes the prompt will need (what the budget check compares)."""
-        cfg = self.planner.settings(self.config, overrides)
-        return self.planner.resolve(
-            prompt, *inputs.tokenize(self.tokenizer, self.runner.vocab_size, prompt), cfg
-        ).estimate
+        ids, offsets = inputs.tokenize(self.tokenizer, self.runner.vocab_size, prompt)
+        return self.planner.resolve(prompt, ids, offsets, self.planner.settings(self.config, overrides)).estimate
 
     @property
     def max_context_tokens(self) -> int:
@@ -231,13 +224,7 @@ class FocusEngine:
     def describe(self) -> str:
         """What this engine runs: the model, its precision and attention kernel and why they were chosen
         (models loaded by :func:`load_model`), the device, the native window and the mode used."""
-        runner, cfg = self.runner, self.config
-        loaded = getattr(self.model, "focus_precision_reason", None)
-        kernel = getattr(self.model.config.get_text_config(), "_attn_implementation", None)
-        precision = loaded or f"dtype {str(runner.dtype).removeprefix('torch.')}; attention {kernel} (given)"
-        mode = self.planner.route(cfg).describe(cfg)
-        window = f"native window {self.native_window}"
-        return f"{self.model_name}: {precision}; {runner.device}; {window}; aggregation {cfg.aggregation} -> {mode}"
+        return self.planner.describe(self.config)
 
     # ----------------------------------------------------------------- kv's trained candidates
 

@@ -44,6 +44,17 @@ def token_ids(planner: Planner, request: Request) -> Iterator[int]:
             state.append(token)
 
 
+def teacher_forced(planner: Planner, request: Request, targets: list[int]) -> torch.Tensor:
+    """Log-probabilities ``[len(targets)]`` (fp32) of each target token given the request's prompt and the
+    targets before it."""
+    state, logprobs = start(planner, request), []
+    for step, token in enumerate(targets):
+        logprobs.append(torch.log_softmax(state.next_logits().float(), dim=-1)[token])
+        if step + 1 < len(targets):
+            state.append(token)
+    return torch.stack(logprobs)
+
+
 def text_pieces(planner: Planner, request: Request) -> Iterator[str]:
     """Text pieces of the new tokens, cut at a stop string; the request records the tokens and why
     decoding ended."""

@@ -45,6 +45,17 @@ class Planner:
                 return mode
         raise FocusConfigError(f"no mode serves aggregation='auto' here; name one of {modes.names()}")
 
+    def describe(self, cfg: FocusConfig) -> str:
+        """The model, its precision and why, the device, the native window and the mode ``cfg`` runs."""
+        parts = self.parts
+        loaded = getattr(parts.model, "focus_precision_reason", None)
+        kernel = getattr(parts.model.config.get_text_config(), "_attn_implementation", None)
+        dtype = str(parts.runner.dtype).removeprefix("torch.")
+        precision = loaded or f"dtype {dtype}; attention {kernel} (given)"
+        mode = self.route(cfg).describe(cfg)
+        where = f"{parts.runner.device}; native window {parts.native_window}"
+        return f"{parts.model_name}: {precision}; {where}; aggregation {cfg.aggregation} -> {mode}"
+
     def settings(self, base: FocusConfig, overrides: dict[str, Any]) -> FocusConfig:
         """``base`` with a call's ``overrides``, checked against the model's window and the mode."""
         fixed = sorted(set(overrides) & set(ENGINE_SETTINGS))
