@@ -96,28 +96,34 @@ class FocusConfig:
         if self.passage_tokens > self.select_tokens:
             raise FocusConfigError(
                 f"passage_tokens ({self.passage_tokens}) must not exceed select_tokens ({self.select_tokens}): "
-                "the selection is made of passages"
+                "the selection is made of passages",
+                setting="passage_tokens",
             )
         if self.dynamic_prompt_len > self.local_window:
             raise FocusConfigError(
                 f"dynamic_prompt_len ({self.dynamic_prompt_len}) must not exceed local_window ({self.local_window}): "
-                "the dynamic prompt is the tail of the local context"
+                "the dynamic prompt is the tail of the local context",
+                setting="dynamic_prompt_len",
             )
         choices = ("auto", *modes.names())
         if self.aggregation not in choices:
-            raise FocusConfigError(f"aggregation must be one of {choices}, got {self.aggregation!r}")
+            raise FocusConfigError(
+                f"aggregation must be one of {choices}, got {self.aggregation!r}", setting="aggregation"
+            )
         if self.focus_kv not in FOCUS_KV:
-            raise FocusConfigError(f"focus_kv must be one of {FOCUS_KV}, got {self.focus_kv!r}")
+            raise FocusConfigError(f"focus_kv must be one of {FOCUS_KV}, got {self.focus_kv!r}", setting="focus_kv")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise FocusConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+            raise FocusConfigError(f"top_p must be in (0, 1], got {self.top_p!r}", setting="top_p")
         if self.progress is not None and not isinstance(self.progress, bool):
-            raise FocusConfigError(f"progress must be True, False or None, got {self.progress!r}")
+            raise FocusConfigError(f"progress must be True, False or None, got {self.progress!r}", setting="progress")
 
     def replace(self, **overrides) -> FocusConfig:
         """A copy with some fields changed (validated again); unknown names are an error."""
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise FocusConfigError(f"unknown FocusConfig setting(s): {', '.join(sorted(unknown))}")
+            raise FocusConfigError(
+                f"unknown FocusConfig setting(s): {', '.join(sorted(unknown))}", setting=sorted(unknown)[0]
+            )
         return dataclasses.replace(self, **overrides)
 
     def check_window(self, native_window: int) -> None:
@@ -127,7 +133,8 @@ class FocusConfig:
         if needed > native_window:
             raise FocusConfigError(
                 f"1 + chunk_size + local_window + max_new_tokens = {needed} exceeds the native window "
-                f"{native_window}; lower chunk_size (now {self.chunk_size}), local_window or max_new_tokens"
+                f"{native_window}; lower chunk_size (now {self.chunk_size}), local_window or max_new_tokens",
+                setting="chunk_size",
             )
 
     @property
@@ -143,10 +150,12 @@ def _normalise_stop(stop: str | Iterable[str] | None) -> tuple[str, ...]:
     try:
         items = tuple(stop)
     except TypeError:
-        raise FocusConfigError(f"stop must be a string or a list of strings, got {type(stop).__name__}") from None
+        raise FocusConfigError(
+            f"stop must be a string or a list of strings, got {type(stop).__name__}", setting="stop"
+        ) from None
     for item in items:
         if not isinstance(item, str) or not item:
-            raise FocusConfigError(f"stop sequences must be non-empty strings, got {item!r}")
+            raise FocusConfigError(f"stop sequences must be non-empty strings, got {item!r}", setting="stop")
     return items
 
 

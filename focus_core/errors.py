@@ -11,7 +11,12 @@ class FocusError(Exception):
 
 
 class FocusConfigError(FocusError, ValueError):
-    """A setting is out of range or inconsistent with another setting or with the model."""
+    """A setting is out of range or inconsistent with another setting or with the model; ``setting`` names
+    the one to change (``None`` where no single setting is at fault)."""
+
+    def __init__(self, message: str, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
 
 
 class FocusInputError(FocusError, ValueError):

@@ -51,6 +51,7 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str,
     if not getattr(tokenizer, "chat_template", None):
         raise FocusConfigError(
             f"the tokenizer of {model_name} has no chat template (a base model): give it a completion-style "
-            "prompt (generate(text); FocusLLM rather than ChatFocusLLM)"
+            "prompt (generate(text); FocusLLM rather than ChatFocusLLM)",
+            setting="chat_template",
         )
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)

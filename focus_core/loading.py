@@ -143,7 +143,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise FocusConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+        raise FocusConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps", setting="device") from None
     kind = target.type
     if kind in ("cpu", "meta"):
         return target
@@ -151,19 +151,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if torch.version.cuda is None and torch.version.hip is None:
             raise FocusConfigError(
                 f"device {device!r} is not available: this PyTorch build "
-                f"({torch.__version__}) has no CUDA support; use --device cpu"
+                f"({torch.__version__}) has no CUDA support; use --device cpu",
+                setting="device",
             )
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise FocusConfigError(f"device {device!r} is not available: no CUDA device is visible")
+            raise FocusConfigError(f"device {device!r} is not available: no CUDA device is visible", setting="device")
         if target.index is not None and target.index >= count:
             raise FocusConfigError(
-                f"device {device!r} does not exist: {count} CUDA device(s) visible (cuda:0 … cuda:{count - 1})"
+                f"device {device!r} does not exist: {count} CUDA device(s) visible (cuda:0 … cuda:{count - 1})",
+                setting="device",
             )
         return target
     modules = [m for m in (getattr(torch.backends, kind, None), getattr(torch, kind, None)) if m is not None]
     if not any(callable(getattr(m, "is_available", None)) and m.is_available() for m in modules):
-        raise FocusConfigError(f"device {device!r} is not available on this machine")
+        raise FocusConfigError(f"device {device!r} is not available on this machine", setting="device")
     return target
 
 
@@ -244,7 +246,7 @@ def _packaged(name_or_path: str | os.PathLike | None, gguf_file: str | None) -> 
     :data:`GEMMA3_270M`), or None for any other model."""
     if name_or_path is None:
         if gguf_file is not None:
-            raise FocusConfigError("gguf_file needs name_or_path (the folder or repo holding it)")
+            raise FocusConfigError("gguf_file needs name_or_path (the folder or repo holding it)", setting="gguf_file")
         return embedded_checkpoint(), DEFAULT_MODEL_NAME
     if str(name_or_path) == GEMMA3_270M and gguf_file is None:
         return gemma3_checkpoint(), GEMMA3_270M
@@ -407,7 +409,9 @@ def model_window(model: PreTrainedModel) -> int:
     config = model.config.get_text_config()
     window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if not window:
-        raise FocusConfigError("the model config names no context length; set FocusConfig(native_window=...)")
+        raise FocusConfigError(
+            "the model config names no context length; set FocusConfig(native_window=...)", setting="native_window"
+        )
     return int(window)
 
 

@@ -43,7 +43,9 @@ class Planner:
             mode = self.mode(name)
             if mode.serves_auto(cfg):
                 return mode
-        raise FocusConfigError(f"no mode serves aggregation='auto' here; name one of {modes.names()}")
+        raise FocusConfigError(
+            f"no mode serves aggregation='auto' here; name one of {modes.names()}", setting="aggregation"
+        )
 
     def describe(self, cfg: FocusConfig) -> str:
         """The model, its precision and why, the device, the native window and the mode ``cfg`` runs."""
@@ -62,7 +64,8 @@ class Planner:
         if fixed:
             raise FocusConfigError(
                 f"{', '.join(fixed)} belong(s) to the engine and cannot change per call; build an engine with "
-                f"FocusConfig({fixed[0]}=...)"
+                f"FocusConfig({fixed[0]}=...)",
+                setting=fixed[0],
             )
         cfg = base.replace(**overrides) if overrides else base
         self.check(cfg)
@@ -74,7 +77,8 @@ class Planner:
         if cfg.local_window + cfg.max_new_tokens > window:
             raise FocusConfigError(
                 f"local_window + max_new_tokens = {cfg.local_window + cfg.max_new_tokens} exceeds the native "
-                f"window {window}"
+                f"window {window}",
+                setting="local_window",
             )
         self.route(cfg).check(cfg)
 

@@ -57,7 +57,9 @@ def choose_precision(dtype: str | torch.dtype | None, device: torch.device) -> P
     try:
         return PrecisionChoice(DTYPES[str(dtype).removeprefix("torch.")], "asked for")
     except KeyError:
-        raise FocusConfigError(f"unsupported dtype {dtype!r}; use auto or one of {sorted(DTYPES)}") from None
+        raise FocusConfigError(
+            f"unsupported dtype {dtype!r}; use auto or one of {sorted(DTYPES)}", setting="dtype"
+        ) from None
 
 
 def auto_precision(device: torch.device) -> PrecisionChoice:

@@ -53,7 +53,7 @@ def check_minimums(config: Any) -> None:
                 what = (
                     ("integers" if several else "an integer") if kind is int else "numbers" if several else "a number"
                 )
-                raise FocusConfigError(f"{field.name} must be {what} >= {minimum}, got {value!r}")
+                raise FocusConfigError(f"{field.name} must be {what} >= {minimum}, got {value!r}", setting=field.name)
 
 
 def _at_least(value: Any, kind: type, minimum: float) -> bool:

@@ -314,7 +314,7 @@ def create_focus_qa_chain(
     window (then they are read whole).
     """
     if "{documents}" not in prompt_template or "{question}" not in prompt_template:
-        raise FocusConfigError("prompt_template must contain {documents} and {question}")
+        raise FocusConfigError("prompt_template must contain {documents} and {question}", setting="prompt_template")
     model = llm if llm is not None else FocusLLM()
 
     def build_prompt(inputs: dict[str, Any]) -> str:

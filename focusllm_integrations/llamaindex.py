@@ -327,7 +327,7 @@ def _as_prompt(template: BasePromptTemplate | str) -> BasePromptTemplate:
         raise FocusInputTypeError("prompt_template must be a str or a LlamaIndex prompt template")
     missing = {"context_str", "query_str"} - set(prompt.template_vars)
     if missing:
-        raise FocusConfigError(f"prompt_template lacks {sorted(missing)}")
+        raise FocusConfigError(f"prompt_template lacks {sorted(missing)}", setting="prompt_template")
     return prompt
 
 

@@ -109,8 +109,9 @@ def test_query_engine_rejects_bad_input(llm):
         FocusQueryEngine.from_documents([Document(text="  ")], llm=llm)
     with pytest.raises(FocusInputTypeError):
         FocusQueryEngine.from_documents(["plain strings are not documents"], llm=llm)
-    with pytest.raises(ValueError, match="query_str"):
+    with pytest.raises(ValueError) as err:
         FocusQueryEngine.from_documents([Document(text="x")], llm=llm, prompt_template="{context_str} only")
+    assert err.value.setting == "prompt_template"
     engine = FocusQueryEngine.from_documents([Document(text="Some text.")], llm=llm)
     with pytest.raises(FocusInputError):
         engine.query("   ")
@@ -138,14 +139,10 @@ def test_from_documents_refuses_another_settings_llm(llm, clean_settings):
     from llama_index.core.llms import MockLLM
 
     clean_settings.llm = MockLLM()
-    with pytest.raises(
-        FocusInputTypeError, match="Settings.llm is a MockLLM, not a .*FocusLlamaIndexLLM.*pass llm=FocusLlamaIndexLLM"
-    ):
+    with pytest.raises(FocusInputTypeError, match="MockLLM"):  # the LLM at fault
         FocusQueryEngine.from_documents([Document(text="Some text.")])
     assert FocusQueryEngine.from_documents([Document(text="Some text.")], llm=llm).llm is llm  # an explicit llm wins
-    with pytest.raises(
-        FocusInputTypeError, match="needs a focusllm_integrations.llamaindex.FocusLlamaIndexLLM, got MockLLM"
-    ):
+    with pytest.raises(FocusInputTypeError, match="MockLLM"):
         FocusQueryEngine.from_documents([Document(text="Some text.")], llm=MockLLM())
 
 

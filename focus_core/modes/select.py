@@ -48,7 +48,8 @@ class Select(Mode):
         if cfg.exit_layer >= layers:
             raise FocusConfigError(
                 f"exit_layer must be in [0, {layers - 1}] for {self.parts.model_name} ({layers} layers), "
-                f"got {cfg.exit_layer}"
+                f"got {cfg.exit_layer}",
+                setting="exit_layer",
             )
         return cfg.exit_layer
 
@@ -57,7 +58,8 @@ class Select(Mode):
         if select_window(cfg) > self.parts.native_window:
             raise FocusConfigError(
                 f"1 + passage_tokens + select_tokens + local_window + max_new_tokens = {select_window(cfg)} "
-                f"exceeds the native window {self.parts.native_window}; lower select_tokens (now {cfg.select_tokens})"
+                f"exceeds the native window {self.parts.native_window}; lower select_tokens (now {cfg.select_tokens})",
+                setting="select_tokens",
             )
 
     def serves_auto(self, cfg: FocusConfig) -> bool:

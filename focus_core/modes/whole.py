@@ -102,7 +102,8 @@ class Whole(Mode):
             raise FocusConfigError(
                 f"whole packs at least two extractions per chunk when it maps them again: extract_tokens "
                 f"({cfg.extract_tokens}) + {self.label_tokens} label tokens must be at most chunk_size / 2 "
-                f"({cfg.chunk_size // 2}); lower extract_tokens"
+                f"({cfg.chunk_size // 2}); lower extract_tokens",
+                setting="extract_tokens",
             )
 
     def describe(self, cfg: FocusConfig) -> str:

@@ -44,17 +44,20 @@ class TrainingConfig:
         object.__setattr__(self, "losses", tuple(self.losses))
         check_minimums(self)
         if not 0.0 <= self.synthetic_fraction <= 1.0:
-            raise FocusConfigError("synthetic_fraction must lie in [0, 1]")
+            raise FocusConfigError("synthetic_fraction must lie in [0, 1]", setting="synthetic_fraction")
         if not self.chunk_sizes or max(self.chunk_sizes) > self.memory_tokens:
-            raise FocusConfigError(f"chunk_sizes must lie in [1, memory_tokens={self.memory_tokens}]")
+            raise FocusConfigError(
+                f"chunk_sizes must lie in [1, memory_tokens={self.memory_tokens}]", setting="chunk_sizes"
+            )
         if self.dynamic_prompt_len > self.local_tokens:
-            raise FocusConfigError("dynamic_prompt_len must lie in [1, local_tokens]")
+            raise FocusConfigError("dynamic_prompt_len must lie in [1, local_tokens]", setting="dynamic_prompt_len")
         if any(self.memory_tokens // c * c < self.local_tokens + self.target_tokens for c in self.chunk_sizes):
             raise FocusConfigError(
-                "local_tokens + target_tokens must fit in the memory's whole chunks (repetition copies from it)"
+                "local_tokens + target_tokens must fit in the memory's whole chunks (repetition copies from it)",
+                setting="local_tokens",
             )
         if not self.losses or set(self.losses) - set(LOSSES):
-            raise FocusConfigError(f"losses must be drawn from {LOSSES}, got {self.losses}")
+            raise FocusConfigError(f"losses must be drawn from {LOSSES}, got {self.losses}", setting="losses")
 
     def replace(self, **changes) -> TrainingConfig:
         return dataclasses.replace(self, **changes)

@@ -64,7 +64,7 @@ def make_example(
         local = memory[start : start + local_tokens]
         targets = memory[start + local_tokens : start + local_tokens + target_tokens]
     else:
-        raise FocusConfigError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+        raise FocusConfigError(f"unknown loss {kind!r}; expected one of {LOSSES}", setting="losses")
     n = len(memory) // chunk_size
     return Example(
         chunks=torch.tensor(memory[: n * chunk_size]).view(n, chunk_size),
