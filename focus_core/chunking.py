@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 
@@ -21,6 +22,12 @@ class ChunkPlan:
     @property
     def memory_tokens(self) -> int:
         return sum(len(c) for c in self.chunks)
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        """``[start, end)`` of every chunk in the memory's tokens."""
+        ends = list(itertools.accumulate(len(c) for c in self.chunks))
+        return [(end - len(c), end) for c, end in zip(self.chunks, ends)]
 
 
 def plan_chunks(

@@ -59,6 +59,11 @@ class FocusConfig:
         "relevant passages end where the attention falls off); None or inf: always read select_tokens",
         minimum=1,
     )
+    select_cascade: float | None = setting(
+        0.25,
+        "select: the share of chunks a shallow first stage keeps for the exit layer to rank (at least the passages "
+        "select_tokens holds), in (0, 1]; None: every chunk runs to the exit layer",
+    )
     exit_layer: int | None = setting(
         None, "select: the layer whose attention chooses the passages (default: 60% of the model's depth)", minimum=0
     )
@@ -114,6 +119,10 @@ class FocusConfig:
             raise FocusConfigError(f"focus_kv must be one of {FOCUS_KV}, got {self.focus_kv!r}", setting="focus_kv")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise FocusConfigError(f"top_p must be in (0, 1], got {self.top_p!r}", setting="top_p")
+        if self.select_cascade is not None and not (_is_number(self.select_cascade) and 0 < self.select_cascade <= 1):
+            raise FocusConfigError(
+                f"select_cascade must be in (0, 1] or None, got {self.select_cascade!r}", setting="select_cascade"
+            )
         if self.progress is not None and not isinstance(self.progress, bool):
             raise FocusConfigError(f"progress must be True, False or None, got {self.progress!r}", setting="progress")
 

@@ -61,7 +61,7 @@ def probed(plan: ChunkPlan) -> ChunkPlan:
     return dataclasses.replace(plan, chunks=(*chunks[:-1], tail))
 
 
-def memory_mass(grid: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+def memory_mass(grid: torch.Tensor, plan: ChunkPlan, chunks: Sequence[int] | None = None) -> torch.Tensor:
     """Per query and memory token of ``plan``, its mass in ``grid`` (``[chunks, queries, C]``, what the
     probe read for :func:`probed` ``(plan)``) less what a typical chunk's token draws at the same place
     from the same query; returns ``[queries, memory tokens]``.
@@ -71,9 +71,15 @@ def memory_mass(grid: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
     edges together outscore a needle. The median over chunks at each position is that positional share
     (what attention gives a place whatever the document says there); what is left is the attention a
     token draws for what it says (with fewer than three chunks there is no median to take and the mass
-    is kept as it is). The overlap of a widened last chunk is dropped."""
+    is kept as it is). The overlap of a widened last chunk is dropped.
+
+    ``chunks``: the plan's chunks ``grid`` holds, in order (default: all); the others' mass is 0."""
     if grid.shape[0] >= 3:
         grid = (grid - grid.median(dim=0).values).clamp_min(0)
+    if chunks is not None:
+        every = grid.new_zeros((len(plan.chunks), *grid.shape[1:]))
+        every[list(chunks)] = grid
+        grid = every
     grid = grid.transpose(0, 1)  # [queries, chunks, C]
     overlap = grid.shape[2] - len(plan.chunks[-1]) if plan.chunks else 0  # a widened last chunk's first tokens
     flat = grid[:, :-1].reshape(grid.shape[0], -1)

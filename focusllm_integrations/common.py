@@ -27,6 +27,7 @@ class FocusFields(BaseModel):
     select_tokens: int | None = None
     passage_tokens: int | None = None
     select_drop: float | None = None
+    select_cascade: float | None = None
     exit_layer: int | None = None
     extract_tokens: int | None = None
     native_window: int | None = None

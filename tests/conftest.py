@@ -46,8 +46,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_model(model_type: str, *, seed: int = 0, window: int = 512, init_std: float = 0.3) -> torch.nn.Module:
-    """A 2-layer random model of ``model_type`` with grouped-query attention, fp32, SDPA.
+def tiny_model(
+    model_type: str, *, seed: int = 0, window: int = 512, init_std: float = 0.3, layers: int = 2
+) -> torch.nn.Module:
+    """A random model (2 layers unless told) of ``model_type`` with grouped-query attention, fp32, SDPA.
 
     Weights are drawn wider than usual (std 0.3) so that the next token depends on the context.
     """
@@ -69,7 +71,7 @@ def tiny_model(model_type: str, *, seed: int = 0, window: int = 512, init_std: f
             vocab_size=VOCAB,
             hidden_size=64,
             intermediate_size=128,
-            num_hidden_layers=2,
+            num_hidden_layers=layers,
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=window,

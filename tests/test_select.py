@@ -211,6 +211,7 @@ def test_each_part_of_the_question_keeps_its_own_passage():
         {"passage_tokens": 64, "select_tokens": 32},
         {"select_drop": 0.5},
         {"select_drop": "2"},
+        {"select_cascade": 0},
     ],
 )
 def test_bad_select_settings_are_refused_naming_the_setting(make_engine, setting):
@@ -233,7 +234,7 @@ def test_select_settings_the_model_cannot_serve_are_refused_before_anything_runs
 
 
 def test_a_repeated_question_reuses_the_early_exit_prefixes(make_engine):
-    engine = make_engine(**SELECT)
+    engine = make_engine(**SELECT, select_cascade=None)  # one stage (tests/test_cascade.py has both)
     ids = random_ids(LONG, seed=8)
     first = engine.generate_ids(ids)
     encoded = engine.stats.chunks_encoded

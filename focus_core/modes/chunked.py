@@ -8,7 +8,6 @@ kept (and, in a process group, gathered from the processes that hold them) for t
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 from ..chunking import ChunkPlan
@@ -93,15 +92,9 @@ class ChunkedMode(Mode):
                 return (r.num_layers, r.kv_heads, bos + lengths[i], r.head_dim)
 
             prefixes = group.exchange_prefixes(scored.kept, chosen, len(plan.chunks), shape, r.dtype)
-        return Reading(chunk_ranges(plan), relevance, chosen, prefixes)
+        return Reading(plan.ranges, relevance, chosen, prefixes)
 
 
 def chunk_rows(plan: ChunkPlan, cfg: FocusConfig, read: int, prefix_slots: int) -> KVBlock:
     """Each chosen chunk decoding in its own row: [BOS] + chunk + dynamic prompt + the answer."""
     return KVBlock(read, prefix_slots + len(plan.dynamic_prompt) + cfg.max_new_tokens)
-
-
-def chunk_ranges(plan: ChunkPlan) -> list[tuple[int, int]]:
-    """``[start, end)`` of every chunk in the memory's tokens."""
-    ends = list(itertools.accumulate(len(c) for c in plan.chunks))
-    return [(end - len(c), end) for c, end in zip(plan.chunks, ends)]

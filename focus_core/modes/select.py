@@ -7,12 +7,14 @@ question token pays the memory there chooses passages (:mod:`focus_core.selectio
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 
 import torch
 
 from ..aggregation import PlainDecoding
+from ..cascade import first_stage_layer, pays, survivors, survivors_kept
 from ..chunking import ChunkPlan
 from ..config import FocusConfig
 from ..errors import FocusConfigError
@@ -90,20 +92,14 @@ class Select(Mode):
 
     def read(self, request: Request, keep: int | None = None) -> Reading:
         """The early-exit pass: the attention the question pays every memory token in the exit layer
-        (gathered from every process in a group), the passages it chooses, and the opening."""
-        parts, plan, cfg = self.parts, request.plan, request.config
-        layer = self.exit_layer(cfg)
+        (gathered from every process in a group; with a cascade, over the chunks its first stage kept),
+        the passages it chooses, and the opening."""
+        plan, cfg = request.plan, request.config
         probe = probed(plan)  # every chunk at one length
-        mine = parts.my_chunks(probe)
-        rows = question_rows(plan.dynamic_prompt, *question_marks(parts.tokenizer, plan.dynamic_prompt))
-        grid = parts.encoder.attend(
-            mine, layers=(layer,), rows=rows, layout=request.layout, progress=parts.progress(cfg)
-        )
-        width = len(probe.chunks[0]) if probe.chunks else 0
-        grid = grid[layer].reshape(len(mine.chunks), rows[1] - rows[0], width)  # [this process's chunks, queries, C]
-        if parts.group is not None:
-            grid = parts.group.gather_rows(grid, len(probe.chunks))
-        mass = memory_mass(grid, plan)  # [queries, memory tokens]
+        rows = question_rows(plan.dynamic_prompt, *question_marks(self.parts.tokenizer, plan.dynamic_prompt))
+        kept = self.first_stage(request, probe, rows)
+        deep = probe if kept is None else dataclasses.replace(probe, chunks=tuple(probe.chunks[i] for i in kept))
+        mass = memory_mass(self.attention(request, deep, self.exit_layer(cfg), rows), plan, kept)  # [queries, memory]
         opening = min(cfg.passage_tokens, plan.memory_tokens)
         spans = choose_spans(
             mass, passage=cfg.passage_tokens, budget=cfg.select_tokens, skip=opening, drop=cfg.select_drop
@@ -114,6 +110,32 @@ class Select(Mode):
         units = [(a, min(a + size, n)) for a in range(0, n, size)]
         relevance = torch.stack([mass[a:b].sum() for a, b in units])
         return Reading(units, relevance, spans=spans)
+
+    def first_stage(self, request: Request, probe: ChunkPlan, rows: tuple[int, int]) -> list[int] | None:
+        """The chunks the cascade's first stage keeps for the exit layer (:mod:`focus_core.cascade`);
+        ``None`` where it is off or would not pay (too few chunks)."""
+        cfg, chunks = request.config, len(probe.chunks)
+        if cfg.select_cascade is None or chunks == 0:
+            return None
+        exit_layer = self.exit_layer(cfg)
+        first = first_stage_layer(self.parts.model.config.get_text_config(), exit_layer)
+        keep = survivors_kept(chunks, cfg.select_cascade, cfg.select_tokens // cfg.passage_tokens)
+        if first is None or not pays(first, exit_layer, keep, chunks):
+            return None
+        grid = self.attention(request, probe, first, rows)
+        return survivors(grid, request.plan, passage=cfg.passage_tokens, keep=keep, drop=cfg.select_drop)
+
+    def attention(self, request: Request, probe: ChunkPlan, layer: int, rows: tuple[int, int]) -> torch.Tensor:
+        """``[chunks of probe, queries, C]``: the attention the question's ``rows`` pay each token of every
+        chunk of ``probe`` (one length, :func:`probed`) in ``layer``, from every process of a group."""
+        parts = self.parts
+        mine = parts.my_chunks(probe)
+        grid = parts.encoder.attend(
+            mine, layers=(layer,), rows=rows, layout=request.layout, progress=parts.progress(request.config)
+        )
+        width = len(probe.chunks[0]) if probe.chunks else 0
+        grid = grid[layer].reshape(len(mine.chunks), rows[1] - rows[0], width)
+        return grid if parts.group is None else parts.group.gather_rows(grid, len(probe.chunks))
 
     def hand_over(self, request: Request, reading: Reading) -> Handover | None:
         """A request about the whole document goes to ``whole``: more passages draw near the most attended

@@ -33,7 +33,6 @@ from ..runner import SequenceBatch
 from ..sampling import TextStream
 from ..selection import question_marks, question_rows
 from .base import Mode, Reading, Unit
-from .chunked import chunk_ranges
 
 # An extraction is read when each of two tests finds a factor of 2 per token (log 2 nats): its chunk makes
 # the request likelier than no chunk does (the chunk is about the request, :mod:`focus_core.relevance`),
@@ -170,7 +169,7 @@ class Whole(Mode):
         listed = self.labelled(extractions) + self.newline
         read_ids = parts.encoder.bos + self.template_opening(plan, cfg) + listed + self.request_tokens(plan)
         relevance = torch.tensor([e.relevance for e in found])
-        units = chunk_ranges(plan)
+        units = plan.ranges
         return WholeReading(units, relevance, chosen, found=found, extractions=extractions, read_ids=read_ids)
 
     def chosen(self, found: list[Extraction]) -> list[Extraction]:
