@@ -1,38 +1,28 @@
-"""The cascade: a shallow layer over every chunk keeps the chunks worth a deep look (docs/design.md,
+"""The cascade: the question's own words choose the chunks worth the exit layer's look (docs/design.md,
 "Selection").
 
 ``select`` chooses its passages with the question's attention ``EXIT_DEPTH`` of the way up the model,
-so every document token runs through 60% of the layers before a word is decoded. Most chunks hold
-nothing the question asks for, and a shallow layer already tells which ones might: the question's
-attention there falls on the tokens that share its words and names (PromptDistill, GemFilter and
-FastKV see the same early signal). The first stage runs every chunk up to ``CASCADE_DEPTH`` of the way
-up (its prefix KV cached like any other) and keeps a share of them; only those run to the exit layer,
-whose attention chooses the passages as before. Chunks are kept by their best passage under the whole
-question's attention, and each part of the question keeps the chunk it points at
-(:func:`focus_core.selection.part_peaks`), so the weaker keys of a several-key question survive.
+so every document token would run through 60% of the layers before a word is decoded. Most chunks hold
+nothing the question asks for. A shallow layer's attention does not tell which (on SmolLM2-135M the
+question's attention points at the needle's chunk only from about 45% of the way up; below it the
+needle ranks anywhere: docs/benchmarks.md, "Cascade"), but the question's words do: a key, a name or a
+number the question holds is in the passage that answers it. The first stage scores every chunk by
+its best window of ``passage`` tokens: the question's distinct tokens found in it, each weighted by
+how rare it is across the chunks (inverse document frequency over the model's own token ids, so a word
+in every chunk weighs nothing). It costs no forward. The best-scoring ``share`` of the chunks (never
+fewer than the passages the selection holds) run to the exit layer, whose attention chooses the
+passages as before; the others never run.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
-from transformers import PretrainedConfig
+import torch.nn.functional as F
 
 from .chunking import ChunkPlan
-from .selection import default_exit_layer, memory_mass, part_peaks, pooled
-
-# Chosen on the development part of the held-out protocol, on both models (docs/benchmarks.md,
-# "Cascade"): from about a fifth of the way up, the question's attention keeps every needle's chunk
-# among the best quarter of the chunks.
-CASCADE_DEPTH = 0.2
-
-
-def first_stage_layer(config: PretrainedConfig, exit_layer: int, depth: float = CASCADE_DEPTH) -> int | None:
-    """The first stage's layer for a model of this config (the next full-attention layer from ``depth``
-    of the way up, as for the exit layer), or ``None`` where that is not below ``exit_layer``."""
-    layer = default_exit_layer(config, depth)
-    return layer if layer < exit_layer else None
 
 
 def survivors_kept(chunks: int, share: float, passages: int) -> int:
@@ -41,25 +31,21 @@ def survivors_kept(chunks: int, share: float, passages: int) -> int:
     return min(chunks, max(math.ceil(share * chunks), passages))
 
 
-def pays(first: int, exit_layer: int, kept: int, chunks: int) -> bool:
-    """Whether the cascade runs fewer layer-tokens than one stage does: every chunk through
-    ``first + 1`` layers and ``kept`` of them through ``exit_layer + 1``, against every chunk through
-    ``exit_layer + 1``."""
-    return (first + 1) / (exit_layer + 1) + kept / chunks < 1
+def word_scores(plan: ChunkPlan, question: Sequence[int], window: int) -> torch.Tensor:
+    """``[chunks]``: per chunk, its best window of ``window`` tokens by the inverse-document-frequency
+    weight of the ``question``'s distinct tokens it holds (``log(n / df)`` for a token in ``df`` of the
+    ``n`` chunks: 0 for one in every chunk)."""
+    words = torch.tensor(sorted(set(question)), dtype=torch.long)  # [q]
+    holds = [torch.tensor(c, dtype=torch.long)[None, :] == words[:, None] for c in plan.chunks]  # [q, len(c)]
+    df = torch.stack([h.any(dim=1) for h in holds]).sum(dim=0)  # [q]: chunks holding each word
+    idf = torch.log(len(plan.chunks) / df.clamp_min(1))
+    scores = []
+    for h in holds:
+        near = F.max_pool1d(h.float()[None], window, stride=1, padding=window // 2)[0]  # [q, ~len(c)]
+        scores.append((idf[:, None] * near).sum(dim=0).max())
+    return torch.stack(scores)
 
 
-def survivors(grid: torch.Tensor, plan: ChunkPlan, *, passage: int, keep: int, drop: float | None) -> list[int]:
-    """The chunks (indices, in order) the first stage keeps: the ``keep`` whose best window of ``passage``
-    tokens draws the most of the whole question's attention, and, with ``drop``, the chunk each part of
-    the question points at.
-
-    grid: ``[chunks, queries, C]``, the first stage's attention over :func:`~focus_core.selection.probed`
-    ``(plan)``."""
-    mass = memory_mass(grid, plan)  # [queries, memory tokens]
-    window = pooled(mass.sum(dim=0), passage)  # [memory tokens]
-    best = torch.stack([window[a:b].max() for a, b in plan.ranges])  # [chunks]
-    kept = set(best.argsort(descending=True, stable=True)[:keep].tolist())
-    if drop is not None:
-        for peak in part_peaks(mass, passage=passage, skip=0, drop=drop):
-            kept.update(i for i, (a, b) in enumerate(plan.ranges) if a < peak.end and peak.start < b)
-    return sorted(kept)
+def survivors(scores: torch.Tensor, keep: int) -> list[int]:
+    """The ``keep`` best-scoring chunks (indices, in document order; ties to the earlier chunk)."""
+    return sorted(scores.argsort(descending=True, stable=True)[:keep].tolist())

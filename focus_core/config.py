@@ -61,7 +61,7 @@ class FocusConfig:
     )
     select_cascade: float | None = setting(
         0.25,
-        "select: the share of chunks a shallow first stage keeps for the exit layer to rank (at least the passages "
+        "select: the share of chunks the question's words keep for the exit layer to rank (at least the passages "
         "select_tokens holds), in (0, 1]; None: every chunk runs to the exit layer",
     )
     exit_layer: int | None = setting(

@@ -131,8 +131,8 @@ def study_case(engine: FocusEngine, case: Sample, rules: Sequence[Rule]) -> list
                 "rule": asdict(rule),
                 "rule_name": rule.name,
                 "needles": len(needles),
-                "needles_read": _inside(needles, read, n),
-                "distractors_read": _inside(distractors, read, n) if distractors else None,
+                "needles_read": inside(needles, read, n),
+                "distractors_read": inside(distractors, read, n) if distractors else None,
                 "tokens_read": sum(b - a for a, b in read),
                 "recall@3": mean_of([float(a // passage in top3 or (b - 1) // passage in top3) for a, b in needles]),
                 "probe_seconds": seconds,
@@ -141,7 +141,7 @@ def study_case(engine: FocusEngine, case: Sample, rules: Sequence[Rule]) -> list
     return records
 
 
-def _inside(spans: list[tuple[int, int]], read: list[tuple[int, int]], memory_end: int) -> float:
+def inside(spans: list[tuple[int, int]], read: list[tuple[int, int]], memory_end: int) -> float:
     """The share of ``spans`` lying whole in ``read`` or in the local context (past the memory)."""
     return mean_of([float(a >= memory_end or any(x <= a and b <= y for x, y in read)) for a, b in spans]) or 0.0
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from ..aggregation import PlainDecoding
-from ..cascade import first_stage_layer, pays, survivors, survivors_kept
+from ..cascade import survivors, survivors_kept, word_scores
 from ..chunking import ChunkPlan
 from ..config import FocusConfig
 from ..errors import FocusConfigError
@@ -97,7 +97,7 @@ class Select(Mode):
         plan, cfg = request.plan, request.config
         probe = probed(plan)  # every chunk at one length
         rows = question_rows(plan.dynamic_prompt, *question_marks(self.parts.tokenizer, plan.dynamic_prompt))
-        kept = self.first_stage(request, probe, rows)
+        kept = self.first_stage(request, rows)
         deep = probe if kept is None else dataclasses.replace(probe, chunks=tuple(probe.chunks[i] for i in kept))
         mass = memory_mass(self.attention(request, deep, self.exit_layer(cfg), rows), plan, kept)  # [queries, memory]
         opening = min(cfg.passage_tokens, plan.memory_tokens)
@@ -111,19 +111,16 @@ class Select(Mode):
         relevance = torch.stack([mass[a:b].sum() for a, b in units])
         return Reading(units, relevance, spans=spans)
 
-    def first_stage(self, request: Request, probe: ChunkPlan, rows: tuple[int, int]) -> list[int] | None:
-        """The chunks the cascade's first stage keeps for the exit layer (:mod:`focus_core.cascade`);
-        ``None`` where it is off or would not pay (too few chunks)."""
-        cfg, chunks = request.config, len(probe.chunks)
-        if cfg.select_cascade is None or chunks == 0:
+    def first_stage(self, request: Request, rows: tuple[int, int]) -> list[int] | None:
+        """The chunks the cascade's first stage keeps for the exit layer (:mod:`focus_core.cascade`), the
+        same in every process of a group; ``None`` where it is off or would keep them all."""
+        cfg, plan = request.config, request.plan
+        if cfg.select_cascade is None:
             return None
-        exit_layer = self.exit_layer(cfg)
-        first = first_stage_layer(self.parts.model.config.get_text_config(), exit_layer)
-        keep = survivors_kept(chunks, cfg.select_cascade, cfg.select_tokens // cfg.passage_tokens)
-        if first is None or not pays(first, exit_layer, keep, chunks):
+        keep = survivors_kept(len(plan.chunks), cfg.select_cascade, cfg.select_tokens // cfg.passage_tokens)
+        if keep >= len(plan.chunks):
             return None
-        grid = self.attention(request, probe, first, rows)
-        return survivors(grid, request.plan, passage=cfg.passage_tokens, keep=keep, drop=cfg.select_drop)
+        return survivors(word_scores(plan, plan.dynamic_prompt[rows[0] : rows[1]], cfg.passage_tokens), keep)
 
     def attention(self, request: Request, probe: ChunkPlan, layer: int, rows: tuple[int, int]) -> torch.Tensor:
         """``[chunks of probe, queries, C]``: the attention the question's ``rows`` pay each token of every

@@ -1,0 +1,147 @@
+"""``python -m benchmarks.ruler.cascade_study``: what ``select``'s cascade keeps, without decoding, against
+one deep stage (docs/benchmarks.md, "Cascade").
+
+For every needle case the early-exit pass runs once over every chunk; each share of the cascade's first
+stage (the chunks the question's words keep: :func:`focus_core.cascade.word_scores`) is then applied to
+the same masses, exactly as :meth:`focus_core.modes.select.Select.read` applies it (the exit layer's
+attention of a chunk does not depend on which other chunks run). Per case and share: the first stage's
+recall (the share of the needles inside the chunks it keeps), the share of the needles the final
+selection reads, the same for one stage over every chunk, and the chunks that run to the exit layer as a
+share of all.
+
+The protocol decides what may be tuned: on the development part every share of the grid is measured; on
+the held-out part only the engine's own (its default)::
+
+    python -m benchmarks.ruler.cascade_study --part dev --lengths 32768 --samples 2
+    python -m benchmarks.ruler.cascade_study --part dev --model gemma-3-270m --native-window 4096 --lengths 16384
+    python -m benchmarks.ruler.cascade_study --part heldout --lengths 32768 --samples 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from focus_core import FocusConfig, FocusEngine
+from focus_core.cascade import survivors, survivors_kept, word_scores
+from focus_core.selection import Span, choose_spans, memory_mass, merge, probed, question_marks, question_rows
+
+from .protocol import DEV, PARTS, Part
+from .runner import ROOT, load_records, mean_of, results_header, save_results
+from .selection_study import NEEDLE_TASKS, inside, needle_tokens
+from .tasks import Sample, make_sample
+
+SHARES = (0.125, 0.25, 0.5)
+
+
+@torch.inference_mode()
+def study_case(engine: FocusEngine, case: Sample, shares: Sequence[float]) -> list[dict]:
+    """One exit-layer pass over every chunk of ``case``, then each share's cascade on it."""
+    request = engine.request(case.prompt, aggregation="select", select_cascade=None)
+    plan, cfg = request.plan, request.config
+    exit_layer = request.mode.exit_layer(cfg)
+    needles = needle_tokens(case, request.offsets, plan.memory_start, case.needles)
+    rows = question_rows(plan.dynamic_prompt, *question_marks(engine.tokenizer, plan.dynamic_prompt))
+    began = time.perf_counter()
+    grid = engine.encoder.attend(probed(plan), layers=(exit_layer,), rows=rows, layout=request.layout, progress=False)
+    grid = grid[exit_layer]
+    seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    scores = word_scores(plan, plan.dynamic_prompt[rows[0] : rows[1]], cfg.passage_tokens)
+    word_seconds = time.perf_counter() - began
+    chunks, passages = len(plan.chunks), cfg.select_tokens // cfg.passage_tokens
+
+    def needles_read(kept: list[int] | None) -> float:
+        mass = memory_mass(grid if kept is None else grid[kept], plan, kept)
+        opening = min(cfg.passage_tokens, plan.memory_tokens)
+        spans = choose_spans(
+            mass, passage=cfg.passage_tokens, budget=cfg.select_tokens, skip=opening, drop=cfg.select_drop
+        )
+        return inside(needles, merge([Span(0, opening, 0.0), *spans]), plan.memory_tokens)
+
+    one_stage, records = needles_read(None), []
+    for share in shares:
+        kept = survivors(scores, survivors_kept(chunks, share, passages))
+        records.append(
+            {
+                "share": share,
+                "exit_layer": exit_layer,
+                "chunks": chunks,
+                "kept": len(kept),
+                "needles": len(needles),
+                "probe_seconds": seconds,
+                "word_seconds": word_seconds,
+                "first_stage_recall": inside(needles, [plan.ranges[i] for i in kept], plan.memory_tokens),
+                "needles_read": needles_read(kept if len(kept) < chunks else None),
+                "one_stage_needles_read": one_stage,
+                "layer_share": len(kept) / chunks,
+            }
+        )
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    """Per cascade, over every case and per task: the means of each record's figures, and the cases where
+    the cascade read fewer needles than one stage did."""
+    cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        cells[f"keeps {r['share']}", r["task"]].append(r)
+        cells[f"keeps {r['share']}", "all"].append(r)
+    out: dict = {}
+    for (name, task), rs in sorted(cells.items()):
+        out.setdefault(name, {})[task] = {
+            key: mean_of([r[key] for r in rs])
+            for key in ("first_stage_recall", "needles_read", "one_stage_needles_read", "layer_share")
+        } | {"cases": len(rs), "lost": sum(r["needles_read"] < r["one_stage_needles_read"] for r in rs)}
+    return out
+
+
+def run_study(
+    engine: FocusEngine, tasks: Sequence[str], lengths: Sequence[int], samples: int, part: Part, results: Path
+) -> dict:
+    """Every share the part allows on the first ``samples`` samples of ``part``; ``results`` is rewritten
+    after each case (and resumed from)."""
+    shares = SHARES if part is DEV else (engine.config.select_cascade,)
+    settings = {"tasks": list(tasks), "lengths": list(lengths), "samples": samples, "part": part.name}
+    header = results_header(engine, settings, "cascade_study")
+    records = load_records(results, True)
+    done = {(r["task"], r["length"], r["seed"]) for r in records}
+    payload = save_results(results, header, records, summarize(records))
+    for length, task, index in itertools.product(lengths, tasks, range(samples)):
+        if (task, length, part.seed(index)) in done:
+            continue
+        case = make_sample(task, engine.tokenizer, length, index, part)
+        for record in study_case(engine, case, shares):
+            records.append({"task": task, "length": length, "seed": case.seed, "part": part.name, **record})
+        print(f"{task} {length} seed {case.seed}: probe {records[-1]['probe_seconds']:.1f} s", flush=True)
+        payload = save_results(results, header, records, summarize(records))
+    return payload
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=sorted(PARTS), default="dev")
+    parser.add_argument("--model", default=None, help="default: the embedded model; or gemma-3-270m")
+    parser.add_argument("--native-window", type=int, default=None, help="force a window (Gemma 3: 4096)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[32768])
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--tasks", nargs="+", default=list(NEEDLE_TASKS), choices=NEEDLE_TASKS)
+    parser.add_argument("--results", type=Path, default=None)
+    args = parser.parse_args(argv)
+    config = FocusConfig(progress=False, prefix_cache_bytes=0, native_window=args.native_window)
+    engine = FocusEngine.from_pretrained(args.model, config)
+    name = "smollm2" if args.model is None else args.model
+    results = args.results or ROOT / "benchmarks" / "results" / "cascade" / f"{name}_{args.part}.json"
+    start = time.perf_counter()
+    run_study(engine, args.tasks, args.lengths, args.samples, PARTS[args.part], results)
+    print(f"done in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
