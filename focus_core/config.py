@@ -76,6 +76,12 @@ class FocusConfig:
     top_p: float = setting(1.0, "sample among the likeliest tokens holding this much probability, in (0, 1]")
     seed: int | None = setting(None, "random seed for sampling", minimum=0)
     stop: tuple[str, ...] = setting((), "stop where the answer produces one of these strings (not returned)")
+    repeat_stop: int | None = setting(
+        8,
+        "end the answer where its last N or more tokens repeat, back to back, the ones before them (a loop); "
+        "None: never",
+        minimum=2,
+    )
     native_window: int | None = setting(
         None,
         "pretend the model's window is N tokens, reading shorter prompts in chunks (default: the model's)",

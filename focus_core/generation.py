@@ -56,20 +56,24 @@ def teacher_forced(planner: Planner, request: Request, targets: list[int]) -> to
 
 
 def text_pieces(planner: Planner, request: Request) -> Iterator[str]:
-    """Text pieces of the new tokens, cut at a stop string; the request records the tokens and why
-    decoding ended."""
+    """Text pieces of the new tokens, cut at a stop string or where the answer loops; the request records
+    the tokens and why decoding ended."""
     parts = planner.parts
     cfg, text = request.config, TextStream(parts.tokenizer, request.config.stop)
+    produced = request.completion_ids
     for token in token_ids(planner, request):
-        request.completion_ids.append(token)
+        produced.append(token)
         piece = text.push(token)
         if piece:
             yield piece
         if text.stopped:
             request.finish_reason = "stop"
             return
-    produced = request.completion_ids
-    request.finish_reason = "length" if len(produced) == cfg.max_new_tokens else "stop" if produced else "empty"
+        if cfg.repeat_stop is not None and ends_in_a_loop(produced, cfg.repeat_stop):
+            request.finish_reason = "repetition"
+            break
+    else:
+        request.finish_reason = "length" if len(produced) == cfg.max_new_tokens else "stop" if produced else "empty"
     if request.finish_reason == "empty":
         logger.warning(
             "%s ended its answer at its first token (end-of-sequence): the reply is empty. Ask the question so "
@@ -81,6 +85,12 @@ def text_pieces(planner: Planner, request: Request) -> Iterator[str]:
         yield tail
 
 
+def ends_in_a_loop(ids: list[int], shortest: int) -> bool:
+    """Whether ``ids`` end with a block of at least ``shortest`` tokens written twice back to back (a model
+    repeating its answer: ``"The answer is: 5. The answer is: 5."``)."""
+    return any(ids[-n:] == ids[-2 * n : -n] for n in range(shortest, len(ids) // 2 + 1))
+
+
 class Generation(Iterator[str]):
     """Text pieces as they are decoded: a view of the running :class:`Request`. Once the first piece
     has been asked for, ``relevance`` holds every chunk's :class:`ChunkScore` (document order; passages
@@ -88,9 +98,9 @@ class Generation(Iterator[str]):
     when the prompt fits the native window). ``prompt_tokens`` counts the prompt's tokens,
     ``completion_ids`` grows with every token decoded (a stop string's tokens included) and, once the
     text is exhausted, ``finish_reason`` says why it ended: ``"stop"`` (end-of-sequence token or a stop
-    string), ``"length"`` (``max_new_tokens``) or ``"empty"`` (the model's very first token ended the
-    answer: nothing was generated, which a small model does when the prompt's ending does not invite an
-    answer; a warning says so too)."""
+    string), ``"length"`` (``max_new_tokens``), ``"repetition"`` (the answer began to repeat itself:
+    ``repeat_stop``) or ``"empty"`` (the model's very first token ended the answer: nothing was generated,
+    which a small model does when the prompt's ending does not invite an answer; a warning says so too)."""
 
     def __init__(self, planner: Planner, request: Request):
         self.request, self._tokenizer = request, planner.parts.tokenizer

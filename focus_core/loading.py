@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import FocusConfigError, FocusError, ModelLoadError
@@ -416,10 +417,26 @@ def model_window(model: PreTrainedModel) -> int:
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    """The tokens that end an answer: the model's generation config's, its config's and the tokenizer's."""
+    """The tokens that end an answer: the model's generation config's, its config's and the tokenizer's
+    end-of-sequence tokens, and the special tokens its chat template puts around a turn (a model that
+    writes ``<|im_start|>`` or ``<start_of_turn>`` has ended its answer and begun another turn)."""
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), model.config, tokenizer):
         eos = getattr(source, "eos_token_id", None)
         if eos is not None:
             ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
-    return frozenset(ids)
+    return frozenset(ids | turn_markers(tokenizer))
+
+
+def turn_markers(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The special tokens of a two-turn conversation rendered by the tokenizer's chat template (none
+    without a template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return set()
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False)
+    except (TemplateError, ValueError, TypeError):  # a template that needs more than plain turns: no markers
+        return set()
+    special = set(tokenizer.all_special_ids)
+    return {i for i in tokenizer(text, add_special_tokens=False).input_ids if i in special}

@@ -117,7 +117,8 @@ class FocusLLM(BaseLLM, FocusFields):
         streams = [self.start(p, stop, **kwargs) for p in prompts]
         texts = ["".join(stream) for stream in streams]
         # generation_info: "sources", the chunks (focus_core.ChunkScore) each answer was read from, most
-        # relevant first; "finish_reason" ("stop", "length" or "empty"); "prompt_tokens" and "completion_tokens"
+        # relevant first; "finish_reason" ("stop", "length", "repetition" or "empty"); "prompt_tokens" and
+        # "completion_tokens"
         generations = [[Generation(text=t, generation_info=generation_info(g))] for t, g in zip(texts, streams)]
         return LLMResult(generations=generations, llm_output={"model_name": self.model_name})
 

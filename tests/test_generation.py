@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from conftest import random_ids
+from conftest import TINY_CONFIG, random_ids, tiny_model
 
-from focus_core import FocusConfigError, FocusInputError, FocusInputTypeError, MemoryBudgetError
+from focus_core import FocusConfigError, FocusEngine, FocusInputError, FocusInputTypeError, MemoryBudgetError
 from focus_core.config import FocusConfig
+from focus_core.generation import ends_in_a_loop
 from focus_core.kv_cache import KVBuffer
 from focus_core.sampling import Sampler, TextStream
 
@@ -260,6 +263,39 @@ def test_an_answer_ended_by_its_first_token_says_so(make_engine, caplog):
         completion = engine.complete(ids)
     assert completion.text == "" and completion.completion_ids == () and completion.finish_reason == "empty"
     assert any("first token" in r.getMessage() for r in caplog.records)
+
+
+def test_an_answer_that_loops_ends_after_its_first_repeat(tokenizer):
+    """A model that writes the same block of tokens again and again (a narrowly drawn tiny model repeats one
+    token): the answer ends once a block of ``repeat_stop`` tokens has come twice, back to back, and says
+    so; it is the unrestricted answer up to that point, and ``repeat_stop=None`` lets it run on."""
+    model = tiny_model("llama", init_std=0.02)
+    looping = FocusEngine(model, tokenizer, TINY_CONFIG.replace(max_new_tokens=40, repeat_stop=None))
+    prompt = tokenizer.decode(random_ids(40, seed=0))
+    unrestricted = looping.complete(prompt)
+    assert unrestricted.finish_reason == "length" and len(unrestricted.completion_ids) == 40
+    ids = list(unrestricted.completion_ids)
+    first_loop = next(n for n in range(1, 41) if ends_in_a_loop(ids[:n], 8))
+    completion = FocusEngine(model, tokenizer, TINY_CONFIG.replace(max_new_tokens=40)).complete(prompt)
+    assert completion.finish_reason == "repetition" and completion.completion_ids == tuple(ids[:first_loop])
+    assert completion.text == tokenizer.decode(ids[:first_loop], skip_special_tokens=True)
+
+
+def test_a_loop_is_a_block_written_twice_back_to_back():
+    block = [5, 6, 7, 8]
+    assert ends_in_a_loop([1, 2, *block, *block], 4) and ends_in_a_loop([9, *block, *block, *block], 4)
+    assert not ends_in_a_loop([1, 2, *block, *block], 5)  # shorter than the shortest block counted
+    assert not ends_in_a_loop([*block, 0, *block], 4) and not ends_in_a_loop(block, 2)
+
+
+def test_the_chat_templates_turn_markers_end_an_answer(make_engine, tokenizer):
+    """A model that writes the token opening a new turn (``<|im_start|>`` in ChatML) has ended its answer,
+    as its end-of-sequence token does (both end decoding as ``eos_token_ids``)."""
+    engine = make_engine()
+    assert engine.eos_token_ids == {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")}
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None  # a base model's tokenizer: its end-of-sequence token alone
+    assert FocusEngine(engine.model, plain, TINY_CONFIG).eos_token_ids == {tokenizer.eos_token_id}
 
 
 @pytest.mark.parametrize("aggregation", ["select", "focus", "entropy", "kv"])

@@ -74,21 +74,31 @@ class Select(Mode):
         return f"{layer}, or whole where the question's attention spreads over more passages than select reads"
 
     def layout(self, ids: Sequence[int], plan: ChunkPlan, cfg: FocusConfig) -> Layout:
-        parts, exit_layers = self.parts, self.exit_layer(cfg) + 1
-        bos, mine = len(parts.encoder.bos), parts.my_chunks(plan).chunks
-        prefix_slots = bos + max(len(c) for c in plan.chunks)
+        """The parallel pass's buffers for the chunks this process runs to the exit layer (every probed chunk
+        one length), and the sequence that reads the selection."""
+        parts, exit_layers, group = self.parts, self.exit_layer(cfg) + 1, self.parts.group
+        deep = self.deep_chunks(plan, cfg)
+        mine = deep if group is None else group.sizes(deep)[group.rank]
+        prefix_slots = len(parts.encoder.bos) + len(probed(plan).chunks[0])
         parallel = parallel_buffers(
-            chunks=len(mine),
+            chunks=mine,
             prefix_slots=prefix_slots,
             dynamic_prompt=len(plan.dynamic_prompt),
             read=0,
             batch_tokens=cfg.encode_batch_tokens,
-            cached=parts.stored_prefixes([bos + len(c) for c in mine], exit_layers),
+            cached=parts.stored_prefixes([prefix_slots] * mine, exit_layers),
             exit_layers=exit_layers,
         )
         read_tokens = min(cfg.passage_tokens + cfg.select_tokens, plan.memory_tokens)
-        slots = bos + read_tokens + len(plan.local) + cfg.max_new_tokens
+        slots = len(parts.encoder.bos) + read_tokens + len(plan.local) + cfg.max_new_tokens
         return one_sequence(slots, slots - cfg.max_new_tokens, parts.windows(cfg), **parallel)
+
+    def deep_chunks(self, plan: ChunkPlan, cfg: FocusConfig) -> int:
+        """How many chunks run to the exit layer: those the cascade's first stage keeps, or every one."""
+        chunks = len(plan.chunks)
+        if cfg.select_cascade is None:
+            return chunks
+        return survivors_kept(chunks, cfg.select_cascade, cfg.select_tokens // cfg.passage_tokens)
 
     def read(self, request: Request, keep: int | None = None) -> Reading:
         """The early-exit pass: the attention the question pays every memory token in the exit layer
@@ -115,9 +125,7 @@ class Select(Mode):
         """The chunks the cascade's first stage keeps for the exit layer (:mod:`focus_core.cascade`), the
         same in every process of a group; ``None`` where it is off or would keep them all."""
         cfg, plan = request.config, request.plan
-        if cfg.select_cascade is None:
-            return None
-        keep = survivors_kept(len(plan.chunks), cfg.select_cascade, cfg.select_tokens // cfg.passage_tokens)
+        keep = self.deep_chunks(plan, cfg)
         if keep >= len(plan.chunks):
             return None
         return survivors(word_scores(plan, plan.dynamic_prompt[rows[0] : rows[1]], cfg.passage_tokens), keep)
