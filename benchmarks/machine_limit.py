@@ -93,10 +93,11 @@ def decode_rates(engine: FocusEngine, prompt_tokens: int, new_tokens: int) -> di
 
 def run_machine_limit(engine: FocusEngine, tokens: int, decode_prompt_tokens: int, decode_tokens: int) -> dict:
     chunked = FocusEngine(engine.model, engine.tokenizer, engine.config.replace(native_window=CHUNKED_WINDOW))
-    focus_point(chunked, min(tokens, 2 * CHUNKED_WINDOW), new_tokens=1)  # warm-up
+    every_chunk = {"select_cascade": None}  # the encoding rate over every chunk, not the cascade's saving
+    focus_point(chunked, min(tokens, 2 * CHUNKED_WINDOW), new_tokens=1, **every_chunk)  # warm-up
     shape_tokens = engine.config.encode_batch_tokens  # the rows of one encoding micro-batch
     before = model_matmul_rate(engine.model, shape_tokens)
-    point = focus_point(chunked, tokens, new_tokens=1)
+    point = focus_point(chunked, tokens, new_tokens=1, **every_chunk)
     after = model_matmul_rate(engine.model, shape_tokens)
     params = non_embedding_params(engine.model)
     share = point["encode_layers"] / engine.runner.num_layers  # an early exit runs only its layers

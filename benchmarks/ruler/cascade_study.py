@@ -5,7 +5,7 @@ For every needle case the early-exit pass runs once over every chunk; each share
 stage (the chunks the question's words keep: :func:`focus_core.cascade.word_scores`) is then applied to
 the same masses, exactly as :meth:`focus_core.modes.select.Select.read` applies it (the exit layer's
 attention of a chunk does not depend on which other chunks run). Per case and share: the first stage's
-recall (the share of the needles inside the chunks it keeps), the share of the needles the final
+recall (the share of the needles the chunks it keeps hold, whole or in part), the share of the needles the final
 selection reads, the same for one stage over every chunk, and the chunks that run to the exit layer as a
 share of all.
 
@@ -77,13 +77,20 @@ def study_case(engine: FocusEngine, case: Sample, shares: Sequence[float]) -> li
                 "needles": len(needles),
                 "probe_seconds": seconds,
                 "word_seconds": word_seconds,
-                "first_stage_recall": inside(needles, [plan.ranges[i] for i in kept], plan.memory_tokens),
+                "kept_chunks": kept,
+                "first_stage_recall": touched(needles, [plan.ranges[i] for i in kept], plan.memory_tokens),
                 "needles_read": needles_read(kept if len(kept) < chunks else None),
                 "one_stage_needles_read": one_stage,
                 "layer_share": len(kept) / chunks,
             }
         )
     return records
+
+
+def touched(spans: list[tuple[int, int]], kept: list[tuple[int, int]], memory_end: int) -> float:
+    """The share of ``spans`` (needles) that a ``kept`` range holds part of, or that lie in the local
+    context: the exit layer sees them there (and a selected passage reaches past its chunk's end)."""
+    return mean_of([float(a >= memory_end or any(x < b and a < y for x, y in kept)) for a, b in spans]) or 0.0
 
 
 def summarize(records: list[dict]) -> dict:
