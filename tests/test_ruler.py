@@ -494,3 +494,23 @@ def test_a_qa_sample_asked_through_the_chat_template_is_the_users_message(tokeni
     assert chat.tokens == len(chatty(chat.prompt).input_ids) and chat.outputs == sample.outputs
     with pytest.raises(ValueError):
         chat_sample(make_sample("niah_single_1", tokenizer, 2048, 0), chatty)
+
+
+@pytest.mark.parametrize("study", ["selection_study", "cascade_study"])
+def test_the_selection_studies_run_every_rule_of_the_development_part_and_the_engines_on_held_out(
+    make_engine, tmp_path, study
+):
+    """Each study records every rule of its grid per development case, the engine's own alone per
+    held-out case, and rewrites its results file after each case."""
+    import importlib
+
+    from benchmarks.ruler.protocol import DEV, HELDOUT
+
+    module = importlib.import_module(f"benchmarks.ruler.{study}")
+    engine = make_engine(select_tokens=16, passage_tokens=8)
+    rules = len(module.grid()) if study == "selection_study" else len(module.SHARES)
+    for part, per_case in ((DEV, rules), (HELDOUT, 1)):
+        results = tmp_path / f"{part.name}.json"
+        payload = module.run_study(engine, ["niah_single_1", "niah_multikey_1"], [1024], 1, part, results)
+        assert len(payload["records"]) == 2 * per_case == len(json.loads(results.read_text())["records"])
+        assert all(0 <= r["needles_read"] <= 1 for r in payload["records"])

@@ -19,8 +19,6 @@ the held-out part only the engine's own (its default)::
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -28,14 +26,14 @@ from pathlib import Path
 
 import torch
 
-from focus_core import FocusConfig, FocusEngine
+from focus_core import FocusEngine
 from focus_core.cascade import survivors, survivors_kept, word_scores
 from focus_core.selection import Span, choose_spans, memory_mass, merge, probed, question_marks, question_rows
 
 from .protocol import DEV, PARTS, Part
-from .runner import ROOT, load_records, mean_of, results_header, save_results
-from .selection_study import NEEDLE_TASKS, inside, needle_tokens
-from .tasks import Sample, make_sample
+from .runner import mean_of
+from .selection_study import Study, inside, needle_tokens, study_arguments, study_engine
+from .tasks import Sample
 
 SHARES = (0.125, 0.25, 0.5)
 
@@ -110,43 +108,31 @@ def summarize(records: list[dict]) -> dict:
 
 
 def run_study(
-    engine: FocusEngine, tasks: Sequence[str], lengths: Sequence[int], samples: int, part: Part, results: Path
+    engine: FocusEngine,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    samples: int,
+    part: Part,
+    results: Path,
+    *,
+    resume: bool = False,
 ) -> dict:
     """Every share the part allows on the first ``samples`` samples of ``part``; ``results`` is rewritten
-    after each case (and resumed from)."""
+    after each case."""
     shares = SHARES if part is DEV else (engine.config.select_cascade,)
-    settings = {"tasks": list(tasks), "lengths": list(lengths), "samples": samples, "part": part.name}
-    header = results_header(engine, settings, "cascade_study")
-    records = load_records(results, True)
-    done = {(r["task"], r["length"], r["seed"]) for r in records}
-    payload = save_results(results, header, records, summarize(records))
-    for length, task, index in itertools.product(lengths, tasks, range(samples)):
-        if (task, length, part.seed(index)) in done:
-            continue
-        case = make_sample(task, engine.tokenizer, length, index, part)
-        for record in study_case(engine, case, shares):
-            records.append({"task": task, "length": length, "seed": case.seed, "part": part.name, **record})
-        print(f"{task} {length} seed {case.seed}: probe {records[-1]['probe_seconds']:.1f} s", flush=True)
-        payload = save_results(results, header, records, summarize(records))
-    return payload
+    study = Study("cascade_study", lambda case: study_case(engine, case, shares), summarize, _line)
+    return study.run(engine, tasks, lengths, samples, part, results, resume=resume)
+
+
+def _line(record: dict) -> str:
+    return f"probe {record['probe_seconds']:.1f} s, first stage kept {record['kept']} of {record['chunks']} chunks"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=sorted(PARTS), default="dev")
-    parser.add_argument("--model", default=None, help="default: the embedded model; or gemma-3-270m")
-    parser.add_argument("--native-window", type=int, default=None, help="force a window (Gemma 3: 4096)")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[32768])
-    parser.add_argument("--samples", type=int, default=2)
-    parser.add_argument("--tasks", nargs="+", default=list(NEEDLE_TASKS), choices=NEEDLE_TASKS)
-    parser.add_argument("--results", type=Path, default=None)
-    args = parser.parse_args(argv)
-    config = FocusConfig(progress=False, prefix_cache_bytes=0, native_window=args.native_window)
-    engine = FocusEngine.from_pretrained(args.model, config)
-    name = "smollm2" if args.model is None else args.model
-    results = args.results or ROOT / "benchmarks" / "results" / "cascade" / f"{name}_{args.part}.json"
+    args = study_arguments(__doc__, samples=2).parse_args(argv)
+    engine, results = study_engine(args, "cascade")
     start = time.perf_counter()
-    run_study(engine, args.tasks, args.lengths, args.samples, PARTS[args.part], results)
+    run_study(engine, args.tasks, args.lengths, args.samples, PARTS[args.part], results, resume=args.resume)
     print(f"done in {time.perf_counter() - start:.0f} s")
 
 

@@ -23,7 +23,7 @@ import argparse
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -177,24 +177,46 @@ def run_study(
     """Every rule the part allows on the first ``samples`` samples of ``part``; ``results`` is rewritten
     after each case."""
     rules = grid() if part is DEV else [engine_rule(engine)]
-    header = results_header(
-        engine,
-        {"tasks": list(tasks), "lengths": list(lengths), "samples": samples, "part": part.name},
-        "selection_study",
-    )
-    records = load_records(results, resume)
-    done = {(r["task"], r["length"], r["seed"]) for r in records}
-    payload = save_results(results, header, records, summarize(records))
-    for length, task, index in itertools.product(lengths, tasks, range(samples)):
-        if (task, length, part.seed(index)) in done:
-            continue
-        case = make_sample(task, engine.tokenizer, length, index, part)
-        for record in study_case(engine, case, rules):
-            records.append({"task": task, "length": length, "seed": case.seed, "part": part.name, **record})
-        best = records[-len(rules) :]
-        print(f"{task} {length} seed {case.seed}: {_line(best[len(best) - 1])}", flush=True)
-        payload = save_results(results, header, records, summarize(records))
-    return payload
+    study = Study("selection_study", lambda case: study_case(engine, case, rules), summarize, _line)
+    return study.run(engine, tasks, lengths, samples, part, results, resume=resume)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study of what ``select`` reads: ``measure`` turns one case into records, ``summarize`` the records
+    into the summary, ``line`` the case's last record into its progress line."""
+
+    name: str
+    measure: Callable[[Sample], list[dict]]
+    summarize: Callable[[list[dict]], dict]
+    line: Callable[[dict], str]
+
+    def run(
+        self,
+        engine: FocusEngine,
+        tasks: Sequence[str],
+        lengths: Sequence[int],
+        samples: int,
+        part: Part,
+        results: Path,
+        *,
+        resume: bool = False,
+    ) -> dict:
+        """Every case of the first ``samples`` samples of ``part``; ``results`` is rewritten after each."""
+        settings = {"tasks": list(tasks), "lengths": list(lengths), "samples": samples, "part": part.name}
+        header = results_header(engine, settings, self.name)
+        records = load_records(results, resume)
+        done = {(r["task"], r["length"], r["seed"]) for r in records}
+        payload = save_results(results, header, records, self.summarize(records))
+        for length, task, index in itertools.product(lengths, tasks, range(samples)):
+            if (task, length, part.seed(index)) in done:
+                continue
+            case = make_sample(task, engine.tokenizer, length, index, part)
+            for record in self.measure(case):
+                records.append({"task": task, "length": length, "seed": case.seed, "part": part.name, **record})
+            print(f"{task} {length} seed {case.seed}: {self.line(records[-1])}", flush=True)
+            payload = save_results(results, header, records, self.summarize(records))
+        return payload
 
 
 def _line(record: dict) -> str:
@@ -204,21 +226,32 @@ def _line(record: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def study_arguments(description: str, samples: int) -> argparse.ArgumentParser:
+    """The command line every study takes: the part, the model, its window, the cases, the results file."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=sorted(PARTS), default="dev")
     parser.add_argument("--model", default=None, help="default: the embedded model; or gemma-3-270m")
     parser.add_argument("--native-window", type=int, default=None, help="force a window (Gemma 3: 4096)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[32768])
-    parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=samples)
     parser.add_argument("--tasks", nargs="+", default=list(NEEDLE_TASKS), choices=NEEDLE_TASKS)
     parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def study_engine(args: argparse.Namespace, folder: str) -> tuple[FocusEngine, Path]:
+    """The engine a study's command line asks for (no prefix cache: every case is a first reading) and its
+    results file, ``benchmarks/results/<folder>/<model>_<part>.json`` unless given."""
     config = FocusConfig(progress=False, prefix_cache_bytes=0, native_window=args.native_window)
     engine = FocusEngine.from_pretrained(args.model, config)
     name = "smollm2" if args.model is None else args.model
-    results = args.results or ROOT / "benchmarks" / "results" / "selection" / f"{name}_{args.part}.json"
+    return engine, args.results or ROOT / "benchmarks" / "results" / folder / f"{name}_{args.part}.json"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = study_arguments(__doc__, samples=3).parse_args(argv)
+    engine, results = study_engine(args, "selection")
     start = time.perf_counter()
     run_study(engine, args.tasks, args.lengths, args.samples, PARTS[args.part], results, resume=args.resume)
     print(f"done in {time.perf_counter() - start:.0f} s")
