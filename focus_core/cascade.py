@@ -5,13 +5,13 @@
 so every document token would run through 60% of the layers before a word is decoded. Most chunks hold
 nothing the question asks for. A shallow layer's attention does not tell which (on SmolLM2-135M the
 question's attention put the needles' chunks near the top only from layer 14 of 30 in the development
-cases tried; below it they ranked anywhere: docs/benchmarks.md, "Cascade"), but the question's words do: a key, a name or a
-number the question holds is in the passage that answers it. The first stage scores every chunk by
-its best window of ``passage`` tokens: the question's distinct tokens found in it, each weighted by
-how rare it is across the chunks (inverse document frequency over the model's own token ids, so a word
-in every chunk weighs nothing). It costs no forward. The best-scoring ``share`` of the chunks (never
-fewer than the passages the selection holds) run to the exit layer, whose attention chooses the
-passages as before; the others never run.
+cases tried; below it they ranked anywhere: docs/benchmarks.md, "Cascade"), but the question's words
+do: a key, a name or a number the question holds is in the passage that answers it. The first stage
+scores every chunk by its best window of ``passage`` tokens: the question's distinct tokens found in
+it, each weighted by how rare it is across the chunks (inverse document frequency over the model's own
+token ids, so a word in every chunk weighs nothing). It costs no forward. The best-scoring ``share`` of
+the chunks (never fewer than the passages the selection holds) run to the exit layer, whose attention
+chooses the passages as before; the others never run.
 """
 
 from __future__ import annotations

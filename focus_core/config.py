@@ -60,7 +60,7 @@ class FocusConfig:
         minimum=1,
     )
     select_cascade: float | None = setting(
-        0.25,
+        0.5,
         "select: the share of chunks the question's words keep for the exit layer to rank (at least the passages "
         "select_tokens holds), in (0, 1]; None: every chunk runs to the exit layer",
     )
