@@ -92,9 +92,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rag-top-k", type=int, default=4)
     parser.add_argument("--rag-chunk-size", type=int, default=256)
     parser.add_argument("--limit-tokens", type=int, default=None, help="also run machine_limit over N tokens")
+    parser.add_argument("--one-stage", action="store_true", help="select without its cascade (select_cascade=None)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    engine = FocusEngine.from_pretrained(None, FocusConfig(progress=False))
+    config = FocusConfig(progress=False, **({"select_cascade": None} if args.one_stage else {}))
+    engine = FocusEngine.from_pretrained(None, config)
     name = f"RAG top-{args.rag_top_k} x {args.rag_chunk_size}"
     rag = VectorRAG(name, chunk_size=args.rag_chunk_size, top_k=args.rag_top_k)
     result = {**result_header("ruler select speed", engine), "rag": rag.name, "new_tokens": NEW_TOKENS}
