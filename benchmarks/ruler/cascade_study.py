@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -30,9 +29,9 @@ from focus_core import FocusEngine
 from focus_core.cascade import survivors, survivors_kept, word_scores
 from focus_core.selection import Span, choose_spans, memory_mass, merge, probed, question_marks, question_rows
 
-from .protocol import DEV, PARTS, Part
+from .protocol import DEV, Part
 from .runner import mean_of
-from .selection_study import Study, inside, needle_tokens, study_arguments, study_engine
+from .selection_study import Study, inside, needle_tokens, study_main
 from .tasks import Sample
 
 SHARES = (0.125, 0.25, 0.5)
@@ -107,21 +106,10 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
-def run_study(
-    engine: FocusEngine,
-    tasks: Sequence[str],
-    lengths: Sequence[int],
-    samples: int,
-    part: Part,
-    results: Path,
-    *,
-    resume: bool = False,
-) -> dict:
-    """Every share the part allows on the first ``samples`` samples of ``part``; ``results`` is rewritten
-    after each case."""
+def study(engine: FocusEngine, part: Part) -> Study:
+    """Every share of the grid on the development part, the engine's own on the held-out part."""
     shares = SHARES if part is DEV else (engine.config.select_cascade,)
-    study = Study("cascade_study", lambda case: study_case(engine, case, shares), summarize, _line)
-    return study.run(engine, tasks, lengths, samples, part, results, resume=resume)
+    return Study("cascade_study", engine, lambda case: study_case(engine, case, shares), summarize, _line)
 
 
 def _line(record: dict) -> str:
@@ -129,11 +117,7 @@ def _line(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = study_arguments(__doc__, samples=2).parse_args(argv)
-    engine, results = study_engine(args, "cascade")
-    start = time.perf_counter()
-    run_study(engine, args.tasks, args.lengths, args.samples, PARTS[args.part], results, resume=args.resume)
-    print(f"done in {time.perf_counter() - start:.0f} s")
+    study_main(argv, __doc__, 2, "cascade", study)
 
 
 if __name__ == "__main__":

@@ -164,21 +164,10 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
-def run_study(
-    engine: FocusEngine,
-    tasks: Sequence[str],
-    lengths: Sequence[int],
-    samples: int,
-    part: Part,
-    results: Path,
-    *,
-    resume: bool = False,
-) -> dict:
-    """Every rule the part allows on the first ``samples`` samples of ``part``; ``results`` is rewritten
-    after each case."""
+def study(engine: FocusEngine, part: Part) -> Study:
+    """Every rule of the grid on the development part, the engine's own on the held-out part."""
     rules = grid() if part is DEV else [engine_rule(engine)]
-    study = Study("selection_study", lambda case: study_case(engine, case, rules), summarize, _line)
-    return study.run(engine, tasks, lengths, samples, part, results, resume=resume)
+    return Study("selection_study", engine, lambda case: study_case(engine, case, rules), summarize, _line)
 
 
 @dataclass(frozen=True)
@@ -187,13 +176,13 @@ class Study:
     into the summary, ``line`` the case's last record into its progress line."""
 
     name: str
+    engine: FocusEngine
     measure: Callable[[Sample], list[dict]]
     summarize: Callable[[list[dict]], dict]
     line: Callable[[dict], str]
 
     def run(
         self,
-        engine: FocusEngine,
         tasks: Sequence[str],
         lengths: Sequence[int],
         samples: int,
@@ -204,6 +193,7 @@ class Study:
     ) -> dict:
         """Every case of the first ``samples`` samples of ``part``; ``results`` is rewritten after each."""
         settings = {"tasks": list(tasks), "lengths": list(lengths), "samples": samples, "part": part.name}
+        engine = self.engine
         header = results_header(engine, settings, self.name)
         records = load_records(results, resume)
         done = {(r["task"], r["length"], r["seed"]) for r in records}
@@ -226,8 +216,12 @@ def _line(record: dict) -> str:
     )
 
 
-def study_arguments(description: str, samples: int) -> argparse.ArgumentParser:
-    """The command line every study takes: the part, the model, its window, the cases, the results file."""
+def study_main(
+    argv: list[str] | None, description: str, samples: int, folder: str, make: Callable[[FocusEngine, Part], Study]
+) -> None:
+    """A study's command line: the part, the model (its window forced or not), the cases and the results
+    file, ``benchmarks/results/<folder>/<model>_<part>.json`` unless given; ``make(engine, part)`` builds
+    the :class:`Study`. The engine keeps no prefixes: every case is a first reading."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=sorted(PARTS), default="dev")
     parser.add_argument("--model", default=None, help="default: the embedded model; or gemma-3-270m")
@@ -237,24 +231,19 @@ def study_arguments(description: str, samples: int) -> argparse.ArgumentParser:
     parser.add_argument("--tasks", nargs="+", default=list(NEEDLE_TASKS), choices=NEEDLE_TASKS)
     parser.add_argument("--results", type=Path, default=None)
     parser.add_argument("--resume", action="store_true")
-    return parser
-
-
-def study_engine(args: argparse.Namespace, folder: str) -> tuple[FocusEngine, Path]:
-    """The engine a study's command line asks for (no prefix cache: every case is a first reading) and its
-    results file, ``benchmarks/results/<folder>/<model>_<part>.json`` unless given."""
+    args = parser.parse_args(argv)
     config = FocusConfig(progress=False, prefix_cache_bytes=0, native_window=args.native_window)
     engine = FocusEngine.from_pretrained(args.model, config)
     name = "smollm2" if args.model is None else args.model
-    return engine, args.results or ROOT / "benchmarks" / "results" / folder / f"{name}_{args.part}.json"
+    results = args.results or ROOT / "benchmarks" / "results" / folder / f"{name}_{args.part}.json"
+    start = time.perf_counter()
+    part = PARTS[args.part]
+    make(engine, part).run(args.tasks, args.lengths, args.samples, part, results, resume=args.resume)
+    print(f"done in {time.perf_counter() - start:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = study_arguments(__doc__, samples=3).parse_args(argv)
-    engine, results = study_engine(args, "selection")
-    start = time.perf_counter()
-    run_study(engine, args.tasks, args.lengths, args.samples, PARTS[args.part], results, resume=args.resume)
-    print(f"done in {time.perf_counter() - start:.0f} s")
+    study_main(argv, __doc__, 3, "selection", study)
 
 
 if __name__ == "__main__":
