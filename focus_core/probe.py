@@ -4,7 +4,8 @@
 Every attention call of a `transformers` model goes through its attention interface
 (``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]``), which receives the layer's queries and all
 its keys after normalisation and RoPE, and the layer's own scaling. :func:`install` wraps that entry
-once. The wrapper passes through unless a forward runs under :func:`probing`; then, at each probed
+once. The wrapper passes through (to :mod:`focus_core.kernels` where that serves the call) unless a
+forward runs under :func:`probing`; then, at each probed
 layer, it records how much attention each of the question's queries pays to every key (softmax
 probabilities summed over heads, one row per query), and after the last probed layer it stops the forward by
 raising :class:`EarlyExit`: the layers above it never run. The cache has already received that layer's
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from . import kernels
 
 
 class EarlyExit(Exception):
@@ -103,10 +106,10 @@ def install(model: nn.Module) -> None:
             return
         original = ALL_ATTENTION_FUNCTIONS[name] if name in ALL_ATTENTION_FUNCTIONS else None
         _installed[name] = original
-        ALL_ATTENTION_FUNCTIONS[name] = _probed(original)
+        ALL_ATTENTION_FUNCTIONS[name] = _probed(name, original)
 
 
-def _probed(original: Callable | None) -> Callable:
+def _probed(name: str, original: Callable | None) -> Callable:
     def attention(module: nn.Module, query, key, value, attention_mask, *args, **kwargs):
         probe, layer = _active.get(), getattr(module, "layer_idx", None)
         if probe is not None and layer in probe.layers:
@@ -115,6 +118,8 @@ def _probed(original: Callable | None) -> Callable:
                 probe.record(layer, query, key, scaling, kwargs.get("softcap"), kwargs.get("sliding_window"))
             if layer == probe.exit_layer:
                 raise EarlyExit
+        if kernels.serves(name, query, kwargs):
+            return kernels.single_query_attention(query, key, value, attention_mask, kwargs.get("scaling")), None
         inner = original or _eager_of(module)
         return inner(module, query, key, value, attention_mask, *args, **kwargs)
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import UnsupportedModelError
+from .kernels import engine_forward
 from .kv_cache import KVBuffer
 from .memory import Windows
 from .probe import EarlyExit, Probe, install, probing
@@ -92,12 +93,14 @@ class ModelRunner:
         """Last-layer hidden states ``[batch, t, hidden]`` of the new tokens; ``cache`` grows by them. Where
         ``candidate_mask`` is set (kv), those positions go through the candidate projections."""
         inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
-        if candidate_mask is None:
-            return self.model.base_model(**inputs, use_cache=True, **{self._cache_argument: cache}).last_hidden_state
-        from .candidates import candidate_positions  # kv's stack, loaded only by kv's forwards
+        inputs |= {"use_cache": True, self._cache_argument: cache}
+        with engine_forward():
+            if candidate_mask is None:
+                return self.model.base_model(**inputs).last_hidden_state
+            from .candidates import candidate_positions  # kv's stack, loaded only by kv's forwards
 
-        with candidate_positions(candidate_mask, self.candidates):
-            return self.model.base_model(**inputs, use_cache=True, **{self._cache_argument: cache}).last_hidden_state
+            with candidate_positions(candidate_mask, self.candidates):
+                return self.model.base_model(**inputs).last_hidden_state
 
     def probe(
         self,
