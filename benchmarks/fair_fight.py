@@ -34,10 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def fair_fight_methods(
-    model, tokenizer, windows: list[int], modes: list[str], rag_top_k: int, rag_chunk_size: int
+    model, tokenizer, windows: list[int], modes: list[str], rag_top_k: int, rag_chunk_size: int, full: bool = True
 ) -> list[Method]:
-    """Full attention, FocusLLM in each ``mode`` under each forced window (engines sharing the model), RAG."""
-    methods: list[Method] = [FullAttention("full attention")]
+    """Full attention (unless ``full`` is false), FocusLLM in each ``mode`` under each forced window (engines
+    sharing the model), RAG."""
+    methods: list[Method] = [FullAttention("full attention")] if full else []
     for window in windows:
         engine = FocusEngine(model, tokenizer, FocusConfig(native_window=window, prefix_cache_bytes=0, progress=False))
         size = f"{window // 1024}K" if window % 1024 == 0 else str(window)
@@ -83,13 +84,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=["select"], help="FocusLLM aggregations")
     parser.add_argument("--rag-top-k", type=int, default=4)
     parser.add_argument("--rag-chunk-size", type=int, default=256)
+    parser.add_argument(
+        "--full",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the model's own full attention over the whole prompt (minutes a case at 16K+ on a CPU)",
+    )
     parser.add_argument("--resume", action="store_true", help="keep the records in the results file, run the rest")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "gemma3" / "fair_fight.json")
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "gemma3" / "fair_fight.png")
     args = parser.parse_args(argv)
     model, tokenizer = load_model(GEMMA3_270M)
     full = FocusEngine(model, tokenizer, FocusConfig(prefix_cache_bytes=0, progress=False))
-    methods = fair_fight_methods(model, tokenizer, args.windows, args.modes, args.rag_top_k, args.rag_chunk_size)
+    methods = fair_fight_methods(
+        model, tokenizer, args.windows, args.modes, args.rag_top_k, args.rag_chunk_size, full=args.full
+    )
     tasks = list(TASKS) if "all" in args.tasks else args.tasks
     start = time.perf_counter()
     part = PARTS[args.part]
