@@ -34,16 +34,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def fair_fight_methods(
-    model, tokenizer, windows: list[int], modes: list[str], rag_top_k: int, rag_chunk_size: int, full: bool = True
+    model,
+    tokenizer,
+    windows: list[int],
+    modes: list[str],
+    rag_top_k: int,
+    rag_chunk_size: int,
+    full: bool = True,
+    rag: bool = True,
+    **settings,
 ) -> list[Method]:
     """Full attention (unless ``full`` is false), FocusLLM in each ``mode`` under each forced window (engines
-    sharing the model), RAG."""
+    sharing the model, with FocusConfig ``settings``), RAG (unless ``rag`` is false)."""
     methods: list[Method] = [FullAttention("full attention")] if full else []
     for window in windows:
-        engine = FocusEngine(model, tokenizer, FocusConfig(native_window=window, prefix_cache_bytes=0, progress=False))
+        config = FocusConfig(native_window=window, prefix_cache_bytes=0, progress=False, **settings)
+        engine = FocusEngine(model, tokenizer, config)
         size = f"{window // 1024}K" if window % 1024 == 0 else str(window)
         methods += [FocusMethod(f"FocusLLM ({mode}, {size} window)", mode, engine) for mode in modes]
-    methods.append(VectorRAG(f"RAG top-{rag_top_k} x {rag_chunk_size}", chunk_size=rag_chunk_size, top_k=rag_top_k))
+    if rag:
+        name = f"RAG top-{rag_top_k} x {rag_chunk_size}"
+        methods.append(VectorRAG(name, chunk_size=rag_chunk_size, top_k=rag_top_k))
     return methods
 
 
@@ -90,14 +101,17 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="the model's own full attention over the whole prompt (minutes a case at 16K+ on a CPU)",
     )
+    parser.add_argument("--rag", action=argparse.BooleanOptionalAction, default=True, help="vector RAG")
+    parser.add_argument("--one-stage", action="store_true", help="select without its cascade (select_cascade=None)")
     parser.add_argument("--resume", action="store_true", help="keep the records in the results file, run the rest")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "gemma3" / "fair_fight.json")
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "gemma3" / "fair_fight.png")
     args = parser.parse_args(argv)
     model, tokenizer = load_model(GEMMA3_270M)
     full = FocusEngine(model, tokenizer, FocusConfig(prefix_cache_bytes=0, progress=False))
+    settings = {"select_cascade": None} if args.one_stage else {}
     methods = fair_fight_methods(
-        model, tokenizer, args.windows, args.modes, args.rag_top_k, args.rag_chunk_size, full=args.full
+        model, tokenizer, args.windows, args.modes, args.rag_top_k, args.rag_chunk_size, args.full, args.rag, **settings
     )
     tasks = list(TASKS) if "all" in args.tasks else args.tasks
     start = time.perf_counter()

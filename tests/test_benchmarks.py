@@ -200,6 +200,10 @@ def test_fair_fight_methods_share_the_model_and_its_costs_plot(make_engine, tmp_
     assert all(m.engine.model is engine.model and m.engine.config.prefix_cache_bytes == 0 for m in chunked)
     without_full = fair_fight_methods(engine.model, engine.tokenizer, [2048], ["select"], 4, 256, full=False)
     assert [m.name for m in without_full] == ["FocusLLM (select, 2K window)", "RAG top-4 x 256"]
+    (one_stage,) = fair_fight_methods(
+        engine.model, engine.tokenizer, [2048], ["select"], 4, 256, False, False, select_cascade=None
+    )
+    assert one_stage.engine.config.select_cascade is None
     cost = {"seconds": 2.0, "first_token_seconds": 1.0, "peak_bytes": 2**20}
     summary = {m: {"ruler_mean": {"8192": 50.0}, "by_length": {"8192": cost}} for m in ("full attention", "RAG")}
     plot_costs(summary, tmp_path / "new" / "costs.png", "costs")
