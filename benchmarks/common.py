@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import dataclasses
@@ -179,3 +180,13 @@ def write_result(name: str, payload: dict, engine: FocusEngine | None = None) ->
     path = write_json(RESULTS / f"{name}.json", {**result_header(name, engine), **payload})
     print(f"wrote {path}")
     return path
+
+
+def add_one_stage(parser: argparse.ArgumentParser) -> None:
+    """``--one-stage``: ``select`` without its cascade, for a before-and-after on one machine."""
+    parser.add_argument("--one-stage", action="store_true", help="select without its cascade (select_cascade=None)")
+
+
+def one_stage_settings(args: argparse.Namespace) -> dict:
+    """The FocusConfig settings ``--one-stage`` asks for (none without it)."""
+    return {"select_cascade": None} if args.one_stage else {}

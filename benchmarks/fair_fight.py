@@ -26,6 +26,7 @@ from pathlib import Path
 from focus_core import FocusConfig, FocusEngine, load_model
 from focus_core.loading import GEMMA3_270M
 
+from .common import add_one_stage, one_stage_settings
 from .methods import FocusMethod, FullAttention, Method, VectorRAG
 from .plots import plt, save_figure
 from .ruler import PARTS, TASKS, run_suite
@@ -102,16 +103,23 @@ def main(argv: list[str] | None = None) -> None:
         help="the model's own full attention over the whole prompt (minutes a case at 16K+ on a CPU)",
     )
     parser.add_argument("--rag", action=argparse.BooleanOptionalAction, default=True, help="vector RAG")
-    parser.add_argument("--one-stage", action="store_true", help="select without its cascade (select_cascade=None)")
+    add_one_stage(parser)
     parser.add_argument("--resume", action="store_true", help="keep the records in the results file, run the rest")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "gemma3" / "fair_fight.json")
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "gemma3" / "fair_fight.png")
     args = parser.parse_args(argv)
     model, tokenizer = load_model(GEMMA3_270M)
     full = FocusEngine(model, tokenizer, FocusConfig(prefix_cache_bytes=0, progress=False))
-    settings = {"select_cascade": None} if args.one_stage else {}
     methods = fair_fight_methods(
-        model, tokenizer, args.windows, args.modes, args.rag_top_k, args.rag_chunk_size, args.full, args.rag, **settings
+        model,
+        tokenizer,
+        args.windows,
+        args.modes,
+        args.rag_top_k,
+        args.rag_chunk_size,
+        args.full,
+        args.rag,
+        **one_stage_settings(args),
     )
     tasks = list(TASKS) if "all" in args.tasks else args.tasks
     start = time.perf_counter()

@@ -511,6 +511,6 @@ def test_the_selection_studies_run_every_rule_of_the_development_part_and_the_en
     rules = len(module.grid()) if study == "selection_study" else len(module.SHARES)
     for part, per_case in ((DEV, rules), (HELDOUT, 1)):
         results = tmp_path / f"{part.name}.json"
-        payload = module.study(engine, part).run(["niah_single_1", "niah_multikey_1"], [1024], 1, part, results)
+        payload = module.study(engine, part).run(["niah_single_1", "niah_multikey_1"], [1024], 1, results)
         assert len(payload["records"]) == 2 * per_case == len(json.loads(results.read_text())["records"])
         assert all(0 <= r["needles_read"] <= 1 for r in payload["records"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from focus_core import FocusConfig, FocusEngine
 
+from ..common import add_one_stage, one_stage_settings
 from .protocol import PARTS
 from .recall import run_recall
 from .runner import ROOT, make_methods, run_suite
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         "--chat", action="store_true", help="ask the qa tasks through the model's chat template, as a chat user"
     )
     parser.add_argument("--resume", action="store_true", help="keep the records in the results file, run the rest")
-    parser.add_argument("--one-stage", action="store_true", help="select without its cascade (select_cascade=None)")
+    add_one_stage(parser)
     parser.add_argument(
         "--recall",
         action="store_true",
@@ -56,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     tasks = list(TASKS) if "all" in args.tasks else args.tasks
     results_dir = ROOT / "benchmarks" / "results" / ("" if args.part == "dev" else args.part)
-    config = FocusConfig(progress=False, prefix_cache_bytes=8 * 2**30)
-    engine = FocusEngine.from_pretrained(None, config.replace(select_cascade=None) if args.one_stage else config)
+    config = FocusConfig(progress=False, prefix_cache_bytes=8 * 2**30, **one_stage_settings(args))
+    engine = FocusEngine.from_pretrained(None, config)
     start = time.perf_counter()
     if args.recall:
         run_recall(

@@ -109,7 +109,7 @@ def summarize(records: list[dict]) -> dict:
 def study(engine: FocusEngine, part: Part) -> Study:
     """Every share of the grid on the development part, the engine's own on the held-out part."""
     shares = SHARES if part is DEV else (engine.config.select_cascade,)
-    return Study("cascade_study", engine, lambda case: study_case(engine, case, shares), summarize, _line)
+    return Study("cascade_study", engine, part, lambda case: study_case(engine, case, shares), summarize, _line)
 
 
 def _line(record: dict) -> str:

@@ -167,16 +167,17 @@ def summarize(records: list[dict]) -> dict:
 def study(engine: FocusEngine, part: Part) -> Study:
     """Every rule of the grid on the development part, the engine's own on the held-out part."""
     rules = grid() if part is DEV else [engine_rule(engine)]
-    return Study("selection_study", engine, lambda case: study_case(engine, case, rules), summarize, _line)
+    return Study("selection_study", engine, part, lambda case: study_case(engine, case, rules), summarize, _line)
 
 
 @dataclass(frozen=True)
 class Study:
-    """A study of what ``select`` reads: ``measure`` turns one case into records, ``summarize`` the records
-    into the summary, ``line`` the case's last record into its progress line."""
+    """A study of what ``select`` reads on ``part``'s cases: ``measure`` turns one case into records,
+    ``summarize`` the records into the summary, ``line`` the case's last record into its progress line."""
 
     name: str
     engine: FocusEngine
+    part: Part
     measure: Callable[[Sample], list[dict]]
     summarize: Callable[[list[dict]], dict]
     line: Callable[[dict], str]
@@ -186,14 +187,13 @@ class Study:
         tasks: Sequence[str],
         lengths: Sequence[int],
         samples: int,
-        part: Part,
         results: Path,
         *,
         resume: bool = False,
     ) -> dict:
-        """Every case of the first ``samples`` samples of ``part``; ``results`` is rewritten after each."""
+        """Every case of the first ``samples`` samples of the part; ``results`` is rewritten after each."""
+        engine, part = self.engine, self.part
         settings = {"tasks": list(tasks), "lengths": list(lengths), "samples": samples, "part": part.name}
-        engine = self.engine
         header = results_header(engine, settings, self.name)
         records = load_records(results, resume)
         done = {(r["task"], r["length"], r["seed"]) for r in records}
@@ -237,8 +237,7 @@ def study_main(
     name = "smollm2" if args.model is None else args.model
     results = args.results or ROOT / "benchmarks" / "results" / folder / f"{name}_{args.part}.json"
     start = time.perf_counter()
-    part = PARTS[args.part]
-    make(engine, part).run(args.tasks, args.lengths, args.samples, part, results, resume=args.resume)
+    make(engine, PARTS[args.part]).run(args.tasks, args.lengths, args.samples, results, resume=args.resume)
     print(f"done in {time.perf_counter() - start:.0f} s")
 
 

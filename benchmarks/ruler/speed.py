@@ -22,7 +22,7 @@ from pathlib import Path
 
 from focus_core import FocusConfig, FocusEngine
 
-from ..common import result_header, write_json
+from ..common import add_one_stage, one_stage_settings, result_header, write_json
 from ..machine_limit import run_machine_limit
 from ..methods import FocusMethod, VectorRAG
 from .protocol import PARTS, Part
@@ -92,11 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rag-top-k", type=int, default=4)
     parser.add_argument("--rag-chunk-size", type=int, default=256)
     parser.add_argument("--limit-tokens", type=int, default=None, help="also run machine_limit over N tokens")
-    parser.add_argument("--one-stage", action="store_true", help="select without its cascade (select_cascade=None)")
+    add_one_stage(parser)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    config = FocusConfig(progress=False, **({"select_cascade": None} if args.one_stage else {}))
-    engine = FocusEngine.from_pretrained(None, config)
+    engine = FocusEngine.from_pretrained(None, FocusConfig(progress=False, **one_stage_settings(args)))
     name = f"RAG top-{args.rag_top_k} x {args.rag_chunk_size}"
     rag = VectorRAG(name, chunk_size=args.rag_chunk_size, top_k=args.rag_top_k)
     result = {**result_header("ruler select speed", engine), "rag": rag.name, "new_tokens": NEW_TOKENS}
