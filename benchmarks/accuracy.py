@@ -4,7 +4,7 @@ The case of depth index ``j`` uses seed ``j`` (its pass key, or which needle). T
 cache is kept for the whole grid, as a user asking many questions would keep it: cases of one length
 share the haystack before the needle, so later depths re-encode fewer chunks (each record says how
 many it encoded). Cold-start times are in the speed benchmark. Where two methods build the same prompt
-and it fits the native window (full attention, truncation and FocusLLM on a short input all decode it
+and it is read whole (full attention, truncation and FocusLLM on a prompt it reads whole all decode it
 plainly), the run is done once and shared.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from focus_core import FocusEngine
 
 from .haystack import make
-from .methods import Method
+from .methods import Method, reads_whole
 
 
 def run_grid(engine: FocusEngine, kind: str, lengths: list[int], depths: list[float], methods: list[Method]) -> dict:
@@ -33,17 +33,15 @@ def run_grid(engine: FocusEngine, kind: str, lengths: list[int], depths: list[fl
                     "needle": case.needle,
                 }
             )
-            done: dict[str, dict] = {}  # prompts that fit the window run plain decoding, whatever the method
+            done: dict[str, dict] = {}  # prompts read whole: the same answer whatever the method
             for method in methods:
                 prompt = method.prompt(engine, case)[0]
-                if prompt in done:
+                whole = reads_whole(method, engine, prompt)
+                if whole and prompt in done:
                     record = {**done[prompt], "same_run_as": done[prompt]["method"]}
                 else:
                     record = method.answer(engine, case)
-                    if (
-                        record is not None
-                        and record["prompt_tokens"] + engine.config.max_new_tokens <= engine.native_window
-                    ):
+                    if whole:
                         done[prompt] = {**record, "method": method.name}
                 results[method.name].setdefault(str(n), []).append(record)
                 if record is not None:

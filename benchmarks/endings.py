@@ -28,7 +28,7 @@ ENDINGS = {
 
 def run(engine: FocusEngine, tokens: int, full_tokens: int, seeds: int, aggregations: list[str]) -> dict:
     records = []
-    runs = [(full_tokens, "full attention", {})] + [
+    runs = [(full_tokens, "full attention", {"read_whole_tokens": engine.native_window})] + [
         (tokens, f"FocusLLM ({a})", {"aggregation": a}) for a in aggregations
     ]
     for n, method, overrides in runs:

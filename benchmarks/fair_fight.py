@@ -1,8 +1,9 @@
 """The fair fight: a long-window model reading the whole prompt itself, against FocusLLM reading it in
 chunks and against vector RAG.
 
-On Gemma 3 270M (pretrained, native window 32K; the packaged benchmark model, ``load_model("gemma-3-270m")``)
-every RULER-format case of 8K-32K tokens is answered, side by side in one run per length, by
+On Gemma 3 270M (pretrained, native window 32K; the packaged benchmark model, ``load_model("gemma-3-270m")``;
+``--model SmolLM2-135M-Instruct``: the embedded one, window 8K) every RULER-format case of 8K-32K tokens is
+answered, side by side in one run per length, by
 
 - ``full attention``: the model over the whole prompt (it fits its window);
 - ``FocusLLM (<mode>, <W>K window)``: the same model and weights in an engine whose native window is forced
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from focus_core import FocusConfig, FocusEngine, load_model
-from focus_core.loading import GEMMA3_270M
+from focus_core.loading import DEFAULT_MODEL_NAME, GEMMA3_270M
 
 from .common import add_one_stage, one_stage_settings
 from .methods import FocusMethod, FullAttention, Method, VectorRAG
@@ -88,6 +89,7 @@ def _mib(value: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=[GEMMA3_270M, DEFAULT_MODEL_NAME], default=GEMMA3_270M)
     parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768])
     parser.add_argument("--samples", type=int, default=5, help="samples per task and length (the part's first n)")
     parser.add_argument("--part", choices=sorted(PARTS), default="dev", help="the held-out protocol's part")
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "gemma3" / "fair_fight.json")
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "gemma3" / "fair_fight.png")
     args = parser.parse_args(argv)
-    model, tokenizer = load_model(GEMMA3_270M)
+    model, tokenizer = load_model(None if args.model == DEFAULT_MODEL_NAME else args.model)
     full = FocusEngine(model, tokenizer, FocusConfig(prefix_cache_bytes=0, progress=False))
     methods = fair_fight_methods(
         model,
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         full, tasks, args.lengths, args.samples, methods, args.results, args.figure, resume=args.resume, part=part
     )
     costs = args.figure.with_name(args.figure.stem + "_costs.png")
-    plot_costs(payload["summary"], costs, f"The fair fight ({GEMMA3_270M})")
+    plot_costs(payload["summary"], costs, f"The fair fight ({args.model})")
     print(f"done in {time.perf_counter() - start:.0f} s")
 
 

@@ -67,7 +67,7 @@ def decode_rates(engine: FocusEngine, prompt_tokens: int, new_tokens: int) -> di
     text = "\n\n".join(haystack(engine.tokenizer, prompt_tokens)) + COUNTING
     ids = engine.tokenizer(text).input_ids[-prompt_tokens:]  # the counting at its end
     start = time.perf_counter()
-    stream = engine.stream_ids(ids, max_new_tokens=new_tokens, temperature=0.0)
+    stream = engine.stream_ids(ids, max_new_tokens=new_tokens, temperature=0.0, read_whole_tokens=engine.native_window)
     next(stream)
     first = time.perf_counter()
     produced = 1 + sum(1 for _ in stream)

@@ -40,7 +40,7 @@ class Method:
             if prompt is None:
                 return None
             encoded = engine.stats.chunks_encoded
-            generation = engine.stream(prompt, **self.overrides())
+            generation = engine.stream(prompt, **self.overrides(engine))
             pieces, first = [], None
             for piece in generation:
                 first = time.perf_counter() - start if first is None else first
@@ -65,8 +65,10 @@ class Method:
     def prompt(self, engine: FocusEngine, case: Case) -> tuple[str | None, dict]:
         return case.prompt, {}
 
-    def overrides(self) -> dict:
-        return {}
+    def overrides(self, engine: FocusEngine) -> dict:
+        """The FocusConfig settings the method's calls on ``engine`` override: a baseline's prompt is read
+        whole wherever it fits the window (never through the selection)."""
+        return {"read_whole_tokens": engine.native_window}
 
 
 @dataclass
@@ -82,7 +84,7 @@ class FocusMethod(Method):
         self.engine.config = self.engine.config.replace(**generation)
         return super().answer(self.engine, case)
 
-    def overrides(self) -> dict:
+    def overrides(self, engine: FocusEngine) -> dict:
         return {"aggregation": self.aggregation}
 
 
@@ -91,6 +93,16 @@ class FullAttention(Method):
     def prompt(self, engine: FocusEngine, case: Case) -> tuple[str | None, dict]:
         fits = engine.count_tokens(case.prompt) + engine.config.max_new_tokens <= engine.native_window
         return (case.prompt if fits else None), {}
+
+
+def reads_whole(method: Method, engine: FocusEngine, prompt: str | None) -> bool:
+    """Whether ``method`` reads ``prompt`` whole (``plain``) under ``engine``'s generation settings, on its own
+    engine where it brings one: every method that does so gives the same answer, so it is decoded once."""
+    if prompt is None:
+        return False
+    reader = getattr(method, "engine", None) or engine
+    overrides = {"max_new_tokens": engine.config.max_new_tokens, **method.overrides(reader)}
+    return not reader.request(prompt, **overrides).mode.chunked
 
 
 def _what_was_read(generation) -> dict:

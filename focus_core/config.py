@@ -64,6 +64,12 @@ class FocusConfig:
         "select: the share of chunks the question's words keep for the exit layer to rank (at least the passages "
         "select_tokens holds), in (0, 1]; None: every chunk runs to the exit layer",
     )
+    read_whole_tokens: int | None = setting(
+        None,
+        "select: prompts up to N tokens that fit the window are read whole, longer ones through the selection even "
+        "inside the window (default: what the selection reads, passage_tokens + select_tokens + local_window)",
+        minimum=1,
+    )
     exit_layer: int | None = setting(
         None, "select: the layer whose attention chooses the passages (default: 60% of the model's depth)", minimum=0
     )

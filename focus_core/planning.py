@@ -47,6 +47,13 @@ class Planner:
             f"no mode serves aggregation='auto' here; name one of {modes.names()}", setting="aggregation"
         )
 
+    def choose(self, tokens: int, cfg: FocusConfig) -> Mode:
+        """The mode a prompt of ``tokens`` runs: ``plain`` where it fits the native window with its answer,
+        unless the mode the call routes to reads such a prompt itself; otherwise that mode."""
+        routed = self.route(cfg)
+        fits = tokens + cfg.max_new_tokens <= self.parts.native_window
+        return self.mode("plain") if fits and not routed.reads_inside_window(tokens, cfg) else routed
+
     def describe(self, cfg: FocusConfig) -> str:
         """The model, its precision and why, the device, the native window and the mode ``cfg`` runs."""
         parts = self.parts
@@ -102,10 +109,8 @@ class Planner:
     ) -> Request:
         """The request for ``ids`` under ``cfg``, not yet checked against the budget (``plan``: the chunk
         plan, when already known; ``mode``: the mode of a long prompt, when already decided)."""
-        if len(ids) + cfg.max_new_tokens <= self.parts.native_window:
-            mode, plan = self.mode("plain"), None
-        else:
-            mode, plan = mode or self.route(cfg), plan or self.plan(ids, cfg)
+        mode = mode or self.choose(len(ids), cfg)
+        plan = (plan or self.plan(ids, cfg)) if mode.chunked else None
         layout = mode.layout(ids, plan, cfg)
         return Request(prompt, ids, offsets, cfg, mode, plan, layout, self.estimate(layout, cfg))
 
@@ -125,7 +130,8 @@ class Planner:
                 return request.reading
             taken = self.resolve(request.prompt, request.ids, request.offsets, request.config, request.plan, taker)
             taken = self.fit_to_budget(taken)
-            request.mode, request.layout, request.estimate = taken.mode, taken.layout, taken.estimate
+            request.mode, request.plan, request.layout = taken.mode, taken.plan, taken.layout
+            request.estimate = taken.estimate
             request.config, request.route = taken.config, handover.reason
             request.reading = request.mode.read(request)
         return request.reading

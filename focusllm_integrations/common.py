@@ -29,6 +29,7 @@ class FocusFields(BaseModel):
     select_drop: float | None = None
     select_cascade: float | None = None
     repeat_stop: int | None = None
+    read_whole_tokens: int | None = None
     exit_layer: int | None = None
     extract_tokens: int | None = None
     native_window: int | None = None

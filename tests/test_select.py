@@ -92,6 +92,22 @@ def test_the_selected_read_is_full_attention_over_the_same_tokens(make_engine, a
     assert tokens == out[0, len(reference) :].tolist()
 
 
+def test_a_prompt_inside_the_window_longer_than_the_selection_reads_is_selected(make_engine):
+    """A prompt that fits the window with its answer is read whole up to what the selection reads (the
+    opening passage, select_tokens and the local window: 88 tokens here) and through the selection past
+    it; read_whole_tokens moves that line; a mode that does not read inside the window reads it whole."""
+    engine = make_engine(**SELECT)
+    reach = SELECT["passage_tokens"] + SELECT["select_tokens"] + TINY_CONFIG.local_window
+    inside = random_ids(reach + 12, seed=3)  # 100 + 6 new tokens fit the 128-token window
+    assert engine.complete(inside[:reach]).mode == "plain"
+    selected = engine.complete(inside)
+    assert selected.mode == "select" and selected.sources
+    whole = engine.complete(inside, read_whole_tokens=engine.native_window)
+    assert whole.mode == "plain" and not whole.sources
+    assert engine.complete(inside, read_whole_tokens=reach + 12).mode == "plain"
+    assert engine.complete(inside, aggregation="entropy").mode == "plain"
+
+
 def test_select_reads_the_passages_the_question_attends_to(make_engine):
     """Across the whole document: the chosen spans are those with the most probe mass (a slow reference
     that pools every window by hand), and sources name them with their character spans."""

@@ -9,6 +9,7 @@ from conftest import random_ids
 
 from focus_core import FocusConfigError, MemoryBudgetError
 from focus_core.modes import whole
+from focus_core.modes.base import Handover
 
 WHOLE = {"aggregation": "whole", "extract_tokens": 3}  # two extractions and their labels fit a tiny chunk
 
@@ -168,9 +169,23 @@ def test_a_handed_over_request_answers_as_whole_would_and_says_why(make_engine, 
     assert kept.completion_ids == tuple(engine.generate_ids(ids, aggregation="select"))
 
 
-def whole_handover():
-    from focus_core.modes.base import Handover
+def test_a_request_about_a_whole_prompt_that_fits_the_window_is_read_whole(make_engine, monkeypatch):
+    """Inside the window (a prompt longer than the selection reads, so select read it first) the request
+    about all of it goes to plain: its tokens are the plain model's over the whole prompt."""
+    from focus_core.modes.select import Select
 
+    engine = make_engine(**SELECT)
+    ids = random_ids(100, seed=9)  # 100 + 6 new tokens fit the 128-token window; select reads 88
+    request = engine.request(ids, **SELECT)
+    handover = request.mode.hand_over(request, passages(1.0, 1.1, 0.9, 1.0, 1.2))
+    assert handover.mode == "plain" and "fits the window" in handover.reason
+    monkeypatch.setattr(Select, "hand_over", lambda self, request, reading: Handover("plain", "flat"))
+    routed = engine.complete(ids)
+    assert routed.mode == "plain" and routed.route == "flat"
+    assert routed.completion_ids == tuple(engine.generate_ids(ids, read_whole_tokens=engine.native_window))
+
+
+def whole_handover() -> Handover:
     return Handover("whole", "flat")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from focus_core import FocusEngine
 
 from ..common import result_header, write_json
-from ..methods import FocusMethod, FullAttention, Method, Truncation, VectorRAG
+from ..methods import FocusMethod, FullAttention, Method, Truncation, VectorRAG, reads_whole
 from ..plots import plt, save_figure
 from .protocol import DEV, Part
 from .tasks import TASKS, Sample, chat_sample, family, make_sample
@@ -94,18 +94,19 @@ def run_suite(
 
 
 def answer_case(engine: FocusEngine, case: Sample, methods: Sequence[Method]) -> Iterator[dict]:
-    """A record per method. A prompt that fits the native window is decoded plainly whatever the method,
-    so it is decoded once for all the methods that build it."""
+    """A record per method. A prompt read whole (``plain``) is decoded the same way whatever the method, so
+    it is decoded once for all the methods that read it whole."""
     plain: dict[tuple[str, int], tuple[str, dict]] = {}
     for method in methods:
-        reader = getattr(method, "engine", None) or engine  # a method may bring its own engine (window)
-        key = (method.prompt(engine, case)[0], id(reader))
-        if key in plain:
+        prompt = method.prompt(engine, case)[0]
+        whole = reads_whole(method, engine, prompt)
+        key = (prompt, id(getattr(method, "engine", None) or engine))  # a method may bring its own engine
+        if whole and key in plain:
             first, out = plain[key]
             out = {**out, "same_run_as": first}
         else:
             out = method.answer(engine, case)
-            if out is not None and out["prompt_tokens"] + engine.config.max_new_tokens <= reader.native_window:
+            if whole:
                 plain[key] = (method.name, out)
         record = _record(case, method.name, out)
         if out is not None:

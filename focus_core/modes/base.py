@@ -130,6 +130,7 @@ class Mode:
     ``read`` and ``start``; register them in :mod:`focus_core.modes`."""
 
     name: ClassVar[str]
+    chunked: ClassVar[bool] = True  # reads the prompt in chunks (a chunk plan); False: reads it whole
 
     def __init__(self, parts: EngineParts):
         self.parts = parts
@@ -145,6 +146,11 @@ class Mode:
 
     def serves_auto(self, cfg: FocusConfig) -> bool:
         """Whether ``auto`` resolves to this mode under ``cfg`` (asked in the registry's ``auto`` order)."""
+        return False
+
+    def reads_inside_window(self, tokens: int, cfg: FocusConfig) -> bool:
+        """Whether this mode reads a prompt of ``tokens`` that fits the native window with its answer
+        (``False``, by default: such a prompt is read whole, by ``plain``)."""
         return False
 
     def describe(self, cfg: FocusConfig) -> str:

@@ -17,6 +17,7 @@ from .base import Mode
 
 class Plain(Mode):
     name = "plain"
+    chunked = False
 
     def layout(self, ids: Sequence[int], plan: ChunkPlan | None, cfg: FocusConfig) -> Layout:
         return one_sequence(len(ids) + cfg.max_new_tokens, len(ids), self.parts.windows(cfg), context=len(ids))

@@ -33,10 +33,14 @@ from ..selection import (
 from .base import Handover, Mode, Reading
 
 
+def select_reach(cfg: FocusConfig) -> int:
+    """Prompt tokens ``select`` reads at most: the opening passage, the selection and the local context."""
+    return cfg.passage_tokens + cfg.select_tokens + cfg.local_window
+
+
 def select_window(cfg: FocusConfig) -> int:
-    """Tokens ``select`` decodes over: [BOS], the opening passage, the selection, the local context and
-    the answer."""
-    return 1 + cfg.passage_tokens + cfg.select_tokens + cfg.local_window + cfg.max_new_tokens
+    """Tokens ``select`` decodes over: [BOS], what it reads and the answer."""
+    return 1 + select_reach(cfg) + cfg.max_new_tokens
 
 
 class Select(Mode):
@@ -66,6 +70,12 @@ class Select(Mode):
 
     def serves_auto(self, cfg: FocusConfig) -> bool:
         return select_window(cfg) <= self.parts.native_window  # its reading fits the window
+
+    def reads_inside_window(self, tokens: int, cfg: FocusConfig) -> bool:
+        """A prompt longer than ``read_whole_tokens`` (by default, longer than the selection reads): a small
+        model answers better from the passages its attention picks than from a whole prompt that merely
+        fits its window (docs/benchmarks.md, "Inside the window"), and sooner."""
+        return tokens > (cfg.read_whole_tokens or select_reach(cfg))
 
     def describe(self, cfg: FocusConfig) -> str:
         layer = f"select (exit layer {self.exit_layer(cfg)} of {self.parts.runner.num_layers})"
@@ -146,7 +156,8 @@ class Select(Mode):
         """A request about the whole document goes to ``whole``: more passages draw near the most attended
         one's attention (at least ``1 / select_drop`` of it, the cliff the selection stops at) than the
         selection holds (``select_tokens / passage_tokens``), so what it needs is spread wider than select
-        reads. Without a cliff (``select_drop=None``) nothing is handed over."""
+        reads; one that fits the native window with its answer goes to ``plain``, which reads it whole.
+        Without a cliff (``select_drop=None``) nothing is handed over."""
         cfg = request.config
         passages = reading.relevance[1:]  # after the opening, which is read anyway
         if cfg.select_drop is None or len(passages) == 0 or float(passages.max()) <= 0:
@@ -155,11 +166,13 @@ class Select(Mode):
         room = cfg.select_tokens // cfg.passage_tokens
         if near <= room:
             return None
-        return Handover(
-            "whole",
+        reason = (
             f"{near} passages draw at least 1/{cfg.select_drop:g} of the most attended one's attention, more than "
-            f"the {room} the selection holds",
+            f"the {room} the selection holds"
         )
+        if len(request.ids) + cfg.max_new_tokens <= self.parts.native_window:
+            return Handover("plain", f"{reason}; the prompt fits the window, so it is read whole")
+        return Handover("whole", reason)
 
     def start(self, request: Request, reading: Reading) -> PlainDecoding:
         """Ordinary attention over the opening, the selection and the local context."""
