@@ -280,15 +280,26 @@ def test_runner_writes_records_summary_and_heatmap_and_resume_skips_done_cases(m
     assert len(json.loads(results.read_text())["records"]) == 1 and len(methods[0].calls) == 3
 
 
-def test_methods_decoding_the_same_prompt_that_fits_the_window_share_one_run(samples):
-    engine = SimpleNamespace(config=FocusConfig(max_new_tokens=64), native_window=10**6)
+@dataclass
+class Selecting(Fixed):
+    """A fixed reply from a method that asks the engine for ``select``, as FocusMethod does."""
+
+    def overrides(self, engine):
+        return {"aggregation": "select"}
+
+
+def test_methods_reading_the_same_prompt_whole_share_one_run(samples, make_engine):
+    """Baselines that read a prompt whole on one engine decode it once; a method that reads it through the
+    selection inside the window, or in chunks on its own engine whose window it does not fit, runs alone."""
+    engine = make_engine(native_window=8192)
     first, second = Fixed("first"), Fixed("second", reply="other")
-    chunked = Fixed("chunked")  # its own engine, whose window the prompt does not fit: it reads in chunks
-    chunked.engine = SimpleNamespace(native_window=512)
-    records = list(answer_case(engine, samples["niah_single_1", 2048], [first, second, chunked]))
+    selecting, chunked = Selecting("selecting"), Fixed("chunked")
+    chunked.engine = make_engine(native_window=512)
+    records = list(answer_case(engine, samples["niah_single_1", 2048], [first, second, selecting, chunked]))
     assert second.calls == [] and records[1]["same_run_as"] == "first" and records[1]["score"] == 1.0
-    assert len(chunked.calls) == 1 and "same_run_as" not in records[2]
-    assert [r["method"] for r in records] == ["first", "second", "chunked"]
+    assert len(selecting.calls) == len(chunked.calls) == 1
+    assert all("same_run_as" not in r for r in records[2:])
+    assert [r["method"] for r in records] == ["first", "second", "selecting", "chunked"]
 
 
 # ----------------------------------------------------------------- relevance recall
