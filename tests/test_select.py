@@ -273,12 +273,15 @@ def test_describe_says_what_runs_and_which_aggregation_auto_resolves_to(make_eng
     tiny = make_engine()  # no trained candidates, and the default selection does not fit 128: auto is entropy
     assert tiny.describe().endswith("native window 128; aggregation auto -> entropy")
     described = make_engine(select_tokens=48, passage_tokens=16).describe()
-    assert "auto -> select (exit layer 1 of 2), or whole where the question's attention spreads" in described
+    assert (
+        "auto -> select (exit layer 1 of 2) past 88 tokens, or whole where the question's attention spreads"
+        in described
+    )
     assert "dtype float32; attention sdpa (given)" in tiny.describe()
     engine = FocusEngine.from_pretrained(str(tiny_dir), TINY_CONFIG.replace(**SELECT), dtype="float32")
     text = engine.describe()
     assert "dtype float32 (asked for)" in text and "cpu" in text
-    assert text.endswith("aggregation select -> select (exit layer 1 of 2)")
+    assert text.endswith("aggregation select -> select (exit layer 1 of 2) past 88 tokens")
 
 
 @pytest.mark.slow

@@ -78,7 +78,8 @@ class Select(Mode):
         return tokens > (cfg.read_whole_tokens or select_reach(cfg))
 
     def describe(self, cfg: FocusConfig) -> str:
-        layer = f"select (exit layer {self.exit_layer(cfg)} of {self.parts.runner.num_layers})"
+        line = cfg.read_whole_tokens or select_reach(cfg)
+        layer = f"select (exit layer {self.exit_layer(cfg)} of {self.parts.runner.num_layers}) past {line} tokens"
         if cfg.aggregation != "auto" or cfg.select_drop is None:
             return layer
         return f"{layer}, or whole where the question's attention spreads over more passages than select reads"
