@@ -150,6 +150,11 @@ class Clock(BaseStreamer):
         return (len(self.times) - 2) / (self.times[-1] - self.times[1])
 
 
+def read_whole(engine: FocusEngine) -> dict:
+    """The per-call setting that reads every prompt fitting ``engine``'s window whole, as the model would."""
+    return {"read_whole_tokens": engine.native_window}
+
+
 def result_header(benchmark: str, engine: FocusEngine | None = None) -> dict:
     """What every result file opens with: the benchmark, when and where it ran (CPU model and flags,
     GPU) and, given the engine, on which model, device, dtype (and why it was chosen) and settings."""

@@ -18,7 +18,7 @@ import time
 from focus_core import FocusConfig, FocusEngine
 from focus_core.passkey import QUESTION, make_case, spread_depths
 
-from .common import write_result
+from .common import read_whole, write_result
 
 ENDINGS = {
     "The pass key is": "\n\nWhat is the pass key? The pass key is",
@@ -28,7 +28,7 @@ ENDINGS = {
 
 def run(engine: FocusEngine, tokens: int, full_tokens: int, seeds: int, aggregations: list[str]) -> dict:
     records = []
-    runs = [(full_tokens, "full attention", {"read_whole_tokens": engine.native_window})] + [
+    runs = [(full_tokens, "full attention", read_whole(engine))] + [
         (tokens, f"FocusLLM ({a})", {"aggregation": a}) for a in aggregations
     ]
     for n, method, overrides in runs:

@@ -30,7 +30,16 @@ import torch
 
 from focus_core import FocusConfig, FocusEngine
 
-from .common import RESULTS, Clock, model_matmul_rate, non_embedding_params, result_header, synchronize, write_json
+from .common import (
+    RESULTS,
+    Clock,
+    model_matmul_rate,
+    non_embedding_params,
+    read_whole,
+    result_header,
+    synchronize,
+    write_json,
+)
 from .haystack import haystack
 from .speed import CHUNKED_WINDOW, focus_point
 
@@ -67,7 +76,7 @@ def decode_rates(engine: FocusEngine, prompt_tokens: int, new_tokens: int) -> di
     text = "\n\n".join(haystack(engine.tokenizer, prompt_tokens)) + COUNTING
     ids = engine.tokenizer(text).input_ids[-prompt_tokens:]  # the counting at its end
     start = time.perf_counter()
-    stream = engine.stream_ids(ids, max_new_tokens=new_tokens, temperature=0.0, read_whole_tokens=engine.native_window)
+    stream = engine.stream_ids(ids, max_new_tokens=new_tokens, temperature=0.0, **read_whole(engine))
     next(stream)
     first = time.perf_counter()
     produced = 1 + sum(1 for _ in stream)

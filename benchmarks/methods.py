@@ -20,7 +20,7 @@ from functools import lru_cache
 
 from focus_core import FocusEngine
 
-from .common import PeakMemory
+from .common import PeakMemory, read_whole
 from .haystack import Case
 
 MARGIN = 16  # tokens kept free when cutting text to fit, for tokenisation differences at the seams
@@ -68,7 +68,7 @@ class Method:
     def overrides(self, engine: FocusEngine) -> dict:
         """The FocusConfig settings the method's calls on ``engine`` override: a baseline's prompt is read
         whole wherever it fits the window (never through the selection)."""
-        return {"read_whole_tokens": engine.native_window}
+        return read_whole(engine)
 
 
 @dataclass

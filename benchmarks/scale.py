@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .common import result_header, write_json  # noqa: E402
+from .common import read_whole, result_header, write_json  # noqa: E402
 from .plots import save_figure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def child(tokens: int, seed: int, depth: float, full_attention: bool) -> dict:
     loaded = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so the peak below is this case's
     start = time.perf_counter()
-    answer = engine.generate(case.prompt, **({"read_whole_tokens": engine.native_window} if full_attention else {}))
+    answer = engine.generate(case.prompt, **(read_whole(engine) if full_attention else {}))
     return {
         "tokens": engine.count_tokens(case.prompt),
         "seed": seed,

@@ -51,8 +51,8 @@ class Planner:
         """The mode a prompt of ``tokens`` runs: ``plain`` where it fits the native window with its answer,
         unless the mode the call routes to reads such a prompt itself; otherwise that mode."""
         routed = self.route(cfg)
-        fits = tokens + cfg.max_new_tokens <= self.parts.native_window
-        return self.mode("plain") if fits and not routed.reads_inside_window(tokens, cfg) else routed
+        whole = self.parts.fits(tokens, cfg) and not routed.reads_inside_window(tokens, cfg)
+        return self.mode("plain") if whole else routed
 
     def describe(self, cfg: FocusConfig) -> str:
         """The model, its precision and why, the device, the native window and the mode ``cfg`` runs."""

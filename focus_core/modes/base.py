@@ -70,6 +70,10 @@ class EngineParts:
             return plan
         return dataclasses.replace(plan, chunks=plan.chunks[self.group.share(len(plan.chunks))])
 
+    def fits(self, tokens: int, cfg: FocusConfig) -> bool:
+        """Whether a prompt of ``tokens`` fits the native window with its answer."""
+        return tokens + cfg.max_new_tokens <= self.native_window
+
     def progress(self, cfg: FocusConfig) -> bool:
         return cfg.progress if cfg.progress is not None else sys.stderr.isatty()
 

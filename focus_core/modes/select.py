@@ -38,6 +38,12 @@ def select_reach(cfg: FocusConfig) -> int:
     return cfg.passage_tokens + cfg.select_tokens + cfg.local_window
 
 
+def read_whole_line(cfg: FocusConfig) -> int:
+    """Prompt tokens up to which a prompt that fits the window is read whole: ``read_whole_tokens``, by
+    default :func:`select_reach` (below it the selection would read the whole prompt anyway)."""
+    return cfg.read_whole_tokens or select_reach(cfg)
+
+
 def select_window(cfg: FocusConfig) -> int:
     """Tokens ``select`` decodes over: [BOS], what it reads and the answer."""
     return 1 + select_reach(cfg) + cfg.max_new_tokens
@@ -72,14 +78,14 @@ class Select(Mode):
         return select_window(cfg) <= self.parts.native_window  # its reading fits the window
 
     def reads_inside_window(self, tokens: int, cfg: FocusConfig) -> bool:
-        """A prompt longer than ``read_whole_tokens`` (by default, longer than the selection reads): a small
+        """A prompt longer than :func:`read_whole_line`: a small
         model answers better from the passages its attention picks than from a whole prompt that merely
         fits its window (docs/benchmarks.md, "Inside the window"), and sooner."""
-        return tokens > (cfg.read_whole_tokens or select_reach(cfg))
+        return tokens > read_whole_line(cfg)
 
     def describe(self, cfg: FocusConfig) -> str:
-        line = cfg.read_whole_tokens or select_reach(cfg)
-        layer = f"select (exit layer {self.exit_layer(cfg)} of {self.parts.runner.num_layers}) past {line} tokens"
+        layers = f"exit layer {self.exit_layer(cfg)} of {self.parts.runner.num_layers}"
+        layer = f"select ({layers}) past {read_whole_line(cfg)} tokens"
         if cfg.aggregation != "auto" or cfg.select_drop is None:
             return layer
         return f"{layer}, or whole where the question's attention spreads over more passages than select reads"
@@ -171,7 +177,7 @@ class Select(Mode):
             f"{near} passages draw at least 1/{cfg.select_drop:g} of the most attended one's attention, more than "
             f"the {room} the selection holds"
         )
-        if len(request.ids) + cfg.max_new_tokens <= self.parts.native_window:
+        if self.parts.fits(len(request.ids), cfg):
             return Handover("plain", f"{reason}; the prompt fits the window, so it is read whole")
         return Handover("whole", reason)
 
