@@ -1,26 +1,41 @@
-"""Attention for one query per sequence on CPU in half precision: a decoding step's attention.
+"""The engine's CPU kernels: linear layers over pre-packed weights, and the attention of one query.
 
-PyTorch's CPU flash kernel (what ``sdpa`` runs) splits its work by blocks of queries; a decoding step
-has one query per head, so the kernel runs nearly serial and, in bf16, takes ~0.5 ms a layer over 1K
-keys where two small matmuls take ~0.09 ms (2-core AVX-512 EPYC; docs/benchmarks.md, "Decoding").
+**Packed linear weights.** PyTorch's ``F.linear`` on CPU streams a bf16 weight at about half the copy
+bandwidth in a decoding step's matrix-vector products (~15 GB/s on a 2-core AVX-512 EPYC); oneDNN over
+the same weight reordered once into its blocked layout (``torch.ops.mkldnn._reorder_linear_weight``)
+streams it at ~30 GB/s, gives the same bf16 result bit for bit, and is ~15% faster on an encoding
+micro-batch too (docs/benchmarks.md, "Machine limit"). :func:`pack_linears` turns a model's plain
+``nn.Linear`` modules into :class:`PackedLinear`, which keeps such a copy (made at its first engine
+forward, made again if the weight changes) and uses it in the engine's forwards without autograd.
+
+**One query's attention.** PyTorch's CPU flash kernel (what ``sdpa`` runs) splits its work by blocks
+of queries; a decoding step has one query per head, so the kernel runs nearly serial and, in bf16,
+takes ~0.5 ms a layer over 1K keys where two small matmuls take ~0.09 ms (2-core AVX-512 EPYC;
+docs/benchmarks.md, "Machine limit").
 :func:`single_query_attention` is those two matmuls: scores in fp32, the weighted sum of the values in
 the cache's dtype, the same result as ``sdpa`` to bf16 rounding.
 
-It serves only the engine's own forwards (:func:`engine_forward`, entered by the model runner): a model
-the engine wraps still runs ``sdpa`` unchanged when the caller uses it directly.
+Both serve only the engine's own forwards (:func:`engine_forward`, entered by the model runner): a model
+the engine wraps still runs ``F.linear`` and ``sdpa`` unchanged when the caller uses it directly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 _in_engine: contextvars.ContextVar[bool] = contextvars.ContextVar("focus_engine_forward", default=False)
 
 HALF = (torch.bfloat16, torch.float16)
+
+# the packed copy of each PackedLinear's weight, and the (storage, version) of the weight it was made from
+_packed: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple[int, int], torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -73,3 +88,50 @@ def single_query_attention(
     weights = torch.softmax(scores, dim=-1).to(value.dtype)
     out = weights @ value  # [b, kv_heads, groups, d]
     return out.reshape(b, 1, heads, d)
+
+
+def packable_dtypes() -> tuple[torch.dtype, ...]:
+    """The weight dtypes oneDNN's CPU linear takes on this machine: fp32, and bf16 where the CPU has it."""
+    if not torch.backends.mkldnn.is_available():
+        return ()
+    return (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
+
+
+class PackedLinear(nn.Linear):
+    """``nn.Linear`` whose engine forwards on CPU run oneDNN over a packed copy of the weight.
+
+    Elsewhere (the caller's own forwards, training with autograd, another device) it is ``nn.Linear``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        engine_cpu = _in_engine.get() and x.device.type == "cpu" and x.dtype == weight.dtype and x.dim() > 1
+        if engine_cpu and not torch.is_grad_enabled():
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
+        return F.linear(x, weight, self.bias)
+
+    def packed_weight(self) -> torch.Tensor:
+        """The weight in oneDNN's layout, packed again if the weight was replaced or changed in place."""
+        made_from = (self.weight.data_ptr(), self.weight._version)
+        held = _packed.get(self)
+        if held is None or held[0] != made_from:
+            held = (made_from, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1))
+            _packed[self] = held
+        return held[1]
+
+
+def pack_linears(model: nn.Module, memory_available: int) -> int:
+    """Make ``model``'s plain ``nn.Linear`` modules whose weights are on the CPU in a dtype oneDNN takes
+    :class:`PackedLinear` (idempotent), where their packed copies need at most a quarter of
+    ``memory_available`` bytes; returns how many linear layers the engine's forwards run packed."""
+    dtypes = packable_dtypes()
+    linears = [
+        m
+        for m in model.modules()
+        if type(m) in (nn.Linear, PackedLinear) and m.weight.device.type == "cpu" and m.weight.dtype in dtypes
+    ]
+    if 4 * sum(m.weight.numel() * m.weight.element_size() for m in linears) > memory_available:
+        return 0
+    for module in linears:
+        module.__class__ = PackedLinear
+    return len(linears)

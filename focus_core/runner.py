@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from .errors import UnsupportedModelError
-from .kernels import engine_forward
+from .kernels import engine_forward, pack_linears
 from .kv_cache import KVBuffer
-from .memory import Windows
+from .memory import Windows, available_bytes
 from .probe import EarlyExit, Probe, install, probing
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class ModelRunner:
         self.candidates: CandidateProjections | None = None  # kv's: applied where a forward's candidate mask is set
         self._cache_argument = cache_argument(model)
         install(model)  # the attention probe of early-exit passes (inert otherwise)
+        self.packed_linears = pack_linears(model, available_bytes(self.device))  # CPU: oneDNN's layout
 
     @property
     def device(self) -> torch.device:
@@ -112,7 +113,7 @@ class ModelRunner:
     ) -> Probe:
         """A forward that stops after ``probe``'s last layer (the cache then holds layers up to it) and
         records the attention ``probe`` asks for."""
-        with probing(probe):
+        with probing(probe), engine_forward():
             try:
                 self.model.base_model(
                     input_ids=input_ids,
@@ -135,7 +136,8 @@ class ModelRunner:
         The head runs as a 2-D matmul: on CPU a 3-D one copies the head weight once per row.
         """
         config = self.model.config.get_text_config()
-        out = self.model.get_output_embeddings()(hidden.contiguous()).float()
+        with engine_forward():
+            out = self.model.get_output_embeddings()(hidden.contiguous()).float()
         scaling = getattr(config, "logits_scaling", None)
         out = out if scaling is None else out / scaling
         softcap = getattr(config, "final_logit_softcapping", None)

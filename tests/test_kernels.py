@@ -87,3 +87,73 @@ def test_bf16_long_prompt_decodes_the_same_without_the_kernel(tokenizer, monkeyp
     fast = engine.generate_ids(ids)
     monkeypatch.setattr(kernels, "serves", lambda *args: False)
     assert engine.generate_ids(ids) == fast
+
+
+def packed_dtypes() -> list:
+    return [
+        pytest.param(d, marks=pytest.mark.skipif(d not in kernels.packable_dtypes(), reason="no oneDNN bf16"))
+        for d in (torch.float32, torch.bfloat16)
+    ]
+
+
+@pytest.mark.parametrize("dtype", packed_dtypes())
+@pytest.mark.parametrize("shape", [(1, 48), (7, 48), (2, 3, 48), (2, 1, 48)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_packed_linear_equals_f_linear(dtype, shape, bias):
+    """In an engine forward a PackedLinear runs oneDNN over its packed weight; elsewhere it is nn.Linear."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 80, bias=bias).to(dtype)
+    kernels.pack_linears(linear, memory_available=2**40)
+    assert type(linear) is kernels.PackedLinear
+    x = torch.randn(*shape).to(dtype)
+    expected = F.linear(x, linear.weight, linear.bias)
+    with torch.inference_mode(), kernels.engine_forward():
+        out = linear(x)
+    assert out.shape == expected.shape and out.dtype == dtype
+    torch.testing.assert_close(out, expected)
+
+
+def test_a_packed_linear_follows_its_weight_and_leaves_autograd_to_f_linear():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 8)
+    kernels.pack_linears(linear, memory_available=2**40)
+    x = torch.randn(3, 16)
+    with torch.no_grad(), kernels.engine_forward():
+        before = linear(x)
+        linear.weight.mul_(2)  # changed in place: packed again
+        torch.testing.assert_close(linear(x), F.linear(x, linear.weight, linear.bias))
+        linear.weight = torch.nn.Parameter(torch.ones(8, 16))  # replaced
+        torch.testing.assert_close(linear(x), F.linear(x, linear.weight, linear.bias))
+    assert not torch.allclose(before, linear(x).detach())
+    with kernels.engine_forward():  # gradients enabled: nn.Linear's own path, differentiable
+        linear(x.requires_grad_()).sum().backward()
+    torch.testing.assert_close(x.grad, linear.weight.sum(0).expand(3, -1))
+
+
+def test_linears_are_packed_only_where_the_copies_fit_a_quarter_of_the_memory():
+    model = tiny_model("llama")
+    weights = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert kernels.pack_linears(model, memory_available=4 * weights - 1) == 0
+    assert not any(type(m) is kernels.PackedLinear for m in model.modules())
+    packed = kernels.pack_linears(model, memory_available=4 * weights)
+    assert packed == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) > 0
+    assert kernels.pack_linears(model, memory_available=4 * weights) == packed  # idempotent
+
+
+@pytest.mark.parametrize("dtype", packed_dtypes())
+@pytest.mark.parametrize(
+    "settings",
+    [{"aggregation": "entropy"}, {"aggregation": "select", "select_tokens": 48, "passage_tokens": 16}],
+    ids=["entropy", "select"],
+)
+def test_a_long_prompt_decodes_the_same_with_packed_and_plain_linears(tokenizer, dtype, settings):
+    """The engine's forwards (select's early exit and read, entropy's rows, every decoding step) give
+    the same tokens over packed weights as over nn.Linear's."""
+    engine = FocusEngine(tiny_model("llama").to(dtype), tokenizer, TINY_CONFIG.replace(max_new_tokens=10, **settings))
+    linears = [m for m in engine.model.modules() if type(m) is kernels.PackedLinear]
+    assert linears
+    ids = random_ids(LONG, seed=5)
+    fast = engine.generate_ids(ids)
+    for module in linears:
+        module.__class__ = torch.nn.Linear
+    assert engine.generate_ids(ids) == fast
