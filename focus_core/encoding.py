@@ -145,13 +145,7 @@ class ChunkEncoder:
             exit_layer = None if layers is None else layers - 1
             group.start_padded([sequences[i] for i in missing], exit_layer=exit_layer)
             for row, i in enumerate(missing):
-                k, v = group.kv.read_prefix(row)
-                entries[i] = PrefixKV(k, v, **self.runner.sliding_windows)
-                if self.prefix_cache.keeps(entries[i]):  # offloaded to the store only when the cache keeps it
-                    if k.device != self.store_device:
-                        store = self.store_device
-                        entries[i] = PrefixKV(k.to(store), v.to(store), **self.runner.sliding_windows)
-                    self.prefix_cache.put(keys[i], entries[i])
+                entries[i] = self.keep(keys[i], *group.kv.read_prefix(row))
             self.stats.add(
                 encoded=len(missing),
                 tokens=sum(len(sequences[i]) for i in missing),
@@ -159,18 +153,39 @@ class ChunkEncoder:
             )
         return entries
 
+    def keep(self, key: str, keys: torch.Tensor, values: torch.Tensor) -> PrefixKV:
+        """``keys`` and ``values`` ``[layers, kv_heads, tokens, head_dim]`` as a prefix, put in the prefix
+        cache under ``key`` (offloaded to the store device) where the cache keeps it."""
+        entry = PrefixKV(keys, values, **self.runner.sliding_windows)
+        if not self.prefix_cache.keeps(entry):
+            return entry
+        if keys.device != self.store_device:
+            entry = PrefixKV(keys.to(self.store_device), values.to(self.store_device), **self.runner.sliding_windows)
+        self.prefix_cache.put(key, entry)
+        return entry
+
     def batch(self, prefixes: list[PrefixKV], *, slots: int, extra_slots: int) -> SequenceBatch:
         """A batch of ``slots`` slots per row: ``prefixes`` right-aligned (left-padded) in the first
         ``slots - extra_slots``, then room for ``extra_slots`` more tokens."""
-        width = slots - extra_slots
-        if max(p.tokens for p in prefixes) > width:
-            raise ValueError(f"a prefix is longer than the {width} slots the batch holds for them")
         batch = SequenceBatch(self.runner, rows=len(prefixes), capacity=slots)
-        batch.kv.skip(width)
-        for row, p in enumerate(prefixes):
-            batch.kv.write_prefix(row, p.keys.to(self.runner.device), p.values.to(self.runner.device))
-        batch.next_positions = torch.tensor([p.tokens for p in prefixes], device=self.runner.device)
+        batch.place(prefixes, width=slots - extra_slots)
         return batch
+
+    def read(self, sequence: SequenceBatch, tokens: tuple[int, ...]) -> bool:
+        """Start the empty one-row ``sequence`` with ``tokens`` through every layer: their KV from the
+        prefix cache where an earlier read (or a chunk) of the same tokens left it, else run and kept
+        there. A second question whose selection reads what the first one's did runs only its own
+        tokens after it. Returns whether the KV came from the cache."""
+        key = prefix_key(tokens, self.runner.dtype)
+        whole = not sequence.kv.windowed  # a sequence keeping only its sliding windows holds no whole prefix
+        held = self.prefix_cache.get(key) if whole else None
+        if held is not None:
+            sequence.place([held], width=held.tokens)
+            return True
+        sequence.append(torch.tensor(tokens, device=self.runner.device))
+        if whole:
+            self.keep(key, *sequence.kv.read_prefix(0))
+        return False
 
     def with_prompt(
         self,

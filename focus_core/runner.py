@@ -23,6 +23,7 @@ from .probe import EarlyExit, Probe, install, probing
 
 if TYPE_CHECKING:
     from .candidates import CandidateProjections
+    from .kv_cache import PrefixKV
 
 
 def cache_argument(model: nn.Module) -> str:
@@ -191,6 +192,17 @@ class SequenceBatch:
             self.runner.probe(ids, positions, self.kv.cache(), mask, Probe((exit_layer,), (0, 0), valid))
         self.kv.advance(width, valid)
         self.next_positions = width - pad
+
+    def place(self, prefixes: Sequence[PrefixKV], *, width: int) -> None:
+        """Start every row of this empty batch with its stored prefix, right-aligned (left-padded) in the
+        first ``width`` slots."""
+        if max(p.tokens for p in prefixes) > width:
+            raise ValueError(f"a prefix is longer than the {width} slots the batch holds for them")
+        device = self.runner.device
+        self.kv.skip(width)
+        for row, p in enumerate(prefixes):
+            self.kv.write_prefix(row, p.keys.to(device), p.values.to(device))
+        self.next_positions = torch.tensor([p.tokens for p in prefixes], device=device)
 
     def attend(
         self, tokens: torch.Tensor, *, layers: tuple[int, ...], rows: tuple[int, int]

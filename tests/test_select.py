@@ -261,6 +261,23 @@ def test_a_repeated_question_reuses_the_early_exit_prefixes(make_engine):
     assert engine.stats.chunks_encoded > encoded
 
 
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_a_second_question_over_the_same_selection_reuses_its_read(make_engine, arch, monkeypatch):
+    """The read of a selection (``[BOS]`` + opening + spans, every layer) is kept in the prefix cache: the
+    same selection read again starts from it, and gives the tokens a read run anew gives."""
+    engine = make_engine(arch, **SELECT, select_drop=None)
+    anew = FocusEngine(engine.model, engine.tokenizer, engine.config.replace(prefix_cache_bytes=0))
+    hits = []
+    read = engine.encoder.read
+    monkeypatch.setattr(engine.encoder, "read", lambda sequence, tokens: hits.append(read(sequence, tokens)))
+    ids = [1, *random_ids(LONG, seed=5)]
+    other_question = ids[:-4] + random_ids(4, seed=6)
+    first = engine.generate_ids(ids)
+    assert engine.generate_ids(ids) == first == anew.generate_ids(ids)
+    assert engine.generate_ids(other_question) == anew.generate_ids(other_question)
+    assert hits[:2] == [False, True]  # run, then read from the cache
+
+
 def test_select_layout_declares_the_early_exit_buffers(make_engine):
     request = make_engine(**SELECT, exit_layer=0).request(random_ids(LONG))
     cfg, plan, layout = request.config, request.plan, request.layout

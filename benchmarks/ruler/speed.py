@@ -39,10 +39,14 @@ def reworded(case: Sample) -> Sample:
     return dataclasses.replace(case, query=case.query.replace(case.question, f"Tell me, please: {case.question}", 1))
 
 
-def time_case(engine: FocusEngine, task: str, length: int, index: int, part: Part, rag: VectorRAG) -> dict:
-    """Seconds of RAG, of a first ``select`` and of a second question over the same documents."""
+def time_case(
+    engine: FocusEngine, task: str, length: int, index: int, part: Part, rag: VectorRAG, new_tokens: int | None = None
+) -> dict:
+    """Seconds of RAG, of a first ``select`` and of a second question over the same documents, each
+    answer at most the task's RULER length or ``new_tokens``, whichever is less."""
     case = make_sample(task, engine.tokenizer, length, index, part)
-    engine.config = engine.config.replace(max_new_tokens=NEW_TOKENS[family(task)])
+    answer = NEW_TOKENS[family(task)]
+    engine.config = engine.config.replace(max_new_tokens=min(answer, new_tokens) if new_tokens else answer)
     select = FocusMethod("FocusLLM (select)", "select")
     engine.prefix_cache.clear()
     answers = {"rag": rag.answer(engine, case), "select": select.answer(engine, case)}
@@ -92,17 +96,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rag-top-k", type=int, default=4)
     parser.add_argument("--rag-chunk-size", type=int, default=256)
     parser.add_argument("--limit-tokens", type=int, default=None, help="also run machine_limit over N tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="cap every answer (default: RULER's)")
     add_one_stage(parser)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     engine = FocusEngine.from_pretrained(None, FocusConfig(progress=False, **one_stage_settings(args)))
     name = f"RAG top-{args.rag_top_k} x {args.rag_chunk_size}"
     rag = VectorRAG(name, chunk_size=args.rag_chunk_size, top_k=args.rag_top_k)
-    result = {**result_header("ruler select speed", engine), "rag": rag.name, "new_tokens": NEW_TOKENS}
+    caps = {k: min(v, args.max_new_tokens) if args.max_new_tokens else v for k, v in NEW_TOKENS.items()}
+    result = {**result_header("ruler select speed", engine), "rag": rag.name, "new_tokens": caps}
     records = []
     for length in args.lengths:
         for task in args.tasks:
-            records.append(time_case(engine, task, length, args.index, PARTS[args.part], rag))
+            records.append(time_case(engine, task, length, args.index, PARTS[args.part], rag, args.max_new_tokens))
             line = {k: round(v["seconds"], 1) for k, v in records[-1].items() if isinstance(v, dict)}
             print(length, task, line, flush=True)
             write_json(args.results, {**result, "summary": summarize(records), "records": records})

@@ -97,18 +97,20 @@ class Select(Mode):
         deep = self.deep_chunks(plan, cfg)
         mine = deep if group is None else group.sizes(deep)[group.rank]
         prefix_slots = len(parts.encoder.bos) + len(probed(plan).chunks[0])
+        read = len(parts.encoder.bos) + min(cfg.passage_tokens + cfg.select_tokens, plan.memory_tokens)
+        slots, windows = read + len(plan.local) + cfg.max_new_tokens, parts.windows(cfg)
+        # the read of the selection is kept too, where the sequence holds it whole (ChunkEncoder.read)
+        kept_read = parts.stored_prefixes([read]) if windows.kept_slots(slots) is None else ()
         parallel = parallel_buffers(
             chunks=mine,
             prefix_slots=prefix_slots,
             dynamic_prompt=len(plan.dynamic_prompt),
             read=0,
             batch_tokens=cfg.encode_batch_tokens,
-            cached=parts.stored_prefixes([prefix_slots] * mine, exit_layers),
+            cached=parts.stored_prefixes([prefix_slots] * mine, exit_layers) + kept_read,
             exit_layers=exit_layers,
         )
-        read_tokens = min(cfg.passage_tokens + cfg.select_tokens, plan.memory_tokens)
-        slots = len(parts.encoder.bos) + read_tokens + len(plan.local) + cfg.max_new_tokens
-        return one_sequence(slots, slots - cfg.max_new_tokens, parts.windows(cfg), **parallel)
+        return one_sequence(slots, slots - cfg.max_new_tokens, windows, **parallel)
 
     def deep_chunks(self, plan: ChunkPlan, cfg: FocusConfig) -> int:
         """How many chunks run to the exit layer: those the cascade's first stage keeps, or every one."""
@@ -187,5 +189,5 @@ class Select(Mode):
         memory = list(itertools.chain.from_iterable(plan.chunks))
         read = [t for start, end in merge(reading.spans) for t in memory[start:end]]
         sequence = parts.sequence(request.layout, request.config)
-        ids = torch.tensor(parts.encoder.bos + tuple(read) + plan.local, device=parts.runner.device)
-        return PlainDecoding(sequence, sequence.append(ids))
+        parts.encoder.read(sequence, parts.encoder.bos + tuple(read))
+        return PlainDecoding(sequence, sequence.append(torch.tensor(plan.local, device=parts.runner.device)))
