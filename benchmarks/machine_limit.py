@@ -10,9 +10,10 @@
 - the memory bandwidth (bytes/s of a large copy on the device, read and write counted) and the bytes one
   decoded token reads (every weight matrix once, the tied embedding as the output layer, and the KV
   cache of its context): bandwidth / bytes is the memory-limited decode rate;
-- the decode rate (tokens/s after the first) of the engine and of ``transformers``' own ``generate`` on
-  the same prompt of ``--decode-prompt-tokens`` tokens, ``--decode-tokens`` greedy tokens each, and the
-  engine's fraction of the memory-limited rate.
+- the decode rate (tokens/s after the first) of the engine, of the engine over plain ``nn.Linear``
+  weights (``focus_core.kernels.unpacked``: what the packed weights bring) and of ``transformers``' own
+  ``generate`` on the same prompt of ``--decode-prompt-tokens`` tokens, ``--decode-tokens`` greedy tokens
+  each, and the engine's fraction of the memory-limited rate.
 
     python -m benchmarks.machine_limit --tokens 8192 [--dtype auto] [--device cpu] [--results DIR]
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from focus_core import FocusConfig, FocusEngine
+from focus_core import FocusConfig, FocusEngine, kernels
 
 from .common import (
     RESULTS,
@@ -70,17 +71,25 @@ def decode_bytes_per_token(engine: FocusEngine, context: int) -> int:
     return weights + context * engine.runner.kv_bytes_per_token()
 
 
-def decode_rates(engine: FocusEngine, prompt_tokens: int, new_tokens: int) -> dict:
-    """Tokens/s after the first, greedy, on the same prompt: the engine (plain: the prompt fits) and
-    ``model.generate`` (each token's arrival noted by a streamer)."""
-    text = "\n\n".join(haystack(engine.tokenizer, prompt_tokens)) + COUNTING
-    ids = engine.tokenizer(text).input_ids[-prompt_tokens:]  # the counting at its end
+def engine_decode(engine: FocusEngine, ids: list[int], new_tokens: int) -> tuple[int, float, float]:
+    """Tokens the engine produced reading ``ids`` whole, seconds to its first, and tokens/s after it."""
     start = time.perf_counter()
     stream = engine.stream_ids(ids, max_new_tokens=new_tokens, temperature=0.0, **read_whole(engine))
     next(stream)
     first = time.perf_counter()
     produced = 1 + sum(1 for _ in stream)
-    engine_rate = (produced - 1) / (time.perf_counter() - first)
+    return produced, first - start, (produced - 1) / (time.perf_counter() - first)
+
+
+def decode_rates(engine: FocusEngine, prompt_tokens: int, new_tokens: int) -> dict:
+    """Tokens/s after the first, greedy, on the same prompt: the engine (plain: the prompt fits), the
+    engine over plain ``nn.Linear`` weights (``kernels.unpacked``), and ``model.generate`` (each token's
+    arrival noted by a streamer)."""
+    text = "\n\n".join(haystack(engine.tokenizer, prompt_tokens)) + COUNTING
+    ids = engine.tokenizer(text).input_ids[-prompt_tokens:]  # the counting at its end
+    produced, first_token, engine_rate = engine_decode(engine, ids, new_tokens)
+    with kernels.unpacked(engine.model):
+        unpacked_rate = engine_decode(engine, ids, new_tokens)[2]
     clock = Clock()
     with torch.inference_mode():
         engine.model.generate(
@@ -94,8 +103,10 @@ def decode_rates(engine: FocusEngine, prompt_tokens: int, new_tokens: int) -> di
     return {
         "prompt_tokens": len(ids),
         "engine_tokens": produced,
-        "engine_first_token_s": first - start,
+        "engine_first_token_s": first_token,
         "engine_decode_tokens_per_s": engine_rate,
+        "engine_packed_linears": engine.runner.packed_linears,
+        "engine_unpacked_decode_tokens_per_s": unpacked_rate,
         "transformers_decode_tokens_per_s": clock.rate(),
     }
 
@@ -161,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"memory {out['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / {out['decode_bytes_per_token'] / 1e6:.0f} MB a "
         f"token -> {out['memory_limited_decode_tokens_per_s']:.1f} tokens/s memory-limited; decode "
         f"{out['engine_decode_tokens_per_s']:.1f} tokens/s = {100 * out['decode_fraction_of_memory_limit']:.0f}% "
-        f"(transformers.generate {out['transformers_decode_tokens_per_s']:.1f})"
+        f"(over unpacked weights {out['engine_unpacked_decode_tokens_per_s']:.1f}; transformers.generate "
+        f"{out['transformers_decode_tokens_per_s']:.1f})"
     )
     return result
 

@@ -135,3 +135,17 @@ def pack_linears(model: nn.Module, memory_available: int) -> int:
     for module in linears:
         module.__class__ = PackedLinear
     return len(linears)
+
+
+@contextlib.contextmanager
+def unpacked(model: nn.Module) -> Iterator[None]:
+    """Within this block ``model``'s :class:`PackedLinear` modules are plain ``nn.Linear``: the reference
+    the packed path is compared with (not for use while other threads run the model)."""
+    packed = [m for m in model.modules() if type(m) is PackedLinear]
+    for module in packed:
+        module.__class__ = nn.Linear
+    try:
+        yield
+    finally:
+        for module in packed:
+            module.__class__ = PackedLinear

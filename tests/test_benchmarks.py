@@ -151,6 +151,8 @@ def test_machine_limit_reports_encode_against_the_matmul_limit_of_the_same_run(t
     decode = result["engine_decode_tokens_per_s"]
     assert result["decode_fraction_of_memory_limit"] == pytest.approx(decode / memory_limited)
     assert result["prompt_tokens"] == 64 and result["transformers_decode_tokens_per_s"] > 0
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())  # the tiny model on the CPU, fp32
+    assert result["engine_packed_linears"] == linears and result["engine_unpacked_decode_tokens_per_s"] > 0
 
 
 # ------------------------------------------------------------------------------- scripts/gpu_check.sh
