@@ -39,7 +39,7 @@ class Method:
             prompt, info = self.prompt(engine, case)
             if prompt is None:
                 return None
-            encoded = engine.stats.chunks_encoded
+            encoded, reads = engine.stats.chunks_encoded, engine.stats.reads_reused
             generation = engine.stream(prompt, **self.overrides(engine))
             pieces, first = [], None
             for piece in generation:
@@ -56,6 +56,7 @@ class Method:
             "peak_bytes": peak.bytes,
             "prompt_tokens": engine.count_tokens(prompt),
             "chunks_encoded": engine.stats.chunks_encoded - encoded,
+            "reads_reused": engine.stats.reads_reused - reads,
             "mode": generation.mode,
             "route": generation.route,
             **info,

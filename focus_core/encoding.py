@@ -31,14 +31,18 @@ class EncodingStats:
     chunks_encoded: int = 0
     tokens_encoded: int = 0
     chunks_reused: int = 0
+    reads_reused: int = 0  # select's reads of a selection started from the prefix cache
     encode_seconds: float = 0.0  # wall time spent encoding chunk prefixes
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, *, encoded: int = 0, tokens: int = 0, reused: int = 0, seconds: float = 0.0) -> None:
+    def add(
+        self, *, encoded: int = 0, tokens: int = 0, reused: int = 0, reads_reused: int = 0, seconds: float = 0.0
+    ) -> None:
         with self._lock:
             self.chunks_encoded += encoded
             self.tokens_encoded += tokens
             self.chunks_reused += reused
+            self.reads_reused += reads_reused
             self.encode_seconds += seconds
 
 
@@ -181,6 +185,7 @@ class ChunkEncoder:
         held = self.prefix_cache.get(key) if whole else None
         if held is not None:
             sequence.place([held], width=held.tokens)
+            self.stats.add(reads_reused=1)
             return True
         sequence.append(torch.tensor(tokens, device=self.runner.device))
         if whole:

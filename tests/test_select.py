@@ -276,6 +276,7 @@ def test_a_second_question_over_the_same_selection_reuses_its_read(make_engine, 
     assert engine.generate_ids(ids) == first == anew.generate_ids(ids)
     assert engine.generate_ids(other_question) == anew.generate_ids(other_question)
     assert hits[:2] == [False, True]  # run, then read from the cache
+    assert engine.stats.reads_reused == sum(hits) >= 1
 
 
 def test_select_layout_declares_the_early_exit_buffers(make_engine):

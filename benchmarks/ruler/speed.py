@@ -59,6 +59,7 @@ def time_case(
             "score": case.score(out["reply"]),
             "reply": out["reply"],
             "chunks_encoded": out["chunks_encoded"],
+            "reads_reused": out["reads_reused"],
         }
     return record
 
@@ -79,6 +80,7 @@ def summarize(records: list[dict]) -> dict:
             "rag_score": _mean(rs, "rag", "score"),
             "select_score": _mean(rs, "select", "score"),
             "second_question_score": _mean(rs, "select, second question", "score"),
+            "second_question_reads_reused": sum(r["select, second question"]["reads_reused"] for r in rs),
         }
     return out
 
