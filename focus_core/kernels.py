@@ -111,8 +111,10 @@ class PackedLinear(nn.Linear):
         return F.linear(x, weight, self.bias)
 
     def packed_weight(self) -> torch.Tensor:
-        """The weight in oneDNN's layout, packed again if the weight was replaced or changed in place."""
-        made_from = (self.weight.data_ptr(), self.weight._version)
+        """The weight in oneDNN's layout, packed again if the weight was replaced or changed in place (an
+        inference tensor, made under ``torch.inference_mode``, keeps no version: its storage alone)."""
+        weight = self.weight
+        made_from = (weight.data_ptr(), -1 if weight.is_inference() else weight._version)
         held = _packed.get(self)
         if held is None or held[0] != made_from:
             held = (made_from, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1))

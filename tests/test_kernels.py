@@ -130,6 +130,15 @@ def test_a_packed_linear_follows_its_weight_and_leaves_autograd_to_f_linear():
     torch.testing.assert_close(x.grad, linear.weight.sum(0).expand(3, -1))
 
 
+def test_a_linear_made_under_inference_mode_is_packed_too():
+    with torch.inference_mode():
+        linear = torch.nn.Linear(16, 8)
+        x = torch.randn(3, 16)
+    kernels.pack_linears(linear, memory_available=2**40)
+    with torch.inference_mode(), kernels.engine_forward():
+        torch.testing.assert_close(linear(x), F.linear(x, linear.weight, linear.bias))
+
+
 def test_linears_are_packed_only_where_the_copies_fit_a_quarter_of_the_memory():
     model = tiny_model("llama")
     weights = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, torch.nn.Linear))
