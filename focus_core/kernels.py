@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import weakref
 from collections.abc import Iterator
 
@@ -90,6 +91,7 @@ def single_query_attention(
     return out.reshape(b, 1, heads, d)
 
 
+@functools.cache
 def packable_dtypes() -> tuple[torch.dtype, ...]:
     """The weight dtypes oneDNN's CPU linear takes on this machine: fp32, and bf16 where the CPU has it."""
     if not torch.backends.mkldnn.is_available():
@@ -106,7 +108,7 @@ class PackedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         engine_cpu = _in_engine.get() and x.device.type == "cpu" and x.dtype == weight.dtype and x.dim() > 1
-        if engine_cpu and not torch.is_grad_enabled():
+        if engine_cpu and weight.dtype in packable_dtypes() and not torch.is_grad_enabled():
             return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
         return F.linear(x, weight, self.bias)
 
@@ -117,7 +119,7 @@ class PackedLinear(nn.Linear):
         made_from = (weight.data_ptr(), -1 if weight.is_inference() else weight._version)
         held = _packed.get(self)
         if held is None or held[0] != made_from:
-            held = (made_from, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1))
+            held = (made_from, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1))
             _packed[self] = held
         return held[1]
 

@@ -130,6 +130,15 @@ def test_a_packed_linear_follows_its_weight_and_leaves_autograd_to_f_linear():
     torch.testing.assert_close(x.grad, linear.weight.sum(0).expand(3, -1))
 
 
+def test_a_packed_linear_whose_model_moved_to_a_dtype_onednn_does_not_take_is_nn_linear_again():
+    linear = torch.nn.Linear(16, 8)
+    kernels.pack_linears(linear, memory_available=2**40)
+    linear.half()  # fp16: no oneDNN linear on most CPUs
+    x = torch.randn(3, 16).half()
+    with torch.inference_mode(), kernels.engine_forward():
+        torch.testing.assert_close(linear(x), F.linear(x, linear.weight, linear.bias))
+
+
 def test_a_linear_made_under_inference_mode_is_packed_too():
     with torch.inference_mode():
         linear = torch.nn.Linear(16, 8)
