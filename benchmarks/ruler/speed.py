@@ -60,6 +60,7 @@ def time_case(
             "reply": out["reply"],
             "chunks_encoded": out["chunks_encoded"],
             "reads_reused": out["reads_reused"],
+            "route": out["route"],  # where select handed the request over, if it did
         }
     return record
 
