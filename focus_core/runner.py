@@ -17,13 +17,12 @@ from torch import nn
 
 from .errors import UnsupportedModelError
 from .kernels import engine_forward, pack_linears
-from .kv_cache import KVBuffer
+from .kv_cache import KVBuffer, PrefixKV
 from .memory import Windows, available_bytes
 from .probe import EarlyExit, Probe, install, probing
 
 if TYPE_CHECKING:
     from .candidates import CandidateProjections
-    from .kv_cache import PrefixKV
 
 
 def cache_argument(model: nn.Module) -> str:
