@@ -134,9 +134,10 @@ def pack_linears(model: nn.Module, memory_available: int) -> int:
         for m in model.modules()
         if type(m) in (nn.Linear, PackedLinear) and m.weight.device.type == "cpu" and m.weight.dtype in dtypes
     ]
-    if 4 * sum(m.weight.numel() * m.weight.element_size() for m in linears) > memory_available:
-        return 0
-    for module in linears:
+    plain = [m for m in linears if type(m) is nn.Linear]  # those packed already have their memory
+    if 4 * sum(m.weight.numel() * m.weight.element_size() for m in plain) > memory_available:
+        return len(linears) - len(plain)
+    for module in plain:
         module.__class__ = PackedLinear
     return len(linears)
 

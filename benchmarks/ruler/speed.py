@@ -39,14 +39,18 @@ def reworded(case: Sample) -> Sample:
     return dataclasses.replace(case, query=case.query.replace(case.question, f"Tell me, please: {case.question}", 1))
 
 
+def capped(tokens: int, cap: int | None) -> int:
+    """``tokens``, or ``cap`` where one is given and is less."""
+    return tokens if cap is None else min(tokens, cap)
+
+
 def time_case(
     engine: FocusEngine, task: str, length: int, index: int, part: Part, rag: VectorRAG, new_tokens: int | None = None
 ) -> dict:
     """Seconds of RAG, of a first ``select`` and of a second question over the same documents, each
     answer at most the task's RULER length or ``new_tokens``, whichever is less."""
     case = make_sample(task, engine.tokenizer, length, index, part)
-    answer = NEW_TOKENS[family(task)]
-    engine.config = engine.config.replace(max_new_tokens=min(answer, new_tokens) if new_tokens else answer)
+    engine.config = engine.config.replace(max_new_tokens=capped(NEW_TOKENS[family(task)], new_tokens))
     select = FocusMethod("FocusLLM (select)", "select")
     engine.prefix_cache.clear()
     answers = {"rag": rag.answer(engine, case), "select": select.answer(engine, case)}
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     engine = FocusEngine.from_pretrained(None, FocusConfig(progress=False, **one_stage_settings(args)))
     name = f"RAG top-{args.rag_top_k} x {args.rag_chunk_size}"
     rag = VectorRAG(name, chunk_size=args.rag_chunk_size, top_k=args.rag_top_k)
-    caps = {k: min(v, args.max_new_tokens) if args.max_new_tokens else v for k, v in NEW_TOKENS.items()}
+    caps = {k: capped(v, args.max_new_tokens) for k, v in NEW_TOKENS.items()}
     result = {**result_header("ruler select speed", engine), "rag": rag.name, "new_tokens": caps}
     records = []
     for length in args.lengths:
