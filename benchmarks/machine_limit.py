@@ -11,7 +11,8 @@
   decoded token reads (every weight matrix once, the tied embedding as the output layer, and the KV
   cache of its context): bandwidth / bytes is the memory-limited decode rate;
 - the decode rate (tokens/s after the first) of the engine, of the engine over plain ``nn.Linear``
-  weights (``focus_core.kernels.unpacked``: what the packed weights bring) and of ``transformers``' own
+  weights (``focus_core.kernels.unpacked``: what the packed weights bring), of the engine decoding
+  through the model's own forward (what ``focus_core.decode_step`` brings) and of ``transformers``' own
   ``generate`` on the same prompt of ``--decode-prompt-tokens`` tokens, ``--decode-tokens`` greedy tokens
   each, and the engine's fraction of the memory-limited rate.
 
@@ -83,13 +84,19 @@ def engine_decode(engine: FocusEngine, ids: list[int], new_tokens: int) -> tuple
 
 def decode_rates(engine: FocusEngine, prompt_tokens: int, new_tokens: int) -> dict:
     """Tokens/s after the first, greedy, on the same prompt: the engine (plain: the prompt fits), the
-    engine over plain ``nn.Linear`` weights (``kernels.unpacked``), and ``model.generate`` (each token's
-    arrival noted by a streamer)."""
+    engine over plain ``nn.Linear`` weights (``kernels.unpacked``), the engine with every step through the
+    model's own forward (not its decoding step, ``focus_core.decode_step``), and ``model.generate`` (each
+    token's arrival noted by a streamer)."""
     text = "\n\n".join(haystack(engine.tokenizer, prompt_tokens)) + COUNTING
     ids = engine.tokenizer(text).input_ids[-prompt_tokens:]  # the counting at its end
     produced, first_token, engine_rate = engine_decode(engine, ids, new_tokens)
     with kernels.unpacked(engine.model):
         unpacked_rate = engine_decode(engine, ids, new_tokens)[2]
+    step, engine.runner.step = engine.runner.step, None  # every step through the model's own forward
+    try:
+        forward_rate = engine_decode(engine, ids, new_tokens)[2]
+    finally:
+        engine.runner.step = step
     clock = Clock()
     with torch.inference_mode():
         engine.model.generate(
@@ -107,6 +114,8 @@ def decode_rates(engine: FocusEngine, prompt_tokens: int, new_tokens: int) -> di
         "engine_decode_tokens_per_s": engine_rate,
         "engine_packed_linears": engine.runner.packed_linears,
         "engine_unpacked_decode_tokens_per_s": unpacked_rate,
+        "engine_decode_step": type(step).__name__ if step is not None else None,
+        "engine_model_forward_decode_tokens_per_s": forward_rate,
         "transformers_decode_tokens_per_s": clock.rate(),
     }
 

@@ -7,6 +7,8 @@ streams it at ~30 GB/s, gives the same bf16 result bit for bit, and is ~15% fast
 micro-batch too (docs/benchmarks.md, "Machine limit"). :func:`pack_linears` turns a model's plain
 ``nn.Linear`` modules into :class:`PackedLinear`, which keeps such a copy (made at its first engine
 forward, made again if the weight changes) and uses it in the engine's forwards without autograd.
+:class:`FusedLinears` does the same for layers that read one input, their weights stacked into one
+product (the engine's decoding step, :mod:`focus_core.decode_step`).
 
 **One query's attention.** PyTorch's CPU flash kernel (what ``sdpa`` runs) splits its work by blocks
 of queries; a decoding step has one query per head, so the kernel runs nearly serial and, in bf16,
@@ -25,7 +27,7 @@ import contextlib
 import contextvars
 import functools
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -106,22 +108,69 @@ class PackedLinear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight
-        engine_cpu = _in_engine.get() and x.device.type == "cpu" and x.dtype == weight.dtype and x.dim() > 1
-        if engine_cpu and weight.dtype in packable_dtypes() and not torch.is_grad_enabled():
+        if runs_packed(x, self.weight):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight(), self.bias, "none", [], "")
-        return F.linear(x, weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
     def packed_weight(self) -> torch.Tensor:
-        """The weight in oneDNN's layout, packed again if the weight was replaced or changed in place (an
-        inference tensor, made under ``torch.inference_mode``, keeps no version: its storage alone)."""
-        weight = self.weight
-        made_from = (weight.data_ptr(), -1 if weight.is_inference() else weight._version)
+        """The weight in oneDNN's layout, packed again if the weight was replaced or changed in place."""
+        made_from = weight_state(self.weight)
         held = _packed.get(self)
         if held is None or held[0] != made_from:
-            held = (made_from, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1))
+            held = (made_from, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1))
             _packed[self] = held
         return held[1]
+
+
+def runs_packed(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a product of ``x`` with ``weight`` runs over a packed copy: in an engine forward without
+    autograd, on CPU, in a dtype oneDNN takes here."""
+    return (
+        _in_engine.get()
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype
+        and x.dim() > 1
+        and weight.dtype in packable_dtypes()
+        and not torch.is_grad_enabled()
+    )
+
+
+def weight_state(weight: torch.Tensor) -> tuple[int, int]:
+    """What a packed copy of ``weight`` was made from: its storage and version (an inference tensor, made
+    under ``torch.inference_mode``, keeps no version: its storage alone)."""
+    return weight.data_ptr(), -1 if weight.is_inference() else weight._version
+
+
+class FusedLinears:
+    """Linear layers that read the same input (a layer's query, key and value projections; an MLP's gate
+    and up projections), their outputs side by side: in the engine's forwards on CPU one product over a
+    packed copy of their weights stacked (a decoding step's small products are bound by latency more than
+    by bandwidth: SmolLM2's three attention projections take ~40% longer apart), elsewhere each layer's
+    own ``forward`` (also while the model is :func:`unpacked`). Either way the layers' own outputs, bit for
+    bit."""
+
+    def __init__(self, *linears: nn.Linear, fuse: bool = True):
+        self.linears, self.fuse = linears, fuse
+        self._held: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., sum of the layers' out_features]``."""
+        first = self.linears[0]
+        if not (self.fuse and type(first) is PackedLinear and runs_packed(x, first.weight)):
+            return torch.cat([m.forward(x) for m in self.linears], dim=-1)
+        weight, bias = self._packed()
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    def _packed(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weights side by side in oneDNN's layout and the biases (zeros where a layer has none), made
+        again if a weight was replaced or changed."""
+        made_from = tuple(weight_state(t) for m in self.linears for t in (m.weight, m.bias) if t is not None)
+        if self._held is None or self._held[0] != made_from:
+            weight = torch.cat([m.weight.detach() for m in self.linears])
+            biases = [m.bias if m.bias is not None else weight.new_zeros(m.out_features) for m in self.linears]
+            bias = torch.cat(biases).detach() if any(m.bias is not None for m in self.linears) else None
+            self._held = (made_from, torch.ops.mkldnn._reorder_linear_weight(weight, 1), bias)
+        return self._held[1], self._held[2]
 
 
 def pack_linears(model: nn.Module, memory_available: int) -> int:
@@ -135,11 +184,15 @@ def pack_linears(model: nn.Module, memory_available: int) -> int:
         if type(m) in (nn.Linear, PackedLinear) and m.weight.device.type == "cpu" and m.weight.dtype in dtypes
     ]
     plain = [m for m in linears if type(m) is nn.Linear]  # those packed already have their memory
-    if 4 * sum(m.weight.numel() * m.weight.element_size() for m in plain) > memory_available:
+    if 4 * weight_bytes(plain) > memory_available:
         return len(linears) - len(plain)
     for module in plain:
         module.__class__ = PackedLinear
     return len(linears)
+
+
+def weight_bytes(linears: Iterable[nn.Module]) -> int:
+    return sum(m.weight.numel() * m.weight.element_size() for m in linears)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .decode_step import decode_step
 from .errors import UnsupportedModelError
 from .kernels import engine_forward, pack_linears
 from .kv_cache import KVBuffer, PrefixKV
@@ -52,7 +53,9 @@ class ModelRunner:
         self.candidates: CandidateProjections | None = None  # kv's: applied where a forward's candidate mask is set
         self._cache_argument = cache_argument(model)
         install(model)  # the attention probe of early-exit passes (inert otherwise)
-        self.packed_linears = pack_linears(model, available_bytes(self.device))  # CPU: oneDNN's layout
+        free = available_bytes(self.device)
+        self.packed_linears = pack_linears(model, free)  # CPU: oneDNN's layout
+        self.step = decode_step(model, free)  # one token per row without transformers' dispatch, where it serves
 
     @property
     def device(self) -> torch.device:
@@ -92,7 +95,11 @@ class ModelRunner:
         candidate_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Last-layer hidden states ``[batch, t, hidden]`` of the new tokens; ``cache`` grows by them. Where
-        ``candidate_mask`` is set (kv), those positions go through the candidate projections."""
+        ``candidate_mask`` is set (kv), those positions go through the candidate projections. One token per
+        row without autograd runs the engine's own decoding step where the model has one."""
+        if self.step is not None and input_ids.shape[1] == 1 and candidate_mask is None and not torch.is_grad_enabled():
+            with engine_forward():
+                return self.step(input_ids, position_ids, cache, attention_mask)
         inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
         inputs |= {"use_cache": True, self._cache_argument: cache}
         with engine_forward():

@@ -12,4 +12,5 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 python -m pip install -q -e ".[dev,train,langchain,llamaindex]" "transformers==$lowest"
 python -c "import transformers; print('transformers', transformers.__version__, '(lowest supported)')"
-python -m pytest -q -m "not slow" tests/test_engine.py tests/test_focus.py tests/test_generation.py tests/test_training.py
+python -m pytest -q -m "not slow" tests/test_engine.py tests/test_focus.py tests/test_generation.py tests/test_training.py \
+    tests/test_decode_step.py
