@@ -39,7 +39,8 @@ class Method:
             prompt, info = self.prompt(engine, case)
             if prompt is None:
                 return None
-            encoded, reads = engine.stats.chunks_encoded, engine.stats.reads_reused
+            stats = engine.stats
+            encoded, reads, read_tokens = stats.chunks_encoded, stats.reads_reused, stats.read_tokens_reused
             generation = engine.stream(prompt, **self.overrides(engine))
             pieces, first = [], None
             for piece in generation:
@@ -57,6 +58,7 @@ class Method:
             "prompt_tokens": engine.count_tokens(prompt),
             "chunks_encoded": engine.stats.chunks_encoded - encoded,
             "reads_reused": engine.stats.reads_reused - reads,
+            "read_tokens_reused": engine.stats.read_tokens_reused - read_tokens,
             "mode": generation.mode,
             "route": generation.route,
             **info,

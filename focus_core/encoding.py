@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,15 @@ from .relevance import top_indices
 from .runner import ModelRunner, SequenceBatch
 from .selection import SINK_TOKENS
 
+READS_REMEMBERED = 8  # the most recent reads a new one looks through for a shared start
+
+
+def shared_start(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """How many tokens ``a`` and ``b`` share from their start."""
+    n = min(len(a), len(b))
+    differ = (torch.tensor(a[:n]) != torch.tensor(b[:n])).nonzero()
+    return int(differ[0, 0]) if len(differ) else n
+
 
 @dataclass
 class EncodingStats:
@@ -31,18 +41,27 @@ class EncodingStats:
     chunks_encoded: int = 0
     tokens_encoded: int = 0
     chunks_reused: int = 0
-    reads_reused: int = 0  # select's reads of a selection started from the prefix cache
+    reads_reused: int = 0  # select's reads of a selection started from an earlier read in the prefix cache
+    read_tokens_reused: int = 0  # the tokens of those reads whose KV came from the cache
     encode_seconds: float = 0.0  # wall time spent encoding chunk prefixes
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(
-        self, *, encoded: int = 0, tokens: int = 0, reused: int = 0, reads_reused: int = 0, seconds: float = 0.0
+        self,
+        *,
+        encoded: int = 0,
+        tokens: int = 0,
+        reused: int = 0,
+        reads_reused: int = 0,
+        read_tokens_reused: int = 0,
+        seconds: float = 0.0,
     ) -> None:
         with self._lock:
             self.chunks_encoded += encoded
             self.tokens_encoded += tokens
             self.chunks_reused += reused
             self.reads_reused += reads_reused
+            self.read_tokens_reused += read_tokens_reused
             self.encode_seconds += seconds
 
 
@@ -69,6 +88,8 @@ class ChunkEncoder:
         self.stats = EncodingStats()
         # on an accelerator, cached prefixes wait in host memory (offloaded) and are copied back when reused
         self.store_device = torch.device("cpu")
+        self._reads: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # reads put in the prefix cache, by key
+        self._reads_lock = threading.Lock()
 
     def score(
         self, plan: ChunkPlan, *, keep: int, layout: Layout, progress: bool, pinned: tuple[int, ...] = ()
@@ -175,22 +196,43 @@ class ChunkEncoder:
         batch.place(prefixes, width=slots - extra_slots)
         return batch
 
-    def read(self, sequence: SequenceBatch, tokens: tuple[int, ...]) -> bool:
-        """Start the empty one-row ``sequence`` with ``tokens`` through every layer: their KV from the
-        prefix cache where an earlier read (or a chunk) of the same tokens left it, else run and kept
-        there. A second question whose selection reads what the first one's did runs only its own
-        tokens after it. Returns whether the KV came from the cache."""
-        key = prefix_key(tokens, self.runner.dtype)
-        whole = not sequence.kv.windowed  # a sequence keeping only its sliding windows holds no whole prefix
-        held = self.prefix_cache.get(key) if whole else None
-        if held is not None:
-            sequence.place([held], width=held.tokens)
-            self.stats.add(reads_reused=1)
-            return True
-        sequence.append(torch.tensor(tokens, device=self.runner.device))
-        if whole:
-            self.keep(key, *sequence.kv.read_prefix(0))
-        return False
+    def read(self, sequence: SequenceBatch, tokens: tuple[int, ...]) -> int:
+        """Start the empty one-row ``sequence`` with ``tokens`` through every layer, and keep their KV in the
+        prefix cache. The longest start they share with an earlier read still in the cache comes from it: all
+        of them when a second question selects what the first did; the document's opening and the passages
+        before the first that differs when it selects otherwise (a causal model's KV of a prefix does not
+        depend on what follows). Only the rest is run. Returns how many tokens came from the cache."""
+        if sequence.kv.windowed:  # a sequence keeping only its sliding windows holds no whole prefix
+            sequence.append(torch.tensor(tokens, device=self.runner.device))
+            return 0
+        shared, held = self._longest_shared_read(tokens)
+        if shared:
+            start = held if shared == held.tokens else PrefixKV(held.keys[:, :, :shared], held.values[:, :, :shared])
+            sequence.place([start], width=shared)
+            self.stats.add(reads_reused=1, read_tokens_reused=shared)
+        if shared < len(tokens):
+            sequence.append(torch.tensor(tokens[shared:], device=self.runner.device))
+            key = prefix_key(tokens, self.runner.dtype)
+            if self.prefix_cache.keeps(self.keep(key, *sequence.kv.read_prefix(0))):
+                with self._reads_lock:
+                    self._reads[key] = tokens
+                    self._reads.move_to_end(key)
+                    while len(self._reads) > READS_REMEMBERED:
+                        self._reads.popitem(last=False)
+        return shared
+
+    def _longest_shared_read(self, tokens: tuple[int, ...]) -> tuple[int, PrefixKV | None]:
+        """The earlier read still in the prefix cache that shares the longest start with ``tokens``, and how
+        many tokens it shares (0 and ``None`` where none does). A read whose sliding-window layers were
+        trimmed to their window (:class:`PrefixKV`) serves only a read of all its tokens; ``[BOS]`` alone
+        is not worth a lookup."""
+        with self._reads_lock:
+            earlier = list(self._reads.items())
+        for shared, key in sorted(((shared_start(tokens, t), key) for key, t in earlier), reverse=True):
+            held = self.prefix_cache.get(key) if shared > len(self.bos) else None
+            if held is not None and (shared == held.tokens or not held.trimmed):
+                return shared, held
+        return 0, None
 
     def with_prompt(
         self,

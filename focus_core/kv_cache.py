@@ -216,6 +216,12 @@ class PrefixKV:
         self._tails = (keys[trimmed, :, -window:], values[trimmed, :, -window:])  # [.., window, ..]
 
     @property
+    def trimmed(self) -> bool:
+        """Whether sliding-window layers hold only their last ``window`` tokens (so no shorter start of this
+        prefix can be cut from it)."""
+        return bool(self._trimmed)
+
+    @property
     def keys(self) -> torch.Tensor:
         return self._expanded(0)
 

@@ -269,14 +269,50 @@ def test_a_second_question_over_the_same_selection_reuses_its_read(make_engine, 
     anew = FocusEngine(engine.model, engine.tokenizer, engine.config.replace(prefix_cache_bytes=0))
     hits = []
     read = engine.encoder.read
-    monkeypatch.setattr(engine.encoder, "read", lambda sequence, tokens: hits.append(read(sequence, tokens)))
+
+    def counted(sequence, tokens):
+        hits.append((read(sequence, tokens), len(tokens)))
+
+    monkeypatch.setattr(engine.encoder, "read", counted)
     ids = [1, *random_ids(LONG, seed=5)]
     other_question = ids[:-4] + random_ids(4, seed=6)
     first = engine.generate_ids(ids)
     assert engine.generate_ids(ids) == first == anew.generate_ids(ids)
     assert engine.generate_ids(other_question) == anew.generate_ids(other_question)
-    assert hits[:2] == [False, True]  # run, then read from the cache
-    assert engine.stats.reads_reused == sum(hits) >= 1
+    (run, tokens), (reused, again) = hits[:2]
+    assert run == 0 and reused == tokens == again  # run, then read from the cache whole
+    assert hits[2][0] > 0 or arch == "gemma3_text"  # [BOS] and the opening, where no layer was trimmed
+    assert engine.stats.reads_reused == sum(1 for shared, _ in hits if shared) >= 1
+    assert engine.stats.read_tokens_reused == sum(shared for shared, _ in hits)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_a_read_sharing_a_start_with_an_earlier_one_runs_only_the_rest(make_engine, arch):
+    """A read whose start an earlier read shares (the opening and the passages before the first that
+    differs) takes that start's KV from the prefix cache, runs the rest, and holds what a read run anew
+    holds; a read that is the start of an earlier one takes it all. Not where the earlier read's
+    sliding-window layers kept only their window (Gemma 3's tiny window of 16): there only the same read."""
+    engine = make_engine(arch, **SELECT)
+    anew = make_engine(arch, **SELECT, prefix_cache_bytes=0)
+    first, second = random_ids(90, seed=1), random_ids(90, seed=1)[:50] + random_ids(30, seed=2)
+
+    def read(engine: FocusEngine, tokens: list[int]) -> tuple[int, torch.Tensor, SequenceBatch]:
+        sequence = SequenceBatch(engine.runner, rows=1, capacity=len(tokens) + 2)
+        shared = engine.encoder.read(sequence, (1, *tokens))
+        return shared, sequence.append(torch.tensor([7]))[0], sequence
+
+    assert read(engine, first)[0] == 0
+    trimmed = engine.prefix_cache.entries()[-1].trimmed
+    assert trimmed == (arch == "gemma3_text")
+    shared, logits, sequence = read(engine, second)
+    expected_logits, expected = read(anew, second)[1:]
+    assert shared == engine.stats.read_tokens_reused == (0 if trimmed else 51)
+    torch.testing.assert_close(logits, expected_logits, atol=1e-5, rtol=1e-5)
+    if not sequence.kv.windowed:
+        for a, b in zip(sequence.kv.keys + sequence.kv.values, expected.kv.keys + expected.kv.values):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert read(engine, first[:40])[0] == (0 if trimmed else 41)
+    assert read(engine, first)[0] == 91
 
 
 def test_select_layout_declares_the_early_exit_buffers(make_engine):

@@ -64,6 +64,7 @@ def time_case(
             "reply": out["reply"],
             "chunks_encoded": out["chunks_encoded"],
             "reads_reused": out["reads_reused"],
+            "read_tokens_reused": out["read_tokens_reused"],
             "route": out["route"],  # where select handed the request over, if it did
         }
     return record
@@ -86,6 +87,7 @@ def summarize(records: list[dict]) -> dict:
             "select_score": _mean(rs, "select", "score"),
             "second_question_score": _mean(rs, "select, second question", "score"),
             "second_question_reads_reused": sum(r["select, second question"]["reads_reused"] for r in rs),
+            "second_question_read_tokens_reused": sum(r["select, second question"]["read_tokens_reused"] for r in rs),
         }
     return out
 
