@@ -47,9 +47,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_model(
-    model_type: str, *, seed: int = 0, window: int = 512, init_std: float = 0.3, layers: int = 2
+    model_type: str, *, seed: int = 0, window: int = 512, init_std: float = 0.3, layers: int = 2, **config
 ) -> torch.nn.Module:
-    """A random model (2 layers unless told) of ``model_type`` with grouped-query attention, fp32, SDPA.
+    """A random model (2 layers unless told) of ``model_type`` with grouped-query attention, fp32, SDPA;
+    ``config`` overrides its configuration.
 
     Weights are drawn wider than usual (std 0.3) so that the next token depends on the context.
     """
@@ -81,6 +82,7 @@ def tiny_model(
             tie_word_embeddings=True,
             initializer_range=init_std,
             **GEMMA3 if model_type == "gemma3_text" else {},
+            **config,
         )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)

@@ -8,20 +8,13 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_CONFIG, random_ids, tiny_model
 from test_engine import LONG, plain_greedy
-from transformers import AutoConfig, AutoModelForCausalLM
+from test_kernels import LONG_PROMPT_MODES, packed_dtypes
 
 from focus_core import FocusEngine, kernels
 from focus_core.decode_step import decode_step
 from focus_core.runner import ModelRunner, SequenceBatch
 
 SERVED = ["llama", "mistral", "qwen2", "gemma3_text"]
-
-
-def packed_dtypes() -> list:
-    return [
-        pytest.param(d, marks=pytest.mark.skipif(d not in kernels.packable_dtypes(), reason="no oneDNN bf16"))
-        for d in (torch.float32, torch.bfloat16)
-    ]
 
 
 def decode_both_ways(model: torch.nn.Module, prompts: list[list[int]], steps: int, forward_tokens: int | None = None):
@@ -98,11 +91,7 @@ def test_engine_decoding_through_the_step_equals_transformers_generate(tokenizer
     assert engine.generate_ids(ids) == plain_greedy(engine.model, ids, 12)
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [{"aggregation": "entropy"}, {"aggregation": "select", "select_tokens": 48, "passage_tokens": 16}],
-    ids=["entropy", "select"],
-)
+@LONG_PROMPT_MODES
 @pytest.mark.parametrize("dtype", packed_dtypes())
 def test_a_long_prompt_decodes_the_same_without_the_step(tokenizer, monkeypatch, dtype, settings):
     engine = FocusEngine(tiny_model("llama").to(dtype), tokenizer, TINY_CONFIG.replace(max_new_tokens=10, **settings))
@@ -116,22 +105,9 @@ def test_models_of_another_shape_decode_through_their_own_forward():
     gemma = tiny_model("gemma3_text")
     gemma.config.attn_logit_softcapping = 50.0  # the attention kernel has no softcapping
     assert decode_step(gemma, 2**40) is None
-    qwen3 = AutoConfig.for_model(
-        "qwen3", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
-    )
-    assert decode_step(AutoModelForCausalLM.from_config(qwen3), 2**40) is None  # query and key norms
-    windowed = AutoConfig.for_model(
-        "qwen2",
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        use_sliding_window=True,
-        sliding_window=8,
-        max_window_layers=1,
-    )
-    assert decode_step(AutoModelForCausalLM.from_config(windowed), 2**40) is None
+    assert decode_step(tiny_model("qwen3"), 2**40) is None  # query and key norms
+    windowed = tiny_model("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    assert decode_step(windowed, 2**40) is None  # a window on some layers only
 
 
 def test_autograd_runs_the_model_s_forward():

@@ -61,6 +61,14 @@ def test_it_serves_only_the_engine_s_half_precision_single_queries():
     assert not kernels.serves("sdpa", one, {})
 
 
+# entropy's rows of different lengths (left padding, a mask at every step), select's one sequence
+LONG_PROMPT_MODES = pytest.mark.parametrize(
+    "settings",
+    [{"aggregation": "entropy"}, {"aggregation": "select", "select_tokens": 48, "passage_tokens": 16}],
+    ids=["entropy", "select"],
+)
+
+
 def half_engine(arch: str, tokenizer, **overrides) -> FocusEngine:
     return FocusEngine(tiny_model(arch).to(torch.bfloat16), tokenizer, TINY_CONFIG.replace(**overrides))
 
@@ -74,11 +82,7 @@ def test_bf16_decoding_equals_transformers_generate(tokenizer, arch):
     assert engine.generate_ids(ids) == plain_greedy(engine.model, ids, 12)
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [{"aggregation": "entropy"}, {"aggregation": "select", "select_tokens": 48, "passage_tokens": 16}],
-    ids=["entropy", "select"],
-)
+@LONG_PROMPT_MODES
 def test_bf16_long_prompt_decodes_the_same_without_the_kernel(tokenizer, monkeypatch, settings):
     """A long prompt decodes the same tokens with the kernel as with sdpa: entropy's rows of different
     lengths (left padding, a mask at every step), select's one sequence over its selection."""
@@ -159,11 +163,7 @@ def test_linears_are_packed_only_where_the_copies_fit_a_quarter_of_the_memory():
 
 
 @pytest.mark.parametrize("dtype", packed_dtypes())
-@pytest.mark.parametrize(
-    "settings",
-    [{"aggregation": "entropy"}, {"aggregation": "select", "select_tokens": 48, "passage_tokens": 16}],
-    ids=["entropy", "select"],
-)
+@LONG_PROMPT_MODES
 def test_a_long_prompt_decodes_the_same_with_packed_and_plain_linears(tokenizer, dtype, settings):
     """The engine's forwards (select's early exit and read, entropy's rows, every decoding step) give
     the same tokens over packed weights as over nn.Linear's."""
