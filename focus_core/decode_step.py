@@ -15,7 +15,9 @@ precision on CPU), and so gives the same tokens.
 Two layer shapes are served: :class:`LlamaStep` (Llama, Mistral with its sliding window, Qwen2: pre-norm
 RMSNorm layers, gated MLP, RoPE, grouped-query attention) and :class:`Gemma3Step` (Gemma 3: sandwich
 norms, query and key norms, a sliding window and its own RoPE base on most layers). :func:`decode_step`
-returns ``None`` for any other model, which then decodes through its own forward.
+returns ``None`` for any other model, which then decodes through its own forward. The model runner
+takes the step for one-token forwards on a CPU, where dispatch is what a step costs; on an accelerator
+the model's forward keeps its own attention kernels.
 """
 
 from __future__ import annotations

@@ -110,6 +110,16 @@ def test_models_of_another_shape_decode_through_their_own_forward():
     assert decode_step(windowed, 2**40) is None  # a window on some layers only
 
 
+def test_the_step_serves_one_token_forwards_on_a_cpu_without_autograd():
+    runner = ModelRunner(tiny_model("llama"))
+    one = torch.zeros(3, 1, dtype=torch.long)
+    assert runner._steps(one)
+    assert not runner._steps(torch.zeros(3, 2, dtype=torch.long))  # a prompt: the model's forward
+    assert not runner._steps(one.to("meta"))  # an accelerator keeps the model's attention kernels
+    with torch.enable_grad():
+        assert not runner._steps(one)
+
+
 def test_autograd_runs_the_model_s_forward():
     runner = ModelRunner(tiny_model("llama"))
     batch = SequenceBatch(runner, rows=1, capacity=8)
