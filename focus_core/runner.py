@@ -98,7 +98,7 @@ class ModelRunner:
         ``candidate_mask`` is set (kv), those positions go through the candidate projections. One token per
         row on a CPU without autograd runs the engine's own decoding step where the model has one (on an
         accelerator the model's forward keeps its own attention kernels)."""
-        if self._steps(input_ids) and candidate_mask is None:
+        if self.runs_step(input_ids) and candidate_mask is None:
             with engine_forward():
                 return self.step(input_ids, position_ids, cache, attention_mask)
         inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
@@ -111,7 +111,7 @@ class ModelRunner:
             with candidate_positions(candidate_mask, self.candidates):
                 return self.model.base_model(**inputs).last_hidden_state
 
-    def _steps(self, input_ids: torch.Tensor) -> bool:
+    def runs_step(self, input_ids: torch.Tensor) -> bool:
         """Whether a forward of ``input_ids`` runs the engine's decoding step."""
         one_token = input_ids.shape[1] == 1 and input_ids.device.type == "cpu"
         return self.step is not None and one_token and not torch.is_grad_enabled()

@@ -114,10 +114,10 @@ def test_the_step_serves_one_token_forwards_on_a_cpu_without_autograd():
     runner = ModelRunner(tiny_model("llama"))
     one = torch.zeros(3, 1, dtype=torch.long)
     with torch.no_grad():
-        assert runner._steps(one)
-        assert not runner._steps(torch.zeros(3, 2, dtype=torch.long))  # a prompt: the model's forward
-        assert not runner._steps(one.to("meta"))  # an accelerator keeps the model's attention kernels
-    assert not runner._steps(one)  # autograd: the model's forward
+        assert runner.runs_step(one)
+        assert not runner.runs_step(torch.zeros(3, 2, dtype=torch.long))  # a prompt: the model's forward
+        assert not runner.runs_step(one.to("meta"))  # an accelerator keeps the model's attention kernels
+    assert not runner.runs_step(one)  # autograd: the model's forward
 
 
 def test_autograd_runs_the_model_s_forward():
