@@ -27,6 +27,7 @@ from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .kernels import FusedLinears, PackedLinear, single_query_attention, weight_bytes
+from .rotary import rotate_half
 
 LLAMA_SHAPED = ("llama", "mistral", "qwen2")
 WINDOW_TYPES = {"full_attention": False, "sliding_attention": True}  # layer type: has a sliding window
@@ -40,14 +41,16 @@ def decode_step(model: nn.Module, memory_available: int) -> LlamaStep | None:
     kind = {"gemma3_text": Gemma3Step, **dict.fromkeys(LLAMA_SHAPED, LlamaStep)}.get(config.model_type)
     if kind is None or layers is None or not kind.serves(config, layers):
         return None
-    fused = [m for layer in layers for m in (*_projections(layer.self_attn), layer.mlp.gate_proj, layer.mlp.up_proj)]
+    fused = [m for layer in layers for group in fused_groups(layer) for m in group]
     packed = [m for m in model.modules() if type(m) is PackedLinear]
     fuse = all(type(m) is PackedLinear for m in fused) and 4 * weight_bytes(fused + packed) <= memory_available
     return kind(model, fuse=fuse)
 
 
-def _projections(attention: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
-    return attention.q_proj, attention.k_proj, attention.v_proj
+def fused_groups(layer: nn.Module) -> tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]]:
+    """The linear layers a decoding step runs as one product each: query, key and value; gate and up."""
+    attention, mlp = layer.self_attn, layer.mlp
+    return (attention.q_proj, attention.k_proj, attention.v_proj), (mlp.gate_proj, mlp.up_proj)
 
 
 def _has(module: nn.Module, *names: str) -> bool:
@@ -56,8 +59,7 @@ def _has(module: nn.Module, *names: str) -> bool:
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE of ``x`` ``[rows, heads, 1, head_dim]`` with ``cos``/``sin`` ``[rows, 1, 1, head_dim]``."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    return x * cos + rotate_half(x) * sin
 
 
 def attended(
@@ -98,8 +100,9 @@ class LlamaStep:
         self.kv_heads: int = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim: int = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scaling: float = self.layers[0].self_attn.scaling
-        self.qkv = [FusedLinears(*_projections(layer.self_attn), fuse=fuse) for layer in self.layers]
-        self.gate_up = [FusedLinears(layer.mlp.gate_proj, layer.mlp.up_proj, fuse=fuse) for layer in self.layers]
+        groups = [fused_groups(layer) for layer in self.layers]
+        self.qkv = [FusedLinears(*qkv, fuse=fuse) for qkv, _ in groups]
+        self.gate_up = [FusedLinears(*gate_up, fuse=fuse) for _, gate_up in groups]
         # Mistral attends to its last ``sliding_window`` slots in every layer (its mask does it); Qwen2
         # declares a window but uses it only where its layer types say so (refused in ``serves``)
         window = getattr(config, "sliding_window", None) if config.model_type == "mistral" else None

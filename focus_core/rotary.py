@@ -16,6 +16,13 @@ from torch import nn
 from transformers import PreTrainedModel
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``[-x2, x1]`` for ``x = [x1, x2]`` split in halves along the last dimension: RoPE's rotation by 90
+    degrees, so that ``x * cos + rotate_half(x) * sin`` rotates ``x``."""
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
 class KeyRotation:
     """The model's rotary embedding as a rotation of keys already embedded, per layer."""
 
@@ -47,9 +54,7 @@ class KeyRotation:
         rot_dim = cos.shape[-1]
         k = keys.float()
         k_rot, k_pass = k[..., :rot_dim], k[..., rot_dim:]
-        half = rot_dim // 2
-        rotated_half = torch.cat([-k_rot[..., half:], k_rot[..., :half]], dim=-1)
-        return torch.cat([k_rot * cos + rotated_half * sin, k_pass], dim=-1).to(keys.dtype)
+        return torch.cat([k_rot * cos + rotate_half(k_rot) * sin, k_pass], dim=-1).to(keys.dtype)
 
     def move_layers(self, keys: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """Every layer's keys moved by one ``shift`` [1]. keys: ``[layers, kv_heads, T, head_dim]``."""
