@@ -4,7 +4,6 @@ and kept on the request."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
@@ -33,7 +32,7 @@ def sources(request: Request, tokenizer: PreTrainedTokenizerBase) -> list[ChunkS
 def chunk_scores(request: Request, units: Sequence[Unit], tokenizer: PreTrainedTokenizerBase) -> list[ChunkScore]:
     """``(index, memory range, score)`` units as :class:`ChunkScore`."""
     prompt, plan, offsets = request.prompt, request.plan, request.offsets
-    memory = list(itertools.chain.from_iterable(plan.chunks))
+    memory = plan.memory
     out = []
     for i, (a, b), score in units:
         start, end = plan.memory_start + a, plan.memory_start + b

@@ -20,6 +20,11 @@ class ChunkPlan:
     memory_start: int = 0  # index of the first chunk's first token in the prompt (1 after a dropped BOS)
 
     @property
+    def memory(self) -> tuple[int, ...]:
+        """The memory's token ids, every chunk in order."""
+        return tuple(itertools.chain.from_iterable(self.chunks))
+
+    @property
     def memory_tokens(self) -> int:
         return sum(len(c) for c in self.chunks)
 

@@ -11,7 +11,9 @@ anywhere in the document, so an answer made of several needles in several chunks
 where one or a few passages stand far above the rest, only they are read (a small model answers a
 distractor's value when the filler around the answer holds lookalikes). That ranking sums the queries;
 besides it, each part of the question whose own queries point at one passage (a key of a question that
-names several) keeps that passage, so a cliff in the sum does not cut the weaker keys.
+names several) keeps that passage, so a cliff in the sum does not cut the weaker keys. A chosen window
+moves by at most a fraction of its length to hold whole the sentences that draw the most (a window cut
+mid-sentence reads half a fact).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ EXIT_DEPTH = 0.6
 MIN_QUESTION_TOKENS = 4
 MIN_PART_QUERIES = 2
 SINK_TOKENS = 4
+# How far a chosen window may move to hold whole sentences, as a share of its length.
+SENTENCE_REACH = 0.125
 
 
 def default_exit_layer(config: PretrainedConfig, depth: float = EXIT_DEPTH) -> int:
@@ -117,6 +121,51 @@ def question_rows(prompt: Sequence[int], line_ends: Set[int], special: Set[int])
     return 0, len(prompt)
 
 
+def sentence_ends(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> frozenset[int]:
+    """Of ``ids``, those of tokens that end a sentence: their text, closing quotes and brackets aside, ends
+    in ``.``, ``!`` or ``?``, or holds a newline. Each id is decoded once per tokenizer."""
+    return frozenset(i for i in set(ids) if _ends_sentence(tokenizer, i))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ends_sentence(tokenizer: PreTrainedTokenizerBase, token: int) -> bool:
+    text = tokenizer.decode([token])
+    return "\n" in text or text.rstrip().rstrip("\"')]}”’").endswith((".", "!", "?"))
+
+
+@dataclass(frozen=True)
+class Sentences:
+    """Where the memory's sentences start, and how far (``reach`` tokens) a chosen window may move to
+    hold whole the sentences that draw the most."""
+
+    bounds: torch.Tensor  # [sentences + 1] int64: each sentence's first token, then the memory's length
+    reach: int
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase, memory: Sequence[int], reach: int) -> Sentences:
+        """The sentences of ``memory`` (token ids), one ending at each token :func:`sentence_ends` names."""
+        ends = sentence_ends(tokenizer, memory)
+        starts = [0] + [i + 1 for i, token in enumerate(memory[:-1]) if token in ends]
+        return cls(torch.tensor([*starts, len(memory)], dtype=torch.long), reach)
+
+    def align(self, mass: torch.Tensor, free: torch.Tensor, start: int, passage: int) -> int:
+        """The start within ``reach`` of ``start`` whose window of ``passage`` free tokens holds the most
+        ``mass`` in sentences lying whole inside it; the nearest of equals (``start`` itself where no
+        window holds a whole sentence). mass, free: ``[tokens]``."""
+        n = mass.shape[0]
+        steps = torch.arange(1, self.reach + 1).repeat_interleave(2) * torch.tensor([-1, 1]).repeat(self.reach)
+        places = (start + torch.cat([torch.zeros(1, dtype=torch.long), steps])).clamp(0, n - passage)  # nearest first
+        bounds = self.bounds.to(mass.device)
+        places = places.to(mass.device)
+        first = bounds[torch.searchsorted(bounds, places)]  # the first sentence starting inside
+        last = bounds[torch.searchsorted(bounds, places + passage, right=True) - 1]  # where the last whole one ends
+        total = torch.cat([mass.new_zeros(1, dtype=torch.float32), mass.float().cumsum(0)])  # [tokens + 1]
+        whole = torch.where(last > first, total[last] - total[first], 0.0)
+        whole = whole.masked_fill(~_fits(free, places, passage), -1.0)
+        best = int(whole.argmax())
+        return int(places[best]) if float(whole[best]) > 0 else start
+
+
 @dataclass(frozen=True)
 class Span:
     """Tokens ``[start, end)`` of the memory and their pooled attention mass (``score``)."""
@@ -147,21 +196,22 @@ def choose_spans(
     skip: int = 0,
     drop: float | None = None,
     min_queries: int = MIN_PART_QUERIES,
+    sentences: Sentences | None = None,
 ) -> list[Span]:
     """The passages the question's attention chooses, document order: what the whole question draws to
     (:func:`select_spans` over the mass summed over queries), and, with ``drop``, the passage each part of
     the question points at on its own (:func:`part_peaks`), in place of the whole question's weakest
     choices where the ``budget`` runs out. A question naming several keys spreads its summed attention
     over their needles, and a cliff over the sum cuts the weaker keys; each key's own queries find its
-    needle.
+    needle. With ``sentences``, every window moves to hold whole sentences (:meth:`Sentences.align`).
 
     mass: ``[queries, tokens]`` attention mass each query of the question pays each memory token."""
-    whole = select_spans(mass.sum(dim=0), passage=passage, budget=budget, skip=skip, drop=drop)
+    whole = select_spans(mass.sum(dim=0), passage=passage, budget=budget, skip=skip, drop=drop, sentences=sentences)
     if drop is None or not whole:
         return whole
     width = len(whole[0])
     missing: list[Span] = []
-    for peak in part_peaks(mass, passage=width, skip=skip, drop=drop, min_queries=min_queries):
+    for peak in part_peaks(mass, passage=width, skip=skip, drop=drop, min_queries=min_queries, sentences=sentences):
         if not _overlaps(peak, whole + missing):
             missing.append(peak)
     room = max(0, budget // width - len(whole))
@@ -171,7 +221,13 @@ def choose_spans(
 
 
 def part_peaks(
-    mass: torch.Tensor, *, passage: int, skip: int, drop: float, min_queries: int = MIN_PART_QUERIES
+    mass: torch.Tensor,
+    *,
+    passage: int,
+    skip: int,
+    drop: float,
+    min_queries: int = MIN_PART_QUERIES,
+    sentences: Sentences | None = None,
 ) -> list[Span]:
     """The passages parts of the question point at, strongest first. A query points at a passage when
     the window of ``passage`` tokens it draws most to draws at least ``drop`` times what any window apart
@@ -205,7 +261,7 @@ def part_peaks(
         part_mass = mass[queries].sum(dim=0)
         free = torch.ones(n, dtype=torch.bool, device=mass.device)
         free[:skip] = False
-        start = _recentred(part_mass, free, start, passage)
+        start = _placed(part_mass, free, start, passage, sentences)
         peaks.append(Span(start, start + passage, float(mass[:, start : start + passage].sum())))
     return sorted(peaks, key=lambda s: -s.score)
 
@@ -215,11 +271,18 @@ def _overlaps(span: Span, others: Sequence[Span]) -> bool:
 
 
 def select_spans(
-    mass: torch.Tensor, *, passage: int, budget: int, skip: int = 0, drop: float | None = None
+    mass: torch.Tensor,
+    *,
+    passage: int,
+    budget: int,
+    skip: int = 0,
+    drop: float | None = None,
+    sentences: Sentences | None = None,
 ) -> list[Span]:
     """Non-overlapping windows of ``passage`` tokens with the most pooled mass, ``budget`` tokens in all,
     in document order. The first ``skip`` tokens (the opening, read anyway) are not chosen again. With
     ``drop``, the choosing stops before a window whose mass is under ``1 / drop`` of the previous one's.
+    With ``sentences``, each window moves to hold whole sentences (:meth:`Sentences.align`).
 
     mass: ``[tokens]`` attention mass of each memory token."""
     n = mass.shape[0]
@@ -235,13 +298,21 @@ def select_spans(
         fits = _fits(free, starts, passage)
         if not bool(fits.any()):
             break
-        start = _recentred(mass, free, int(starts[int(score.masked_fill(~fits, float("-inf")).argmax())]), passage)
+        best = int(starts[int(score.masked_fill(~fits, float("-inf")).argmax())])
+        start = _placed(mass, free, best, passage, sentences)
         span = Span(start, start + passage, float(mass[start : start + passage].float().sum()))
         if drop is not None and chosen and span.score * drop < chosen[-1].score:
             break
         chosen.append(span)
         free[start : start + passage] = False
     return sorted(chosen, key=lambda s: s.start)
+
+
+def _placed(mass: torch.Tensor, free: torch.Tensor, start: int, passage: int, sentences: Sentences | None) -> int:
+    """Where the window found at ``start`` is read: recentred on its mass, then moved to hold whole
+    sentences where ``sentences`` are given."""
+    start = _recentred(mass, free, start, passage)
+    return start if sentences is None or sentences.reach <= 0 else sentences.align(mass, free, start, passage)
 
 
 def _recentred(mass: torch.Tensor, free: torch.Tensor, start: int, passage: int) -> int:

@@ -15,6 +15,7 @@ from focus_core.chunking import ChunkPlan
 from focus_core.runner import SequenceBatch
 from focus_core.selection import (
     SINK_TOKENS,
+    Sentences,
     Span,
     choose_spans,
     memory_mass,
@@ -25,6 +26,7 @@ from focus_core.selection import (
     question_marks,
     question_rows,
     select_spans,
+    sentence_ends,
 )
 
 SELECT = {"aggregation": "select", "select_tokens": 48, "passage_tokens": 16}
@@ -216,6 +218,40 @@ def test_each_part_of_the_question_keeps_its_own_passage():
     assert choose_spans(mass, passage=64, budget=512, skip=64, drop=None) == select_spans(
         mass.sum(dim=0), passage=64, budget=512, skip=64
     )  # no cliff: the whole budget by the summed attention, as before
+
+
+def test_sentences_end_at_stops_and_newlines(tokenizer):
+    ids = tokenizer("It rains. Does it? Yes!\nThe 3.5 model") ["input_ids"]
+    ends = sentence_ends(tokenizer, ids)
+    texts = [tokenizer.decode([i]) for i in ids]
+    assert {t for i, t in zip(ids, texts) if i in ends} == {t for t in texts if t.rstrip()[-1:] in ".?!" or "\n" in t}
+    sentences = Sentences.of(tokenizer, ids, reach=4)
+    starts = sentences.bounds.tolist()
+    assert starts[0] == 0 and starts[-1] == len(ids)
+    assert tokenizer.decode(ids[starts[1] : starts[2]]).strip() == "Does it?"
+
+
+def test_a_window_moves_to_hold_whole_the_sentence_it_cuts():
+    """The best window is recentred on its mass; where it cuts the sentence holding that mass, it moves
+    by at most the reach to the nearest start that holds the sentence whole (a slow reference: every start
+    within reach scored by hand); beyond the reach, or with no sentences given, it stays."""
+    mass = torch.zeros(400)
+    mass[200:216] = 1.0  # a needle's key, in the sentence of tokens 170-225
+    bounds = [0, 40, 90, 170, 225, 300, 400]
+    (stay,) = select_spans(mass, passage=64, budget=64)
+    assert stay.start == 177  # centred on the key: the sentence's first tokens are cut
+    for reach, start in [(4, 177), (32, 170)]:
+        (span,) = select_spans(mass, passage=64, budget=64, sentences=Sentences(torch.tensor(bounds), reach))
+        assert span.start == start
+
+        def whole(a: int) -> float:
+            return sum(float(mass[x:y].sum()) for x, y in itertools.pairwise(bounds) if a <= x and y <= a + 64)
+
+        best = max(whole(p) for p in range(stay.start - reach, stay.start + reach + 1))
+        assert whole(span.start) == best and (best > 0) is (reach == 32)
+    mass[100:110] = 2.0  # a stronger peak taken first: the window of the key may not move onto it
+    spans = select_spans(mass, passage=64, budget=128, sentences=Sentences(torch.tensor(bounds), 80))
+    assert len(spans) == 2 and spans[0].end <= spans[1].start
 
 
 @pytest.mark.parametrize(

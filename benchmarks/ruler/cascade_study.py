@@ -27,7 +27,8 @@ import torch
 
 from focus_core import FocusEngine
 from focus_core.cascade import survivors, survivors_kept, word_scores
-from focus_core.selection import Span, choose_spans, memory_mass, merge, probed, question_marks, question_rows
+from focus_core.modes.select import chosen_spans
+from focus_core.selection import memory_mass, merge, probed, question_marks, question_rows
 
 from .protocol import DEV, Part
 from .runner import mean_of
@@ -56,11 +57,7 @@ def study_case(engine: FocusEngine, case: Sample, shares: Sequence[float]) -> li
 
     def needles_read(kept: list[int] | None) -> float:
         mass = memory_mass(grid if kept is None else grid[kept], plan, kept)
-        opening = min(cfg.passage_tokens, plan.memory_tokens)
-        spans = choose_spans(
-            mass, passage=cfg.passage_tokens, budget=cfg.select_tokens, skip=opening, drop=cfg.select_drop
-        )
-        return inside(needles, merge([Span(0, opening, 0.0), *spans]), plan.memory_tokens)
+        return inside(needles, merge(chosen_spans(mass, plan, cfg, engine.tokenizer)), plan.memory_tokens)
 
     one_stage, records = needles_read(None), []
     for share in shares:

@@ -3,9 +3,10 @@ candidate rule (docs/benchmarks.md, "Selection study").
 
 For every needle case (the niah tasks, ``vt``, ``qa_1``/``qa_2``) the early-exit pass runs once, recording
 the question's attention at several depths of the model in one forward; every rule is then applied to
-the same masses. A rule is a probe depth, a cliff (``select_drop``) and whether each part of the question
-keeps its own passage (with the fewest queries a part needs). Per case and rule: the share of the needles
-read whole, the share of the distractor needles read (``niah_multikey_1``), the tokens read and recall@3
+the same masses. A rule is a probe depth, a cliff (``select_drop``), whether each part of the question
+keeps its own passage (with the fewest queries a part needs) and how far a chosen window may move to hold
+whole sentences. Per case and rule: the share of the needles read whole, the share cut by the reading's
+edges (read in part), the share of the distractor needles read (``niah_multikey_1``), the tokens read and recall@3
 of the needles' passages in the whole question's ranking (:meth:`FocusEngine.relevance`'s).
 
 The protocol decides what may be tuned: on the development part every rule of the grid is measured; on
@@ -33,6 +34,8 @@ from focus_core import FocusConfig, FocusEngine
 from focus_core.selection import (
     EXIT_DEPTH,
     MIN_PART_QUERIES,
+    SENTENCE_REACH,
+    Sentences,
     Span,
     choose_spans,
     default_exit_layer,
@@ -52,28 +55,32 @@ NEEDLE_TASKS = (*NIAH, "vt", *QA)
 DEPTHS = (0.4, 0.5, EXIT_DEPTH, 0.7)
 DROPS = (1.5, 2.0, 3.0, None)
 MIN_QUERIES = (1, MIN_PART_QUERIES, 3)
+REACHES = (None, SENTENCE_REACH, 0.25, 0.5)
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One way of choosing passages: the probe depth, the cliff, and the fewest queries of a part of the
-    question that keeps its own passage (``None``: parts off, the whole question's attention alone)."""
+    """One way of choosing passages: the probe depth, the cliff, the fewest queries of a part of the
+    question that keeps its own passage (``None``: parts off, the whole question's attention alone), and
+    how far a window may move to hold whole sentences, as a share of its length (``None``: it stays)."""
 
     depth: float
     drop: float | None
     part_queries: int | None
+    reach: float | None = SENTENCE_REACH
 
     @property
     def name(self) -> str:
         parts = "parts off" if self.part_queries is None else f"parts of >= {self.part_queries} queries"
-        return f"depth {self.depth}, drop {self.drop}, {parts}"
+        return f"depth {self.depth}, drop {self.drop}, {parts}, sentence reach {self.reach}"
 
 
 def grid() -> list[Rule]:
-    """The development part's rules: every depth and cliff with parts on and off; the part size varied at
-    the default depth and cliff."""
+    """The development part's rules: every depth and cliff with parts on and off; the part size and the
+    sentence reach varied at the default depth and cliff."""
     rules = [Rule(d, drop, q) for d in DEPTHS for drop in DROPS for q in (None, MIN_PART_QUERIES)]
     rules += [Rule(EXIT_DEPTH, 2.0, q) for q in MIN_QUERIES if q != MIN_PART_QUERIES]
+    rules += [Rule(EXIT_DEPTH, 2.0, MIN_PART_QUERIES, r) for r in REACHES if r != SENTENCE_REACH]
     return rules
 
 
@@ -115,10 +122,13 @@ def study_case(engine: FocusEngine, case: Sample, rules: Sequence[Rule]) -> list
     seconds = time.perf_counter() - began
     passage, n = cfg.passage_tokens, plan.memory_tokens
     opening = min(passage, n)
+    memory = plan.memory
     records = []
     for rule in rules:
         mass = memory_mass(grids[layer_of(engine, rule.depth)], plan)  # [queries, memory tokens]
+        reach = int((rule.reach or 0) * passage)
         choice = {"passage": passage, "budget": cfg.select_tokens, "skip": opening, "drop": rule.drop}
+        choice["sentences"] = Sentences.of(engine.tokenizer, memory, reach)
         if rule.part_queries is None:
             spans = select_spans(mass.sum(dim=0), **choice)
         else:
@@ -132,6 +142,7 @@ def study_case(engine: FocusEngine, case: Sample, rules: Sequence[Rule]) -> list
                 "rule_name": rule.name,
                 "needles": len(needles),
                 "needles_read": inside(needles, read, n),
+                "needles_cut": cut(needles, read, n),
                 "distractors_read": inside(distractors, read, n) if distractors else None,
                 "tokens_read": sum(b - a for a, b in read),
                 "recall@3": mean_of([float(a // passage in top3 or (b - 1) // passage in top3) for a, b in needles]),
@@ -146,8 +157,19 @@ def inside(spans: list[tuple[int, int]], read: list[tuple[int, int]], memory_end
     return mean_of([float(a >= memory_end or any(x <= a and b <= y for x, y in read)) for a, b in spans]) or 0.0
 
 
+def cut(spans: list[tuple[int, int]], read: list[tuple[int, int]], memory_end: int) -> float:
+    """The share of ``spans`` in the memory that ``read`` holds in part only (an edge of the reading cuts them)."""
+
+    def in_part(a: int, b: int) -> bool:
+        whole = any(x <= a and b <= y for x, y in read)
+        return a < memory_end and not whole and any(x < b and a < y for x, y in read)
+
+    return mean_of([float(in_part(a, b)) for a, b in spans]) or 0.0
+
+
 def summarize(records: list[dict]) -> dict:
-    """Per rule: the means over every case and per task (needles read, distractors read, tokens, recall@3)."""
+    """Per rule: the means over every case and per task (needles read and cut, distractors read, tokens,
+    recall@3)."""
     cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         cells[r["rule_name"], r["task"]].append(r)
@@ -156,6 +178,7 @@ def summarize(records: list[dict]) -> dict:
     for (rule, task), rs in sorted(cells.items()):
         out.setdefault(rule, {})[task] = {
             "needles_read": mean_of([r["needles_read"] for r in rs]),
+            "needles_cut": mean_of([r.get("needles_cut") for r in rs if r.get("needles_cut") is not None]),
             "distractors_read": mean_of([r["distractors_read"] for r in rs if r["distractors_read"] is not None]),
             "tokens_read": mean_of([r["tokens_read"] for r in rs]),
             "recall@3": mean_of([r["recall@3"] for r in rs if r["recall@3"] is not None]),

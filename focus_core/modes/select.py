@@ -8,10 +8,10 @@ question token pays the memory there chooses passages (:mod:`focus_core.selectio
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Sequence
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from ..aggregation import PlainDecoding
 from ..cascade import survivors, survivors_kept, word_scores
@@ -21,6 +21,8 @@ from ..errors import FocusConfigError
 from ..memory import Layout, one_sequence, parallel_buffers
 from ..request import Request
 from ..selection import (
+    SENTENCE_REACH,
+    Sentences,
     Span,
     choose_spans,
     default_exit_layer,
@@ -47,6 +49,25 @@ def read_whole_line(cfg: FocusConfig) -> int:
 def select_window(cfg: FocusConfig) -> int:
     """Tokens ``select`` decodes over: [BOS], what it reads and the answer."""
     return 1 + select_reach(cfg) + cfg.max_new_tokens
+
+
+def chosen_spans(
+    mass: torch.Tensor, plan: ChunkPlan, cfg: FocusConfig, tokenizer: PreTrainedTokenizerBase
+) -> list[Span]:
+    """What ``select`` reads of the memory: the opening passage, then the passages the question's
+    attention ``mass`` (``[queries, memory tokens]``) chooses under ``cfg``, each window moved to hold
+    whole sentences (:mod:`focus_core.selection`)."""
+    opening = min(cfg.passage_tokens, plan.memory_tokens)
+    sentences = Sentences.of(tokenizer, plan.memory, int(SENTENCE_REACH * cfg.passage_tokens))
+    spans = choose_spans(
+        mass,
+        passage=cfg.passage_tokens,
+        budget=cfg.select_tokens,
+        skip=opening,
+        drop=cfg.select_drop,
+        sentences=sentences,
+    )
+    return [Span(0, opening, float(mass[:, :opening].sum())), *spans]
 
 
 class Select(Mode):
@@ -129,12 +150,8 @@ class Select(Mode):
         kept = self.first_stage(request, rows)
         deep = probe if kept is None else dataclasses.replace(probe, chunks=tuple(probe.chunks[i] for i in kept))
         mass = memory_mass(self.attention(request, deep, self.exit_layer(cfg), rows), plan, kept)  # [queries, memory]
-        opening = min(cfg.passage_tokens, plan.memory_tokens)
-        spans = choose_spans(
-            mass, passage=cfg.passage_tokens, budget=cfg.select_tokens, skip=opening, drop=cfg.select_drop
-        )
+        spans = chosen_spans(mass, plan, cfg, self.parts.tokenizer)
         mass = mass.sum(dim=0)  # [memory tokens]: what the whole question draws
-        spans = [Span(0, opening, float(mass[:opening].sum())), *spans]
         n, size = plan.memory_tokens, cfg.passage_tokens
         units = [(a, min(a + size, n)) for a in range(0, n, size)]
         relevance = torch.stack([mass[a:b].sum() for a, b in units])
@@ -186,7 +203,7 @@ class Select(Mode):
     def start(self, request: Request, reading: Reading) -> PlainDecoding:
         """Ordinary attention over the opening, the selection and the local context."""
         plan, parts = request.plan, self.parts
-        memory = list(itertools.chain.from_iterable(plan.chunks))
+        memory = plan.memory
         read = [t for start, end in merge(reading.spans) for t in memory[start:end]]
         sequence = parts.sequence(request.layout, request.config)
         parts.encoder.read(sequence, parts.encoder.bos + tuple(read))
