@@ -61,8 +61,9 @@ class FocusConfig:
     )
     select_cascade: float | None = setting(
         0.5,
-        "select: the share of chunks the question's words keep for the exit layer to rank (at least the passages "
-        "select_tokens holds), in (0, 1]; None: every chunk runs to the exit layer",
+        "select: the share of chunks the question's words keep for the exit layer to rank, in (0, 1] (at least "
+        "the P passages select_tokens holds, at most sqrt(chunks x P): half of 32 chunks for 8 passages, a quarter of "
+        "128); 1 or None: every chunk runs to the exit layer",
     )
     read_whole_tokens: int | None = setting(
         None,

@@ -31,6 +31,12 @@ def deep_engine(tokenizer):
 def test_the_share_kept_never_drops_below_the_passages_the_selection_holds():
     assert survivors_kept(18, 0.25, passages=3) == 5 and survivors_kept(8, 0.25, passages=3) == 3
     assert survivors_kept(2, 0.25, passages=3) == 2 and survivors_kept(10, 0.25, passages=1) == 3  # rounds up
+    assert survivors_kept(18, 1.0, passages=3) == 18  # a share of 1: every chunk
+
+
+def test_a_longer_document_keeps_a_smaller_share_the_geometric_mean_of_chunks_and_passages():
+    assert survivors_kept(32, 0.5, passages=8) == 16 and survivors_kept(128, 0.5, passages=8) == 32
+    assert survivors_kept(1024, 0.5, passages=8) == 91 and survivors_kept(128, 0.1, passages=8) == 13
 
 
 def test_the_exit_layer_over_the_survivors_equals_the_full_pass_restricted_to_them(deep_engine):
@@ -86,6 +92,22 @@ def test_words_score_a_chunk_by_its_best_window_of_the_questions_rare_tokens():
     torch.testing.assert_close(scores, torch.tensor([0.0, idf[7] + idf[8], idf[8], 0.0]))
     assert float(word_scores(plan, [7, 8], window=4)[1]) == pytest.approx(idf[7])  # too far apart for one window
     assert survivors(scores, 2) == [1, 2] and survivors(scores, 3) == [0, 1, 2]  # ties: the earlier chunk
+
+
+def test_a_key_spelled_in_common_pieces_is_found_by_its_pairs_of_tokens():
+    """A UUID-like key: every piece (1-6) is in every chunk, so its tokens weigh nothing; as a sequence it
+    is in one chunk only. The pairs find it (a slow reference: each pair's weight summed by hand), the
+    tokens alone tie every chunk at 0."""
+    key = [1, 2, 3, 4, 5, 6]
+    pieces = [6, 5, 4, 3, 2, 1]  # every piece, in an order that holds none of the key's pairs
+    chunks = [pieces + [100 + i for i in range(20)] for _ in range(8)]
+    chunks[5] = pieces + key + [100 + i for i in range(14)]
+    plan = ChunkPlan(chunks=tuple(tuple(c) for c in chunks), local=(), dynamic_prompt=())
+    scores = word_scores(plan, [50, *key], window=8)
+    pair_weight = math.log(8 / 1)  # each of the key's 5 pairs is in 1 of the 8 chunks
+    torch.testing.assert_close(scores, torch.tensor([5 * pair_weight if i == 5 else 0.0 for i in range(8)]))
+    assert survivors(scores, 1) == [5]
+    assert float(word_scores(plan, [50, *key], window=8, pairs=False).abs().sum()) == 0
 
 
 @pytest.mark.parametrize("share", [0, 1.5, -0.1, "0.5"])

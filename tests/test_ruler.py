@@ -522,9 +522,12 @@ def test_the_selection_studies_run_every_rule_of_the_development_part_and_the_en
 
     module = importlib.import_module(f"benchmarks.ruler.{study}")
     engine = make_engine(select_tokens=16, passage_tokens=8)
-    rules = len(module.grid()) if study == "selection_study" else len(module.SHARES)
+    rules = len(module.grid()) if study == "selection_study" else 2 * len(module.SHARES)  # tokens, and pairs
     for part, per_case in ((DEV, rules), (HELDOUT, 1)):
         results = tmp_path / f"{part.name}.json"
         payload = module.study(engine, part).run(["niah_single_1", "niah_multikey_1"], [1024], 1, results)
         assert len(payload["records"]) == 2 * per_case == len(json.loads(results.read_text())["records"])
         assert all(0 <= r["needles_read"] <= 1 for r in payload["records"])
+    if study == "cascade_study":  # the first stage alone: its recall, no exit layer
+        payload = module.study(engine, DEV, exit=False).run(["niah_single_1"], [1024], 1, tmp_path / "first.json")
+        assert all(r["needles_read"] is None and 0 <= r["first_stage_recall"] <= 1 for r in payload["records"])

@@ -221,7 +221,7 @@ def test_each_part_of_the_question_keeps_its_own_passage():
 
 
 def test_sentences_end_at_stops_and_newlines(tokenizer):
-    ids = tokenizer("It rains. Does it? Yes!\nThe 3.5 model") ["input_ids"]
+    ids = tokenizer("It rains. Does it? Yes!\nThe 3.5 model")["input_ids"]
     ends = sentence_ends(tokenizer, ids)
     texts = [tokenizer.decode([i]) for i in ids]
     assert {t for i, t in zip(ids, texts) if i in ends} == {t for t in texts if t.rstrip()[-1:] in ".?!" or "\n" in t}

@@ -19,6 +19,8 @@ the held-out part only the engine's own (its default)::
 
 from __future__ import annotations
 
+import argparse
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -39,45 +41,58 @@ SHARES = (0.125, 0.25, 0.5)
 
 
 @torch.inference_mode()
-def study_case(engine: FocusEngine, case: Sample, shares: Sequence[float]) -> list[dict]:
-    """One exit-layer pass over every chunk of ``case``, then each share's cascade on it."""
+def study_case(
+    engine: FocusEngine, case: Sample, shares: Sequence[float], terms: Sequence[bool], exit: bool
+) -> list[dict]:
+    """One exit-layer pass over every chunk of ``case`` (none without ``exit``: the first stage alone),
+    then each share's cascade on it, its first stage scoring the question's tokens and, where ``terms``
+    says so, its pairs of adjacent tokens."""
     request = engine.request(case.prompt, aggregation="select", select_cascade=None)
     plan, cfg = request.plan, request.config
     exit_layer = request.mode.exit_layer(cfg)
     needles = needle_tokens(case, request.offsets, plan.memory_start, case.needles)
     rows = question_rows(plan.dynamic_prompt, *question_marks(engine.tokenizer, plan.dynamic_prompt))
     began = time.perf_counter()
-    grid = engine.encoder.attend(probed(plan), layers=(exit_layer,), rows=rows, layout=request.layout, progress=False)
-    grid = grid[exit_layer]
+    grid = None
+    if exit:
+        layers = (exit_layer,)
+        grid = engine.encoder.attend(probed(plan), layers=layers, rows=rows, layout=request.layout, progress=False)
+        grid = grid[exit_layer]
     seconds = time.perf_counter() - began
-    began = time.perf_counter()
-    scores = word_scores(plan, plan.dynamic_prompt[rows[0] : rows[1]], cfg.passage_tokens)
-    word_seconds = time.perf_counter() - began
     chunks, passages = len(plan.chunks), cfg.select_tokens // cfg.passage_tokens
 
-    def needles_read(kept: list[int] | None) -> float:
+    def needles_read(kept: list[int] | None) -> float | None:
+        if grid is None:
+            return None
         mass = memory_mass(grid if kept is None else grid[kept], plan, kept)
         return inside(needles, merge(chosen_spans(mass, plan, cfg, engine.tokenizer)), plan.memory_tokens)
 
     one_stage, records = needles_read(None), []
-    for share in shares:
-        kept = survivors(scores, survivors_kept(chunks, share, passages))
-        records.append(
-            {
-                "share": share,
-                "exit_layer": exit_layer,
-                "chunks": chunks,
-                "kept": len(kept),
-                "needles": len(needles),
-                "probe_seconds": seconds,
-                "word_seconds": word_seconds,
-                "kept_chunks": kept,
-                "first_stage_recall": touched(needles, [plan.ranges[i] for i in kept], plan.memory_tokens),
-                "needles_read": needles_read(kept if len(kept) < chunks else None),
-                "one_stage_needles_read": one_stage,
-                "layer_share": len(kept) / chunks,
-            }
-        )
+    for pairs in terms:
+        began = time.perf_counter()
+        scores = word_scores(plan, plan.dynamic_prompt[rows[0] : rows[1]], cfg.passage_tokens, pairs=pairs)
+        word_seconds = time.perf_counter() - began
+        ranks = scores.argsort(descending=True, stable=True).tolist()
+        for share in shares:
+            kept = survivors(scores, survivors_kept(chunks, share, passages))
+            records.append(
+                {
+                    "share": share,
+                    "pairs": pairs,
+                    "exit_layer": exit_layer,
+                    "chunks": chunks,
+                    "kept": len(kept),
+                    "needles": len(needles),
+                    "probe_seconds": seconds,
+                    "word_seconds": word_seconds,
+                    "kept_chunks": kept,
+                    "needle_chunk_ranks": [ranks.index(min(a // cfg.chunk_size, chunks - 1)) for a, _ in needles],
+                    "first_stage_recall": touched(needles, [plan.ranges[i] for i in kept], plan.memory_tokens),
+                    "needles_read": needles_read(kept if len(kept) < chunks else None),
+                    "one_stage_needles_read": one_stage,
+                    "layer_share": len(kept) / chunks,
+                }
+            )
     return records
 
 
@@ -89,32 +104,42 @@ def touched(spans: list[tuple[int, int]], kept: list[tuple[int, int]], memory_en
 
 def summarize(records: list[dict]) -> dict:
     """Per cascade, over every case and per task: the means of each record's figures, and the cases where
-    the cascade read fewer needles than one stage did."""
+    the cascade read fewer needles than one stage did (where the exit layer ran)."""
     cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
-        cells[f"keeps {r['share']}", r["task"]].append(r)
-        cells[f"keeps {r['share']}", "all"].append(r)
+        name = f"keeps {r['share']}, tokens{' and pairs' if r.get('pairs', False) else ''}"
+        cells[name, r["task"]].append(r)
+        cells[name, "all"].append(r)
     out: dict = {}
     for (name, task), rs in sorted(cells.items()):
+        read = [r for r in rs if r["needles_read"] is not None]
         out.setdefault(name, {})[task] = {
-            key: mean_of([r[key] for r in rs])
+            key: mean_of([r[key] for r in rs if r[key] is not None])
             for key in ("first_stage_recall", "needles_read", "one_stage_needles_read", "layer_share")
-        } | {"cases": len(rs), "lost": sum(r["needles_read"] < r["one_stage_needles_read"] for r in rs)}
+        } | {"cases": len(rs), "lost": sum(r["needles_read"] < r["one_stage_needles_read"] for r in read)}
     return out
 
 
-def study(engine: FocusEngine, part: Part) -> Study:
-    """Every share of the grid on the development part, the engine's own on the held-out part."""
-    shares = SHARES if part is DEV else (engine.config.select_cascade,)
-    return Study("cascade_study", engine, part, lambda case: study_case(engine, case, shares), summarize, _line)
+def study(engine: FocusEngine, part: Part, exit: bool = True) -> Study:
+    """Every share of the grid, with and without pairs, on the development part; the engine's own on the
+    held-out part. Without ``exit``, the first stage alone (no forward: recall and the needles' ranks)."""
+    shares, terms = (SHARES, (False, True)) if part is DEV else ((engine.config.select_cascade,), (True,))
+    measure = functools.partial(study_case, engine, shares=shares, terms=terms, exit=exit)
+    return Study("cascade_study", engine, part, measure, summarize, _line)
 
 
 def _line(record: dict) -> str:
-    return f"probe {record['probe_seconds']:.1f} s, first stage kept {record['kept']} of {record['chunks']} chunks"
+    return (
+        f"probe {record['probe_seconds']:.1f} s, first stage kept {record['kept']} of {record['chunks']} chunks, "
+        f"needles' chunks ranked {record['needle_chunk_ranks']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    study_main(argv, __doc__, 2, "cascade", study)
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--first-stage-only", action="store_true", help="no exit-layer pass: the first stage alone")
+    known, rest = parser.parse_known_args(argv)
+    study_main(rest, __doc__, 2, "cascade", lambda engine, part: study(engine, part, exit=not known.first_stage_only))
 
 
 if __name__ == "__main__":
