@@ -5,14 +5,17 @@ For every needle case the early-exit pass runs once over every chunk; each share
 stage (the chunks the question's words keep: :func:`focus_core.cascade.word_scores`) is then applied to
 the same masses, exactly as :meth:`focus_core.modes.select.Select.read` applies it (the exit layer's
 attention of a chunk does not depend on which other chunks run). Per case and share: the first stage's
-recall (the share of the needles the chunks it keeps hold, whole or in part), the share of the needles the final
-selection reads, the same for one stage over every chunk, and the chunks that run to the exit layer as a
-share of all.
+recall (the share of the needles the chunks it keeps hold, whole or in part), the rank of each needle's
+chunk, the share of the needles the final selection reads, the same for one stage over every chunk, and
+the chunks that run to the exit layer as a share of all. On the development part each share is scored
+twice: by the question's tokens alone and by its tokens and pairs of adjacent tokens (the engine's).
+``--first-stage-only`` runs no forward: the first stage's recall and ranks alone, seconds a case.
 
 The protocol decides what may be tuned: on the development part every share of the grid is measured; on
 the held-out part only the engine's own (its default)::
 
     python -m benchmarks.ruler.cascade_study --part dev --lengths 32768 --samples 2
+    python -m benchmarks.ruler.cascade_study --first-stage-only --part dev --lengths 131072 --samples 2
     python -m benchmarks.ruler.cascade_study --part dev --model gemma-3-270m --native-window 4096 --lengths 16384
     python -m benchmarks.ruler.cascade_study --part heldout --lengths 32768 --samples 2
 """
