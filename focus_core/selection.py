@@ -153,8 +153,9 @@ class Sentences:
         ``mass`` in sentences lying whole inside it; the nearest of equals (``start`` itself where no
         window holds a whole sentence). mass, free: ``[tokens]``."""
         n = mass.shape[0]
-        steps = torch.arange(1, self.reach + 1).repeat_interleave(2) * torch.tensor([-1, 1]).repeat(self.reach)
-        places = (start + torch.cat([torch.zeros(1, dtype=torch.long), steps])).clamp(0, n - passage)  # nearest first
+        steps = torch.arange(-self.reach, self.reach + 1)
+        steps = steps[steps.abs().argsort(stable=True)]  # nearest first: 0, -1, 1, -2, 2, ...
+        places = (start + steps).clamp(0, n - passage)
         bounds = self.bounds.to(mass.device)
         places = places.to(mass.device)
         first = bounds[torch.searchsorted(bounds, places)]  # the first sentence starting inside

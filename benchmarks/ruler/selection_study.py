@@ -21,6 +21,7 @@ README reports::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import time
 from collections import defaultdict
@@ -122,13 +123,12 @@ def study_case(engine: FocusEngine, case: Sample, rules: Sequence[Rule]) -> list
     seconds = time.perf_counter() - began
     passage, n = cfg.passage_tokens, plan.memory_tokens
     opening = min(passage, n)
-    memory = plan.memory
+    sentences = Sentences.of(engine.tokenizer, plan.memory, reach=0)
     records = []
     for rule in rules:
         mass = memory_mass(grids[layer_of(engine, rule.depth)], plan)  # [queries, memory tokens]
-        reach = int((rule.reach or 0) * passage)
         choice = {"passage": passage, "budget": cfg.select_tokens, "skip": opening, "drop": rule.drop}
-        choice["sentences"] = Sentences.of(engine.tokenizer, memory, reach)
+        choice["sentences"] = dataclasses.replace(sentences, reach=int((rule.reach or 0) * passage))
         if rule.part_queries is None:
             spans = select_spans(mass.sum(dim=0), **choice)
         else:
