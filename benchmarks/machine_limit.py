@@ -7,6 +7,10 @@
   FLOP were such a matmul (attention not counted);
 - the engine's chunk-encode rate (tokens/s, cold prefix cache) over ``--tokens`` of prose, with the
   native window set to 2K so that it chunks, and its fraction of the matmul-limited rate;
+- where that encoding spends its time (CPU): the same encoding once more under ``torch.profiler``, shares
+  of its wall time in attention (the ``sdpa`` kernel), linear layers (matmuls), other operators (norms,
+  activations, rotary, copies) and outside operators, and the fraction of the matmul-limited rate the
+  pass would reach with its attention's time taken out;
 - the memory bandwidth (bytes/s of a large copy on the device, read and write counted) and the bytes one
   decoded token reads (every weight matrix once, the tied embedding as the output layer, and the KV
   cache of its context): bandwidth / bytes is the memory-limited decode rate;
@@ -120,6 +124,35 @@ def decode_rates(engine: FocusEngine, prompt_tokens: int, new_tokens: int) -> di
     }
 
 
+ATTENTION_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention")
+LINEAR_OPS = ("linear", "addmm", "aten::mm", "bmm", "matmul")
+
+
+def op_kind(name: str) -> str:
+    """``attention``, ``linear`` or ``other``: what a profiled operator of the encoding pass is."""
+    lowered = name.lower()
+    if any(op in lowered for op in ATTENTION_OPS):
+        return "attention"
+    return "linear" if any(op in lowered for op in LINEAR_OPS) else "other"
+
+
+def encode_time_by_kind(engine: FocusEngine, tokens: int, **overrides) -> dict[str, float] | None:
+    """Shares of the wall time of one encoding of ``tokens`` of prose (and the read and token after it)
+    under ``torch.profiler``: its operators' own time by :func:`op_kind`, and ``outside`` them (Python,
+    the profiler's own cost). ``None`` off the CPU, where kernels run asynchronously."""
+    if engine.runner.device.type != "cpu":
+        return None
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        focus_point(engine, tokens, new_tokens=1, **overrides)
+    wall = time.perf_counter() - start
+    spent = dict.fromkeys(("attention", "linear", "other"), 0.0)
+    for event in profile.key_averages():
+        spent[op_kind(event.key)] += event.self_cpu_time_total / 1e6
+    spent["outside"] = max(wall - sum(spent.values()), 0.0)
+    return {kind: seconds / wall for kind, seconds in spent.items()}
+
+
 def run_machine_limit(engine: FocusEngine, tokens: int, decode_prompt_tokens: int, decode_tokens: int) -> dict:
     chunked = FocusEngine(engine.model, engine.tokenizer, engine.config.replace(native_window=CHUNKED_WINDOW))
     every_chunk = {"select_cascade": None}  # the encoding rate over every chunk, not the cascade's saving
@@ -128,6 +161,7 @@ def run_machine_limit(engine: FocusEngine, tokens: int, decode_prompt_tokens: in
     before = model_matmul_rate(engine.model, shape_tokens)
     point = focus_point(chunked, tokens, new_tokens=1, **every_chunk)
     after = model_matmul_rate(engine.model, shape_tokens)
+    by_kind = encode_time_by_kind(chunked, tokens, **every_chunk)
     params = non_embedding_params(engine.model)
     share = point["encode_layers"] / engine.runner.num_layers  # an early exit runs only its layers
     limited = max(before, after) / (2 * params * share)
@@ -145,6 +179,10 @@ def run_machine_limit(engine: FocusEngine, tokens: int, decode_prompt_tokens: in
         "encode_tokens_per_s": point["encode_tokens_per_s"],
         "encode_fraction_of_matmul_limit": point["encode_tokens_per_s"] / limited,
         "encode_flops_per_s": point["encode_flops_per_s"],  # attention included
+        "encode_time_by_kind": by_kind,
+        "encode_fraction_without_attention": (
+            point["encode_tokens_per_s"] / (1 - by_kind["attention"]) / limited if by_kind else None
+        ),
         "memory_bandwidth_bytes_per_s": bandwidth,
         "decode_bytes_per_token": per_token,
         "memory_limited_decode_tokens_per_s": memory_limited,
@@ -172,12 +210,18 @@ def main(argv: list[str] | None = None) -> dict:
     out = run_machine_limit(engine, args.tokens, args.decode_prompt_tokens, args.decode_tokens)
     result = {**result_header("machine_limit", engine), **out}
     print(f"wrote {write_json(args.results / 'machine_limit.json', result)}")
-    cpu = result["machine"]["cpu"]
+    cpu, by_kind = result["machine"]["cpu"], out["encode_time_by_kind"]
+    spent = (
+        f" (time: {', '.join(f'{kind} {100 * share:.0f}%' for kind, share in by_kind.items())}; "
+        f"{100 * out['encode_fraction_without_attention']:.0f}% without attention)"
+        if by_kind
+        else ""
+    )
     print(
         f"{cpu['name']} ({', '.join(cpu['flags'] or ['flags unknown'])}), {engine.model.focus_precision_reason}: "
         f"matmul {max(out['matmul_flops_per_s'].values()) / 1e9:.0f} GFLOP/s -> "
         f"{out['matmul_limited_tokens_per_s']:.0f} tokens/s matmul-limited; encode "
-        f"{out['encode_tokens_per_s']:.0f} tokens/s = {100 * out['encode_fraction_of_matmul_limit']:.0f}%; "
+        f"{out['encode_tokens_per_s']:.0f} tokens/s = {100 * out['encode_fraction_of_matmul_limit']:.0f}%{spent}; "
         f"memory {out['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / {out['decode_bytes_per_token'] / 1e6:.0f} MB a "
         f"token -> {out['memory_limited_decode_tokens_per_s']:.1f} tokens/s memory-limited; decode "
         f"{out['engine_decode_tokens_per_s']:.1f} tokens/s = {100 * out['decode_fraction_of_memory_limit']:.0f}% "

@@ -126,6 +126,23 @@ def test_an_out_of_memory_full_attention_run_is_recorded_not_raised(make_engine,
     assert speed.summary(point) == "out of GPU memory"
 
 
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+        ("aten::scaled_dot_product_attention", "attention"),
+        ("mkldnn::_linear_pointwise", "linear"),
+        ("aten::addmm", "linear"),
+        ("aten::mm", "linear"),
+        ("aten::silu", "other"),
+        ("aten::mul", "other"),
+        ("aten::cat", "other"),
+    ],
+)
+def test_machine_limit_sorts_the_encoding_operators_by_kind(name, kind):
+    assert machine_limit.op_kind(name) == kind
+
+
 def test_machine_limit_reports_encode_against_the_matmul_limit_of_the_same_run(tiny_dir, tmp_path):
     result = machine_limit.main(
         ["--model", str(tiny_dir), "--tokens", "2500", "--device", "cpu", "--results", str(tmp_path)]
@@ -139,6 +156,12 @@ def test_machine_limit_reports_encode_against_the_matmul_limit_of_the_same_run(t
         max(result["matmul_flops_per_s"].values()) / (2 * result["non_embedding_params"] * share)
     )
     assert result["encode_fraction_of_matmul_limit"] == pytest.approx(result["encode_tokens_per_s"] / limit)
+    # where the encoding's time went: shares of one profiled pass's wall time, attention taken out last
+    by_kind = result["encode_time_by_kind"]
+    assert set(by_kind) == {"attention", "linear", "other", "outside"} and sum(by_kind.values()) == pytest.approx(1)
+    assert by_kind["attention"] > 0 and by_kind["linear"] > 0
+    without = result["encode_tokens_per_s"] / (1 - by_kind["attention"]) / limit
+    assert result["encode_fraction_without_attention"] == pytest.approx(without)
     # decoding against the memory-bandwidth limit, and transformers' own generate on the same prompt
     per_token = result["decode_bytes_per_token"]
     model = tiny_model("llama")
