@@ -39,8 +39,7 @@ class Method:
             prompt, info = self.prompt(engine, case)
             if prompt is None:
                 return None
-            stats = engine.stats
-            encoded, reads, read_tokens = stats.chunks_encoded, stats.reads_reused, stats.read_tokens_reused
+            before = engine.stats.counts()
             generation = engine.stream(prompt, **self.overrides(engine))
             pieces, first = [], None
             for piece in generation:
@@ -56,9 +55,7 @@ class Method:
             "first_token_seconds": (end if first is None else first) + reused,
             "peak_bytes": peak.bytes,
             "prompt_tokens": engine.count_tokens(prompt),
-            "chunks_encoded": engine.stats.chunks_encoded - encoded,
-            "reads_reused": engine.stats.reads_reused - reads,
-            "read_tokens_reused": engine.stats.read_tokens_reused - read_tokens,
+            **{name: count - before[name] for name, count in engine.stats.counts().items()},
             "mode": generation.mode,
             "route": generation.route,
             **info,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from tqdm.auto import tqdm
@@ -44,6 +44,8 @@ class EncodingStats:
     reads_reused: int = 0  # select's reads of a selection started from an earlier read in the prefix cache
     read_tokens_reused: int = 0  # the tokens of those reads whose KV came from the cache
     encode_seconds: float = 0.0  # wall time spent encoding chunk prefixes
+    attend_seconds: float = 0.0  # wall time of the question's rows over encoded prefixes (select's early exit)
+    read_seconds: float = 0.0  # wall time of select's reads of its selection (what was not reused)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(
@@ -55,6 +57,8 @@ class EncodingStats:
         reads_reused: int = 0,
         read_tokens_reused: int = 0,
         seconds: float = 0.0,
+        attend_seconds: float = 0.0,
+        read_seconds: float = 0.0,
     ) -> None:
         with self._lock:
             self.chunks_encoded += encoded
@@ -63,6 +67,13 @@ class EncodingStats:
             self.reads_reused += reads_reused
             self.read_tokens_reused += read_tokens_reused
             self.encode_seconds += seconds
+            self.attend_seconds += attend_seconds
+            self.read_seconds += read_seconds
+
+    def counts(self) -> dict[str, float]:
+        """Every counter by name, read together (``after - before`` per name gives what one call did)."""
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 @dataclass
@@ -136,11 +147,13 @@ class ChunkEncoder:
                 prefixes = self.prefixes(
                     [self.bos + c for c in chunks], slots=layout.encode.slots, layers=max(layers) + 1
                 )
+                began = time.perf_counter()
                 batch = self.batch(prefixes, slots=layout.score.slots, extra_slots=len(d))
                 for layer, mass in batch.attend(d, layers=layers, rows=rows).items():  # [batch, queries, slots]
                     mass = mass[:, :, :slots].cpu()  # one move to the host per micro-batch
                     for i, c in enumerate(chunks):
                         masses[layer][start + i, :, : len(c)] = mass[i, :, slots - len(c) :]
+                self.stats.add(attend_seconds=time.perf_counter() - began)
                 bar.update(len(chunks))
         for mass in masses.values():
             mass[:, :, :SINK_TOKENS] = 0  # attention sinks (selection.SINK_TOKENS)
@@ -203,7 +216,7 @@ class ChunkEncoder:
         before the first that differs when it selects otherwise (a causal model's KV of a prefix does not
         depend on what follows). Only the rest is run. Returns how many tokens came from the cache."""
         if sequence.kv.windowed:  # a sequence keeping only its sliding windows holds no whole prefix
-            sequence.append(torch.tensor(tokens, device=self.runner.device))
+            self._run_read(sequence, tokens)
             return 0
         shared, held = self._longest_shared_read(tokens)
         if shared:
@@ -211,7 +224,7 @@ class ChunkEncoder:
             sequence.place([start], width=shared)
             self.stats.add(reads_reused=1, read_tokens_reused=shared)
         if shared < len(tokens):
-            sequence.append(torch.tensor(tokens[shared:], device=self.runner.device))
+            self._run_read(sequence, tokens[shared:])
             key = prefix_key(tokens, self.runner.dtype)
             if self.prefix_cache.keeps(self.keep(key, *sequence.kv.read_prefix(0))):
                 with self._reads_lock:
@@ -220,6 +233,12 @@ class ChunkEncoder:
                     while len(self._reads) > READS_REMEMBERED:
                         self._reads.popitem(last=False)
         return shared
+
+    def _run_read(self, sequence: SequenceBatch, tokens: tuple[int, ...]) -> None:
+        """Append ``tokens`` to the one-row ``sequence`` through every layer, timed as a read."""
+        began = time.perf_counter()
+        sequence.append(torch.tensor(tokens, device=self.runner.device))
+        self.stats.add(read_seconds=time.perf_counter() - began)
 
     def _longest_shared_read(self, tokens: tuple[int, ...]) -> tuple[int, PrefixKV | None]:
         """The earlier read still in the prefix cache that shares the longest start with ``tokens``, and how

@@ -465,6 +465,11 @@ def test_speed_times_rag_a_first_and_a_second_select_question_on_one_case(make_e
     assert first["reads_reused"] == first["read_tokens_reused"] == 0
     assert summary["second_question_reads_reused"] == second["reads_reused"] in (0, 1)
     assert summary["second_question_read_tokens_reused"] == second["read_tokens_reused"]
+    # where each answer's seconds went: the phases add up to its seconds, and select spent some in each
+    for out in (first, second, record["rag"]):
+        assert sum(out["phases"].values()) == pytest.approx(out["seconds"])
+    assert first["phases"]["encode"] > 0 and first["phases"]["attend"] > 0 and first["phases"]["read"] > 0
+    assert summary["second_question_phases"] == second["phases"]
     case = make_sample("niah_single_1", engine.tokenizer, 1024, 0)
     again = speed.reworded(case)
     assert again.context == case.context and again.query != case.query and case.question in again.query

@@ -66,8 +66,21 @@ def time_case(
             "reads_reused": out["reads_reused"],
             "read_tokens_reused": out["read_tokens_reused"],
             "route": out["route"],  # where select handed the request over, if it did
+            "phases": phases(out),
         }
     return record
+
+
+def phases(out: dict) -> dict[str, float]:
+    """Where an answer's seconds went: encoding chunks, the question's rows over them (select's early
+    exit), the read of the selection, the rest before the first token (the first stage, choosing, RAG's
+    retrieval), and decoding after it."""
+    spent = {name: out[f"{name}_seconds"] for name in ("encode", "attend", "read")}
+    return {
+        **spent,
+        "other": out["first_token_seconds"] - sum(spent.values()),
+        "decode": out["seconds"] - out["first_token_seconds"],
+    }
 
 
 def summarize(records: list[dict]) -> dict:
@@ -88,6 +101,10 @@ def summarize(records: list[dict]) -> dict:
             "second_question_score": _mean(rs, "select, second question", "score"),
             "second_question_reads_reused": sum(r["select, second question"]["reads_reused"] for r in rs),
             "second_question_read_tokens_reused": sum(r["select, second question"]["read_tokens_reused"] for r in rs),
+            "second_question_phases": {
+                phase: statistics.mean(r["select, second question"]["phases"][phase] for r in rs)
+                for phase in rs[0]["select, second question"]["phases"]
+            },
         }
     return out
 
