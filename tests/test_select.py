@@ -140,6 +140,22 @@ def test_select_spans_choose_peaks_without_overlap_within_the_budget():
     torch.testing.assert_close(pooled(torch.ones(5), 3), torch.tensor([2.0, 3, 3, 3, 2]))
 
 
+@pytest.mark.parametrize("window", [1, 2, 7, 64])
+def test_pooled_mass_is_each_windows_sum_centred_on_its_token(window):
+    """The running-sum pooling against the obvious sum of each window, clipped at the ends, for every
+    query of a long peaked mass (values far apart in size, as attention is)."""
+    torch.manual_seed(0)
+    mass = torch.rand(3, 700) ** 8
+    left = (window - 1) // 2
+    slow = torch.stack(
+        [mass[:, max(i - left, 0) : i - left + window].double().sum(dim=1) for i in range(mass.shape[1])], dim=1
+    )
+    fast = pooled(mass, window)
+    assert fast.shape == mass.shape and fast.dtype == torch.float32
+    torch.testing.assert_close(fast, slow.float(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(pooled(mass[0], window), fast[0])
+
+
 def test_select_spans_stop_where_the_attention_falls_off():
     """With ``drop``, a group of passages far above the rest is read alone; a gentle decline is read to the
     budget; without it the budget is always filled."""
