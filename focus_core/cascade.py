@@ -43,13 +43,15 @@ def word_scores(plan: ChunkPlan, question: Sequence[int], window: int, pairs: bo
     ``n`` chunks: 0 for one in every chunk). The terms are its tokens and, with ``pairs``, its pairs of
     adjacent tokens: a key spelled in common pieces (a UUID's digits and letters) is rare only as a
     sequence."""
-    tokens, adjacent = _codes(question)
-    terms = torch.unique(torch.cat([tokens, adjacent[:-1]] if pairs else [tokens]))  # [q]
+    asked, asked_pairs = _codes(question)
+    terms = torch.unique(torch.cat([asked, asked_pairs[:-1]]) if pairs else asked)  # [q]
     holds = []  # per chunk [q, len(c)]: the terms found at each token (a pair at its first token)
     for chunk in plan.chunks:
         tokens, adjacent = _codes(chunk)
         found = tokens[None, :] == terms[:, None]
-        holds.append(found | (adjacent[None, :] == terms[:, None]) if pairs else found)
+        if pairs:
+            found |= adjacent[None, :] == terms[:, None]
+        holds.append(found)
     df = torch.stack([h.any(dim=1) for h in holds]).sum(dim=0)  # [q]: chunks holding each term
     idf = torch.log(len(plan.chunks) / df.clamp_min(1))
     scores = []
