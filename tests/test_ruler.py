@@ -447,6 +447,9 @@ def test_needle_coverage_counts_needles_read_whole_and_ranked_first():
     assert needle_coverage(sample, out) == {"in_read": 0.5, "recall@1": 0.5, "recall@3": 1.0}
     in_local = {**out, "memory_end": second}  # the second needle lies in the local context, read as is
     assert needle_coverage(sample, in_local)["in_read"] == 1.0
+    across = {**out, "memory_end": second + 5}  # its head at the memory's end, its tail in the local context
+    assert needle_coverage(sample, across)["in_read"] == 0.5
+    assert needle_coverage(sample, {**across, "read": [*out["read"], [second - 20, second + 5]]})["in_read"] == 1.0
 
 
 def test_speed_times_rag_a_first_and_a_second_select_question_on_one_case(make_engine):

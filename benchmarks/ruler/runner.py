@@ -139,16 +139,17 @@ def _record(case: Sample, method: str, out: dict | None) -> dict:
 
 def needle_coverage(case: Sample, out: dict, ks: Sequence[int] = (1, 3)) -> dict:
     """How well a method's reading covered ``case``'s needles: ``in_read``, the fraction lying whole in
-    what decoding read (touching spans joined) or in the local context; ``recall@k``, the fraction
-    overlapping one of the ``k`` best-scored chunks or passages."""
+    what decoding read, the local context included (touching spans joined: a needle across the memory's
+    end is read whole where a span reaches that end); ``recall@k``, the fraction overlapping one of the
+    ``k`` best-scored chunks or passages."""
     needles = [(start, start + len(n)) for n in case.needles for start in (case.prompt.index(n),)]
     read: list[list[int]] = []
-    for a, b in sorted(out["read"]):
+    for a, b in sorted([*out["read"], [out["memory_end"], len(case.prompt)]]):
         if read and a <= read[-1][1] + 1:
             read[-1][1] = max(read[-1][1], b)
         else:
             read.append([a, b])
-    inside = [a >= out["memory_end"] or any(x <= a and b <= y for x, y in read) for a, b in needles]
+    inside = [any(x <= a and b <= y for x, y in read) for a, b in needles]
     coverage = {"in_read": sum(inside) / len(needles)}
     for k in ks:
         hits = [any(x < b and a < y for x, y in out["ranked"][:k]) for a, b in needles]
