@@ -12,7 +12,9 @@ of adjacent tokens found in it, each weighted by how rare it is across the chunk
 frequency over the model's own token ids, so a word in every chunk weighs nothing). It costs no
 forward. The best-scoring ``share`` of the chunks (no more than the geometric mean of the chunks and
 the passages the selection holds, never fewer than those passages) run to the exit layer, whose
-attention chooses the passages as before; the others never run.
+attention chooses the passages as before; the others never run. The same weights laid over every memory
+token, per token of the question (:func:`word_mass`), let a key the question spells point at its
+passage beside the attention (:func:`focus_core.selection.choose_spans`).
 """
 
 from __future__ import annotations
@@ -43,9 +45,42 @@ def word_scores(plan: ChunkPlan, question: Sequence[int], window: int, pairs: bo
     ``n`` chunks: 0 for one in every chunk). The terms are its tokens and, with ``pairs``, its pairs of
     adjacent tokens: a key spelled in common pieces (a UUID's digits and letters) is rare only as a
     sequence."""
+    _, idf, holds = _term_hits(plan, question, pairs)
+    scores = []
+    for h in holds:
+        near = F.max_pool1d(h.float()[None], window, stride=1, padding=window // 2)[0]  # [q, ~len(c)]
+        scores.append((idf[:, None] * near).sum(dim=0).max())
+    return torch.stack(scores)
+
+
+def word_mass(plan: ChunkPlan, question: Sequence[int], pairs: bool = True) -> torch.Tensor:
+    """``[len(question), memory tokens]``: per token of the ``question``, the inverse-document-frequency
+    weight (as in :func:`word_scores`) of it, and with ``pairs`` of it and the next question token, at
+    each memory token where it is found (a pair at its first token): the question's words laid over the
+    memory as its attention is."""
+    if not plan.chunks or not question:
+        return torch.zeros(len(question), plan.memory_tokens)
+    terms, idf, holds = _term_hits(plan, question, pairs)
+    weights = torch.where(torch.cat(holds, dim=1), idf[:, None], 0.0)  # [terms, memory tokens]
+    weights = torch.cat([weights, weights.new_zeros(1, weights.shape[1])])  # row -1: no term
+
+    def rows(codes: torch.Tensor) -> torch.Tensor:
+        """Each code's row of ``weights`` (the zero row where it is no term): ``[len(codes), memory tokens]``."""
+        at = torch.searchsorted(terms, codes).clamp_max(len(terms) - 1)
+        return weights[torch.where(terms[at] == codes, at, -1)]
+
+    asked, asked_pairs = _codes(question)
+    return rows(asked) + rows(asked_pairs) if pairs else rows(asked)
+
+
+def _term_hits(
+    plan: ChunkPlan, question: Sequence[int], pairs: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The ``question``'s distinct terms (``[q]`` codes, sorted: :func:`_codes`), their weights
+    ``log(n / df)`` and, per chunk, where each is found (``[q, len(chunk)]`` bool)."""
     asked, asked_pairs = _codes(question)
     terms = torch.unique(torch.cat([asked, asked_pairs[:-1]]) if pairs else asked)  # [q]
-    holds = []  # per chunk [q, len(c)]: the terms found at each token (a pair at its first token)
+    holds = []
     for chunk in plan.chunks:
         tokens, adjacent = _codes(chunk)
         found = tokens[None, :] == terms[:, None]
@@ -53,12 +88,7 @@ def word_scores(plan: ChunkPlan, question: Sequence[int], window: int, pairs: bo
             found |= adjacent[None, :] == terms[:, None]
         holds.append(found)
     df = torch.stack([h.any(dim=1) for h in holds]).sum(dim=0)  # [q]: chunks holding each term
-    idf = torch.log(len(plan.chunks) / df.clamp_min(1))
-    scores = []
-    for h in holds:
-        near = F.max_pool1d(h.float()[None], window, stride=1, padding=window // 2)[0]  # [q, ~len(c)]
-        scores.append((idf[:, None] * near).sum(dim=0).max())
-    return torch.stack(scores)
+    return terms, torch.log(len(plan.chunks) / df.clamp_min(1)), holds
 
 
 def _codes(ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,9 @@ anywhere in the document, so an answer made of several needles in several chunks
 where one or a few passages stand far above the rest, only they are read (a small model answers a
 distractor's value when the filler around the answer holds lookalikes). That ranking sums the queries;
 besides it, each part of the question whose own queries point at one passage (a key of a question that
-names several) keeps that passage, so a cliff in the sum does not cut the weaker keys. A chosen window
+names several) keeps that passage, so a cliff in the sum does not cut the weaker keys, and so does each
+part of its words spelled in one place only (a key, which a small model's attention may pass over by a
+few dozen tokens). A chosen window
 moves by at most a fraction of its length to hold whole the sentences that draw the most (a window cut
 mid-sentence reads half a fact).
 """
@@ -199,21 +201,32 @@ def choose_spans(
     drop: float | None = None,
     min_queries: int = MIN_PART_QUERIES,
     sentences: Sentences | None = None,
+    words: torch.Tensor | None = None,
 ) -> list[Span]:
     """The passages the question's attention chooses, document order: what the whole question draws to
-    (:func:`select_spans` over the mass summed over queries), and, with ``drop``, the passage each part of
-    the question points at on its own (:func:`part_peaks`), in place of the whole question's weakest
-    choices where the ``budget`` runs out. A question naming several keys spreads its summed attention
-    over their needles, and a cliff over the sum cuts the weaker keys; each key's own queries find its
-    needle. With ``sentences``, every window moves to hold whole sentences (:meth:`Sentences.align`).
+    (:func:`select_spans` over the mass summed over queries), and, with ``drop``, the passages parts of
+    the question point at on their own (:func:`part_peaks`), in place of the whole question's weakest
+    choices where the ``budget`` runs out: first by the ``words`` of the question found in the memory,
+    then by its attention. A question naming several keys spreads its summed attention over their
+    needles, and a cliff over the sum cuts the weaker keys; each key's own queries find its needle. A
+    key the attention passes over (a small model's attention may peak on the prose before a needle) is
+    still spelled in its needle. With ``sentences``, every window moves to hold whole sentences
+    (:meth:`Sentences.align`).
 
-    mass: ``[queries, tokens]`` attention mass each query of the question pays each memory token."""
+    mass: ``[queries, tokens]`` attention mass each query of the question pays each memory token;
+    words: ``[rows, tokens]`` the weight of each query's word found at each memory token
+    (:func:`focus_core.cascade.word_mass`)."""
     whole = select_spans(mass.sum(dim=0), passage=passage, budget=budget, skip=skip, drop=drop, sentences=sentences)
     if drop is None or not whole:
         return whole
     width = len(whole[0])
+    found = []
+    if words is not None:
+        spelled = part_peaks(words, passage=width, skip=skip, drop=drop, min_queries=min_queries, sentences=sentences)
+        found += [Span(p.start, p.end, float(mass[:, p.start : p.end].sum())) for p in spelled]  # scored as any span
+    found += part_peaks(mass, passage=width, skip=skip, drop=drop, min_queries=min_queries, sentences=sentences)
     missing: list[Span] = []
-    for peak in part_peaks(mass, passage=width, skip=skip, drop=drop, min_queries=min_queries, sentences=sentences):
+    for peak in found:
         if not _overlaps(peak, whole + missing):
             missing.append(peak)
     room = max(0, budget // width - len(whole))

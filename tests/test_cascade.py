@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_CONFIG, random_ids, tiny_model
 
 from focus_core import FocusConfigError, FocusEngine
-from focus_core.cascade import survivors, survivors_kept, word_scores
+from focus_core.cascade import survivors, survivors_kept, word_mass, word_scores
 from focus_core.chunking import ChunkPlan
 from focus_core.selection import memory_mass, probed, question_marks, question_rows
 
@@ -108,6 +108,34 @@ def test_a_key_spelled_in_common_pieces_is_found_by_its_pairs_of_tokens():
     torch.testing.assert_close(scores, torch.tensor([5 * pair_weight if i == 5 else 0.0 for i in range(8)]))
     assert survivors(scores, 1) == [5]
     assert float(word_scores(plan, [50, *key], window=8, pairs=False).abs().sum()) == 0
+
+
+def test_word_mass_lays_each_question_token_s_rare_terms_over_the_memory():
+    """Per question token and memory token: the weight of the token found there, plus that of the pair it
+    makes with the next question token where the pair starts there; checked against loops over both, the
+    weights from chunk counts by hand. A term in every chunk (9) weighs nothing."""
+    chunks = ((7, 8, 9, 100), (9, 101, 7, 102), (9, 103, 104, 105), (8, 9, 106, 107))
+    plan = ChunkPlan(chunks=chunks, local=(), dynamic_prompt=())
+    question = [7, 8, 9]
+
+    def weight(term: tuple[int, ...]) -> float:
+        holding = sum(any(tuple(c[i : i + len(term)]) == term for i in range(len(c))) for c in chunks)
+        return math.log(len(chunks) / holding) if holding else 0.0
+
+    expected = [
+        [
+            weight((t,)) * (m == t)
+            + sum(weight((t, nxt)) for nxt in question[q + 1 : q + 2] if tuple(c[i : i + 2]) == (t, nxt))
+            for c in chunks
+            for i, m in enumerate(c)
+        ]
+        for q, t in enumerate(question)
+    ]
+    torch.testing.assert_close(word_mass(plan, question), torch.tensor(expected))
+    tokens_only = torch.tensor([weight((8,)) * (m == 8) for m in plan.memory])
+    torch.testing.assert_close(word_mass(plan, question, pairs=False)[1], tokens_only)
+    assert word_mass(ChunkPlan(chunks=(), local=(), dynamic_prompt=()), question).shape == (3, 0)
+    assert word_mass(plan, []).shape == (0, 16)
 
 
 @pytest.mark.parametrize("share", [0, 1.5, -0.1, "0.5"])

@@ -236,6 +236,35 @@ def test_each_part_of_the_question_keeps_its_own_passage():
     )  # no cliff: the whole budget by the summed attention, as before
 
 
+def test_the_question_s_rare_words_keep_a_needle_its_attention_passes_over():
+    """The attention peaks on the prose before the needle and on a distractor; the needle's key, two
+    question tokens, is spelled there alone. The key's words point at it together and it joins the
+    reading in place of the weakest choice, scored by its attention; a common word points nowhere, a key
+    spelled in two places points at neither, and without a cliff the words are not used."""
+    tokens, needle = 4000, 2500
+    mass = torch.full((6, tokens), 1e-4)
+    mass[:, 2380:2390] = 1.0  # the prose ~100 tokens before the needle
+    mass[:, 900:910] = 0.8  # a distractor
+    words = torch.zeros(6, tokens)
+    words[2:4, needle : needle + 3] = 2.0  # the key's two tokens
+    words[5, [300, 1700, 3300]] = 0.3  # a common word here and there
+    words[0, 3600] = 1.0  # a word found once by chance: one query points, no part
+
+    def reads(spans: list[Span], token: int) -> bool:
+        return any(s.start <= token < s.end for s in spans)
+
+    choice = {"passage": 64, "budget": 128, "skip": 64, "drop": 2.0}
+    assert not reads(choose_spans(mass, **choice), needle)
+    spans = choose_spans(mass, **choice, words=words)
+    assert len(spans) == 2 and reads(spans, needle) and reads(spans, 2385)  # the weaker distractor gave way
+    at = next(s for s in spans if reads([s], needle))
+    assert at.end >= needle + 3 and at.score == pytest.approx(float(mass[:, at.start : at.end].sum()))
+    twice = words.clone()
+    twice[2:4, 1200:1203] = 2.0  # the same key spelled again: no window stands out
+    assert choose_spans(mass, **choice, words=twice) == choose_spans(mass, **choice)
+    assert choose_spans(mass, **choice | {"drop": None}, words=words) == choose_spans(mass, **choice | {"drop": None})
+
+
 def test_sentences_end_at_stops_and_newlines(tokenizer):
     ids = tokenizer("It rains. Does it? Yes!\nThe 3.5 model")["input_ids"]
     ends = sentence_ends(tokenizer, ids)

@@ -55,6 +55,7 @@ def study_case(
     exit_layer = request.mode.exit_layer(cfg)
     needles = needle_tokens(case, request.offsets, plan.memory_start, case.needles)
     rows = question_rows(plan.dynamic_prompt, *question_marks(engine.tokenizer, plan.dynamic_prompt))
+    question = plan.dynamic_prompt[rows[0] : rows[1]]
     began = time.perf_counter()
     grid = None
     if exit:
@@ -68,12 +69,12 @@ def study_case(
         if grid is None:
             return None
         mass = memory_mass(grid if kept is None else grid[kept], plan, kept)
-        return inside(needles, merge(chosen_spans(mass, plan, cfg, engine.tokenizer)), plan.memory_tokens)
+        return inside(needles, merge(chosen_spans(mass, plan, question, cfg, engine.tokenizer)), plan.memory_tokens)
 
     one_stage, records = needles_read(None), []
     for pairs in terms:
         began = time.perf_counter()
-        scores = word_scores(plan, plan.dynamic_prompt[rows[0] : rows[1]], cfg.passage_tokens, pairs=pairs)
+        scores = word_scores(plan, question, cfg.passage_tokens, pairs=pairs)
         word_seconds = time.perf_counter() - began
         ranks = scores.argsort(descending=True, stable=True).tolist()
         for share in shares:

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from focus_core import FocusConfig, FocusEngine
+from focus_core.cascade import word_mass
 from focus_core.selection import (
     EXIT_DEPTH,
     MIN_PART_QUERIES,
@@ -63,23 +64,27 @@ REACHES = (None, SENTENCE_REACH, 0.25, 0.5)
 class Rule:
     """One way of choosing passages: the probe depth, the cliff, the fewest queries of a part of the
     question that keeps its own passage (``None``: parts off, the whole question's attention alone), and
-    how far a window may move to hold whole sentences, as a share of its length (``None``: it stays)."""
+    how far a window may move to hold whole sentences, as a share of its length (``None``: it stays), and
+    whether the question's rare words keep the passage they point at (with parts only)."""
 
     depth: float
     drop: float | None
     part_queries: int | None
     reach: float | None = SENTENCE_REACH
+    words: bool = True
 
     @property
     def name(self) -> str:
         parts = "parts off" if self.part_queries is None else f"parts of >= {self.part_queries} queries"
-        return f"depth {self.depth}, drop {self.drop}, {parts}, sentence reach {self.reach}"
+        words = "" if self.words or self.part_queries is None else ", words off"
+        return f"depth {self.depth}, drop {self.drop}, {parts}, sentence reach {self.reach}{words}"
 
 
 def grid() -> list[Rule]:
-    """The development part's rules: every depth and cliff with parts on and off; the part size and the
-    sentence reach varied at the default depth and cliff."""
+    """The development part's rules: every depth and cliff with parts on and off; the part size, the
+    sentence reach and the rare words' passage varied at the default depth and cliff."""
     rules = [Rule(d, drop, q) for d in DEPTHS for drop in DROPS for q in (None, MIN_PART_QUERIES)]
+    rules += [Rule(EXIT_DEPTH, drop, MIN_PART_QUERIES, words=False) for drop in DROPS if drop is not None]
     rules += [Rule(EXIT_DEPTH, 2.0, q) for q in MIN_QUERIES if q != MIN_PART_QUERIES]
     rules += [Rule(EXIT_DEPTH, 2.0, MIN_PART_QUERIES, r) for r in REACHES if r != SENTENCE_REACH]
     return rules
@@ -117,6 +122,7 @@ def study_case(engine: FocusEngine, case: Sample, rules: Sequence[Rule]) -> list
     needles = needle_tokens(case, offsets, plan.memory_start, case.needles)
     distractors = needle_tokens(case, offsets, plan.memory_start, case.distractors)
     rows = question_rows(plan.dynamic_prompt, *question_marks(engine.tokenizer, plan.dynamic_prompt))
+    words = word_mass(plan, plan.dynamic_prompt[rows[0] : rows[1]])
     layers = sorted({layer_of(engine, r.depth) for r in rules})
     began = time.perf_counter()
     grids = engine.encoder.attend(probed(plan), layers=tuple(layers), rows=rows, layout=request.layout, progress=False)
@@ -132,7 +138,7 @@ def study_case(engine: FocusEngine, case: Sample, rules: Sequence[Rule]) -> list
         if rule.part_queries is None:
             spans = select_spans(mass.sum(dim=0), **choice)
         else:
-            spans = choose_spans(mass, **choice, min_queries=rule.part_queries)
+            spans = choose_spans(mass, **choice, min_queries=rule.part_queries, words=words if rule.words else None)
         read = merge([Span(0, opening, 0.0), *spans])
         units = torch.stack([mass[:, a : a + passage].sum() for a in range(0, n, passage)])
         top3 = set(units.argsort(descending=True)[:3].tolist())

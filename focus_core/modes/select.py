@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..aggregation import PlainDecoding
-from ..cascade import survivors, survivors_kept, word_scores
+from ..cascade import survivors, survivors_kept, word_mass, word_scores
 from ..chunking import ChunkPlan
 from ..config import FocusConfig
 from ..errors import FocusConfigError
@@ -52,11 +52,11 @@ def select_window(cfg: FocusConfig) -> int:
 
 
 def chosen_spans(
-    mass: torch.Tensor, plan: ChunkPlan, cfg: FocusConfig, tokenizer: PreTrainedTokenizerBase
+    mass: torch.Tensor, plan: ChunkPlan, question: Sequence[int], cfg: FocusConfig, tokenizer: PreTrainedTokenizerBase
 ) -> list[Span]:
-    """What ``select`` reads of the memory: the opening passage, then the passages the question's
-    attention ``mass`` (``[queries, memory tokens]``) chooses under ``cfg``, each window moved to hold
-    whole sentences (:mod:`focus_core.selection`)."""
+    """What ``select`` reads of the memory: the opening passage, then the passages the ``question``'s
+    attention ``mass`` (``[queries, memory tokens]``) and its rare words choose under ``cfg``, each window
+    moved to hold whole sentences (:mod:`focus_core.selection`)."""
     opening = min(cfg.passage_tokens, plan.memory_tokens)
     sentences = Sentences.of(tokenizer, plan.memory, int(SENTENCE_REACH * cfg.passage_tokens))
     spans = choose_spans(
@@ -66,6 +66,7 @@ def chosen_spans(
         skip=opening,
         drop=cfg.select_drop,
         sentences=sentences,
+        words=word_mass(plan, question),
     )
     return [Span(0, opening, float(mass[:, :opening].sum())), *spans]
 
@@ -147,24 +148,26 @@ class Select(Mode):
         plan, cfg = request.plan, request.config
         probe = probed(plan)  # every chunk at one length
         rows = question_rows(plan.dynamic_prompt, *question_marks(self.parts.tokenizer, plan.dynamic_prompt))
-        kept = self.first_stage(request, rows)
+        question = plan.dynamic_prompt[rows[0] : rows[1]]
+        kept = self.first_stage(request, question)
         deep = probe if kept is None else dataclasses.replace(probe, chunks=tuple(probe.chunks[i] for i in kept))
         mass = memory_mass(self.attention(request, deep, self.exit_layer(cfg), rows), plan, kept)  # [queries, memory]
-        spans = chosen_spans(mass, plan, cfg, self.parts.tokenizer)
+        spans = chosen_spans(mass, plan, question, cfg, self.parts.tokenizer)
         mass = mass.sum(dim=0)  # [memory tokens]: what the whole question draws
         n, size = plan.memory_tokens, cfg.passage_tokens
         units = [(a, min(a + size, n)) for a in range(0, n, size)]
         relevance = torch.stack([mass[a:b].sum() for a, b in units])
         return Reading(units, relevance, spans=spans)
 
-    def first_stage(self, request: Request, rows: tuple[int, int]) -> list[int] | None:
-        """The chunks the cascade's first stage keeps for the exit layer (:mod:`focus_core.cascade`), the
-        same in every process of a group; ``None`` where it is off or would keep them all."""
+    def first_stage(self, request: Request, question: Sequence[int]) -> list[int] | None:
+        """The chunks the cascade's first stage keeps for the exit layer (:mod:`focus_core.cascade`) by the
+        ``question``'s words, the same in every process of a group; ``None`` where it is off or would keep
+        them all."""
         cfg, plan = request.config, request.plan
         keep = self.deep_chunks(plan, cfg)
         if keep >= len(plan.chunks):
             return None
-        return survivors(word_scores(plan, plan.dynamic_prompt[rows[0] : rows[1]], cfg.passage_tokens), keep)
+        return survivors(word_scores(plan, question, cfg.passage_tokens), keep)
 
     def attention(self, request: Request, probe: ChunkPlan, layer: int, rows: tuple[int, int]) -> torch.Tensor:
         """``[chunks of probe, queries, C]``: the attention the question's ``rows`` pay each token of every
