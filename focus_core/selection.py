@@ -205,34 +205,60 @@ def choose_spans(
 ) -> list[Span]:
     """The passages the question's attention chooses, document order: what the whole question draws to
     (:func:`select_spans` over the mass summed over queries), and, with ``drop``, the passages parts of
-    the question point at on their own (:func:`part_peaks`), in place of the whole question's weakest
-    choices where the ``budget`` runs out: first by the ``words`` of the question found in the memory,
-    then by its attention. A question naming several keys spreads its summed attention over their
+    the question point at on their own, in place of the whole question's weakest choices where the
+    ``budget`` runs out: first by the ``words`` of the question found in the memory
+    (:func:`word_peaks`; one joins unless the reading holds it whole: a window of the attention's may
+    hold a key and cut the value beside it), then by its attention (:func:`part_peaks`; one joins unless
+    it overlaps the reading). A question naming several keys spreads its summed attention over their
     needles, and a cliff over the sum cuts the weaker keys; each key's own queries find its needle. A
     key the attention passes over (a small model's attention may peak on the prose before a needle) is
     still spelled in its needle. With ``sentences``, every window moves to hold whole sentences
     (:meth:`Sentences.align`).
 
     mass: ``[queries, tokens]`` attention mass each query of the question pays each memory token;
-    words: ``[rows, tokens]`` the weight of each query's word found at each memory token
+    words: ``[queries, tokens]`` the weight of each query's terms found at each memory token
     (:func:`focus_core.cascade.word_mass`)."""
     whole = select_spans(mass.sum(dim=0), passage=passage, budget=budget, skip=skip, drop=drop, sentences=sentences)
     if drop is None or not whole:
         return whole
-    width = len(whole[0])
-    found = []
-    if words is not None:
-        spelled = part_peaks(words, passage=width, skip=skip, drop=drop, min_queries=min_queries, sentences=sentences)
-        found += [Span(p.start, p.end, float(mass[:, p.start : p.end].sum())) for p in spelled]  # scored as any span
-    found += part_peaks(mass, passage=width, skip=skip, drop=drop, min_queries=min_queries, sentences=sentences)
+    parts = {"passage": len(whole[0]), "skip": skip, "drop": drop, "min_queries": min_queries, "sentences": sentences}
     missing: list[Span] = []
-    for peak in found:
+    for peak in [] if words is None else word_peaks(words, mass, **parts):
+        if not _holds(whole + missing, peak):
+            missing.append(peak)
+    for peak in part_peaks(mass, **parts):
         if not _overlaps(peak, whole + missing):
             missing.append(peak)
-    room = max(0, budget // width - len(whole))
+    room = max(0, budget // parts["passage"] - len(whole))
     cut = max(0, min(len(missing), len(whole) - 1) - room)  # the whole question's weakest give way
     kept = sorted(whole, key=lambda s: -s.score)[: len(whole) - cut]
     return sorted(kept + missing[: room + cut], key=lambda s: s.start)
+
+
+def word_peaks(
+    words: torch.Tensor,
+    mass: torch.Tensor,
+    *,
+    passage: int,
+    skip: int,
+    drop: float,
+    min_queries: int = MIN_PART_QUERIES,
+    sentences: Sentences | None = None,
+) -> list[Span]:
+    """The passages parts of the question's words point at (:func:`part_peaks` over ``words``: a key
+    spelled in one place), strongest first, those holding at least ``1 / drop`` of the weight the best
+    window of all the question's words holds (the cliff within words: a needle holds its key and the
+    question's other rare words, a phrase of the question met once by chance only some of them, and
+    where the key is spelled in several places, each of those outweighs the phrase); each scored by
+    the attention ``mass`` it holds, as every span is.
+
+    words, mass: ``[queries, tokens]``."""
+    peaks = part_peaks(words, passage=passage, skip=skip, drop=drop, min_queries=min_queries, sentences=sentences)
+    if not peaks:
+        return []
+    best = float(pooled(words.sum(dim=0), passage)[skip:].max())
+    strong = [p for p in peaks if p.score * drop >= best]
+    return [Span(p.start, p.end, float(mass[:, p.start : p.end].sum())) for p in strong]
 
 
 def part_peaks(
@@ -283,6 +309,11 @@ def part_peaks(
 
 def _overlaps(span: Span, others: Sequence[Span]) -> bool:
     return any(span.start < o.end and o.start < span.end for o in others)
+
+
+def _holds(spans: Sequence[Span], span: Span) -> bool:
+    """Whether ``spans`` together hold every token of ``span``."""
+    return any(a <= span.start and span.end <= b for a, b in merge(sorted(spans, key=lambda s: s.start)))
 
 
 def select_spans(

@@ -239,8 +239,9 @@ def test_each_part_of_the_question_keeps_its_own_passage():
 def test_the_question_s_rare_words_keep_a_needle_its_attention_passes_over():
     """The attention peaks on the prose before the needle and on a distractor; the needle's key, two
     question tokens, is spelled there alone. The key's words point at it together and it joins the
-    reading in place of the weakest choice, scored by its attention; a common word points nowhere, a key
-    spelled in two places points at neither, and without a cliff the words are not used."""
+    reading in place of the weakest choice, scored by its attention. A common word points nowhere, a
+    phrase of the question met once by chance weighs under half the key's and is cut, a key spelled in
+    two places points at neither, and without a cliff the words are not used."""
     tokens, needle = 4000, 2500
     mass = torch.full((6, tokens), 1e-4)
     mass[:, 2380:2390] = 1.0  # the prose ~100 tokens before the needle
@@ -249,6 +250,7 @@ def test_the_question_s_rare_words_keep_a_needle_its_attention_passes_over():
     words[2:4, needle : needle + 3] = 2.0  # the key's two tokens
     words[5, [300, 1700, 3300]] = 0.3  # a common word here and there
     words[0, 3600] = 1.0  # a word found once by chance: one query points, no part
+    words[4:6, 1300:1302] = 1.0  # a phrase of the question found once by chance
 
     def reads(spans: list[Span], token: int) -> bool:
         return any(s.start <= token < s.end for s in spans)
@@ -259,10 +261,26 @@ def test_the_question_s_rare_words_keep_a_needle_its_attention_passes_over():
     assert len(spans) == 2 and reads(spans, needle) and reads(spans, 2385)  # the weaker distractor gave way
     at = next(s for s in spans if reads([s], needle))
     assert at.end >= needle + 3 and at.score == pytest.approx(float(mass[:, at.start : at.end].sum()))
+    assert not reads(choose_spans(mass, **choice | {"budget": 512}, words=words), 1300)
     twice = words.clone()
     twice[2:4, 1200:1203] = 2.0  # the same key spelled again: no window stands out
     assert choose_spans(mass, **choice, words=twice) == choose_spans(mass, **choice)
     assert choose_spans(mass, **choice | {"drop": None}, words=words) == choose_spans(mass, **choice | {"drop": None})
+
+
+def test_the_words_passage_joins_where_the_attention_s_window_cuts_the_value_beside_the_key():
+    """The attention's window holds the key and stops inside the value after it; the window the key's
+    words point at overlaps it and joins, so the reading (the two merged) holds the value whole."""
+    tokens, key, value_end = 4000, 2500, 2530
+    mass = torch.full((4, tokens), 1e-4)
+    mass[:, 2470:2480] = 1.0
+    words = torch.zeros(4, tokens)
+    words[1:3, key : key + 3] = 2.0
+    choice = {"passage": 64, "budget": 256, "skip": 64, "drop": 2.0}
+    (alone,) = choose_spans(mass, **choice)
+    assert alone.start <= key and alone.end < value_end  # the key read, the value cut
+    read = merge(choose_spans(mass, **choice, words=words))
+    assert any(a <= key and value_end <= b for a, b in read)
 
 
 def test_sentences_end_at_stops_and_newlines(tokenizer):
