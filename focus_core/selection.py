@@ -13,9 +13,8 @@ distractor's value when the filler around the answer holds lookalikes). That ran
 besides it, each part of the question whose own queries point at one passage (a key of a question that
 names several) keeps that passage, so a cliff in the sum does not cut the weaker keys, and so does each
 part of its words spelled in one place only (a key, which a small model's attention may pass over by a
-few dozen tokens). A chosen window
-moves by at most a fraction of its length to hold whole the sentences that draw the most (a window cut
-mid-sentence reads half a fact).
+few dozen tokens). A chosen window moves by at most a fraction of its length to hold whole the
+sentences that draw the most (a window cut mid-sentence reads half a fact).
 """
 
 from __future__ import annotations
