@@ -4,10 +4,11 @@ candidate rule (docs/benchmarks.md, "Selection study").
 For every needle case (the niah tasks, ``vt``, ``qa_1``/``qa_2``) the early-exit pass runs once, recording
 the question's attention at several depths of the model in one forward; every rule is then applied to
 the same masses. A rule is a probe depth, a cliff (``select_drop``), whether each part of the question
-keeps its own passage (with the fewest queries a part needs) and how far a chosen window may move to hold
-whole sentences. Per case and rule: the share of the needles read whole, the share cut by the reading's
-edges (read in part), the share of the distractor needles read (``niah_multikey_1``), the tokens read and recall@3
-of the needles' passages in the whole question's ranking (:meth:`FocusEngine.relevance`'s).
+keeps its own passage (with the fewest queries a part needs), whether the question's words do too
+(``cascade.word_mass``) and how far a chosen window may move to hold whole sentences. Per case and rule:
+the share of the needles read whole, the share cut by the reading's edges (read in part), the share of
+the distractor needles read (``niah_multikey_1``), the tokens read and recall@3 of the needles' passages
+in the whole question's ranking (:meth:`FocusEngine.relevance`'s).
 
 The protocol decides what may be tuned: on the development part every rule of the grid is measured; on
 the held-out part only the engine's own rule (its defaults, or the settings given), which is what the
